@@ -1,0 +1,224 @@
+"""catalog.duckdb: engram rows, occurrences, links, the forgetting log and the counters.
+
+The catalog is the durable truth about what a store holds. Every write happens in one DuckDB
+transaction whose commit is the acknowledgement point (DuckDB fsyncs its WAL on commit). Batches
+go in as Arrow tables: ``executemany`` is two orders of magnitude slower (DESIGN section 3).
+DuckDB errors never escape: they become :class:`StorageError` (writes) or :class:`CorruptStore`
+(opening or reading a damaged file).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from engramdb.errors import CorruptStore, StorageError
+
+CATALOG_NAME = "catalog.duckdb"
+
+# kind codes as stored; the public names are engramdb.types.Kind
+KIND_CODES = {"working": 0, "short_term": 1, "long_term": 2}
+KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (seg INTEGER NOT NULL, nrows BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS engrams (
+    eid BIGINT NOT NULL,          -- internal label, never reused (index label)
+    id VARCHAR NOT NULL,          -- content hash, the public id
+    seg INTEGER NOT NULL,         -- activation pointer: segment file ...
+    "row" BIGINT NOT NULL,        -- ... and row in it
+    vec_sum BIGINT NOT NULL,      -- checksum of the stored vector bytes
+    text BLOB NOT NULL,           -- zstd-compressed UTF-8
+    kind TINYINT NOT NULL,        -- 0 working, 1 short-term, 2 long-term
+    created_tick BIGINT NOT NULL,
+    expires_at DOUBLE,            -- absolute tick of death; NULL = never (pinned)
+    pinned BOOLEAN NOT NULL,
+    refs INTEGER NOT NULL,        -- occurrences of this content
+    recalls INTEGER NOT NULL,
+    earned DOUBLE NOT NULL,       -- lifespan earned by recall/reinforce (consolidation)
+    last_tick BIGINT NOT NULL     -- last tick it was ingested, recalled or reinforced
+);
+CREATE TABLE IF NOT EXISTS occurrences (
+    eid BIGINT NOT NULL,
+    seq BIGINT NOT NULL,          -- global order of ingestion
+    role VARCHAR,
+    session VARCHAR,
+    tick BIGINT NOT NULL,
+    metadata VARCHAR              -- canonical JSON or NULL
+);
+CREATE TABLE IF NOT EXISTS edges (
+    a BIGINT NOT NULL,            -- a < b: one row per undirected link
+    b BIGINT NOT NULL,
+    weight DOUBLE NOT NULL,       -- weight as of `tick`; decays lazily from there
+    tick BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forgotten (
+    eid BIGINT NOT NULL,
+    id VARCHAR NOT NULL,
+    tick BIGINT NOT NULL,
+    reason VARCHAR NOT NULL,      -- 'forgotten' (explicit) or 'expired' (lifespan ran out)
+    kind TINYINT NOT NULL,
+    collected BOOLEAN NOT NULL    -- physically removed by gc
+);
+CREATE INDEX IF NOT EXISTS engrams_eid ON engrams(eid);
+CREATE INDEX IF NOT EXISTS engrams_id ON engrams(id);
+CREATE INDEX IF NOT EXISTS occurrences_eid ON occurrences(eid);
+"""
+
+COUNTERS = ("generation", "clock", "next_eid", "next_seq")
+
+
+class Catalog:
+    """One DuckDB database file plus a cursor per reading thread."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        try:
+            self.con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise CorruptStore(f"cannot open catalog {path.name}: {exc}") from exc
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the tables and counters of a new store in one transaction."""
+        with self.transaction() as con:
+            con.execute(SCHEMA)
+            if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
+                for name in COUNTERS:
+                    start = 1 if name in ("next_eid", "next_seq") else 0
+                    con.execute("INSERT INTO counters VALUES (?, ?)", [name, start])
+
+    def close(self) -> None:
+        """Close every cursor and the connection (idempotent)."""
+        with self._cursors_lock:
+            cursors, self._cursors = self._cursors, []
+        for cur in cursors:
+            try:
+                cur.close()
+            except duckdb.Error:
+                pass
+        try:
+            self.con.close()
+        except duckdb.Error:
+            pass
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file and rewrite freed blocks."""
+        try:
+            self.con.execute("FORCE CHECKPOINT")
+        except duckdb.Error as exc:
+            raise StorageError(f"catalog checkpoint failed: {exc}") from exc
+
+    # -- transactions and reads ---------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Run a block in one transaction; commit on success, roll back and raise otherwise."""
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+        except duckdb.Error as exc:
+            raise StorageError(f"catalog cannot start a transaction: {exc}") from exc
+        try:
+            yield con
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            if isinstance(exc, duckdb.Error):
+                raise StorageError(f"catalog write failed: {exc}") from exc
+            raise
+        try:
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise StorageError(f"catalog commit failed: {exc}") from exc
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A cursor private to the calling thread (DuckDB connections are not shareable)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self.con.cursor()
+            self._local.cursor = cur
+            with self._cursors_lock:
+                self._cursors.append(cur)
+        return cur
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        """Run a read query on this thread's cursor; CorruptStore if the catalog is damaged."""
+        try:
+            return self.reader().execute(sql, params or []).fetchall()
+        except duckdb.Error as exc:
+            raise CorruptStore(f"catalog read failed: {exc}") from exc
+
+    def query_arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """Run a read query and return an Arrow table."""
+        try:
+            return self.reader().sql(sql, params=params or None).to_arrow_table()
+        except duckdb.Error as exc:
+            raise CorruptStore(f"catalog read failed: {exc}") from exc
+
+    def counters(self) -> dict[str, int]:
+        """The committed counters (generation, clock, next_eid, next_seq)."""
+        return {name: int(value) for name, value in self.query("SELECT name, value FROM counters")}
+
+    def segment_lengths(self) -> dict[int, int]:
+        """Committed rows of each segment."""
+        return {int(s): int(n) for s, n in self.query("SELECT seg, nrows FROM segments")}
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> Iterator[str]:
+    """Expose an Arrow table to SQL as a view for the duration of a block; yield its name."""
+    view = f"_engramdb_{name}"
+    con.register(view, rows)
+    try:
+        yield view
+    finally:
+        con.unregister(view)
+
+
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Insert an Arrow table into ``table`` in one statement (columns matched by name)."""
+    if rows.num_rows == 0:
+        return
+    with registered(con, f"{table}_batch", rows) as view:
+        cols = ", ".join(f'"{c}"' for c in rows.column_names)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view}")
+
+
+def set_counters(con: duckdb.DuckDBPyConnection, values: dict[str, int]) -> None:
+    """Update counters inside the caller's transaction."""
+    for name, value in values.items():
+        con.execute("UPDATE counters SET value = ? WHERE name = ?", [int(value), name])
+
+
+def set_segment_lengths(con: duckdb.DuckDBPyConnection, lengths: dict[int, int]) -> None:
+    """Replace the committed segment lengths inside the caller's transaction."""
+    con.execute("DELETE FROM segments")
+    if lengths:
+        insert_arrow(
+            con,
+            "segments",
+            pa.table(
+                {
+                    "seg": pa.array(list(lengths), pa.int32()),
+                    "nrows": pa.array(list(lengths.values()), pa.int64()),
+                }
+            ),
+        )

@@ -1,0 +1,135 @@
+"""Content identity and input validation: what an engram *is* before it is stored.
+
+Everything here is pure (no I/O), so every argument is checked before a single byte is
+written: bad input can never leave a half-applied batch behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import unicodedata
+
+import numpy as np
+import zstandard
+
+from engramdb.errors import DimensionMismatch, InvalidInput
+
+MAX_TEXT_BYTES = 1 << 20  # 1 MiB of UTF-8 per engram: a memory, not a document store
+_ZSTD_LEVEL = 3  # about 4x on conversational text at a negligible cost (DESIGN section 3)
+
+
+def normalize_text(text: object, *, what: str = "text") -> str:
+    """Return the canonical form of ``text`` (NFC, unified line ends, outer blanks stripped).
+
+    Raises InvalidInput for a non-str, empty or whitespace-only text, a lone surrogate, or
+    text over 1 MiB.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a str, got {type(text).__name__}")
+    norm = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not norm:
+        raise InvalidInput(f"{what} is empty or only whitespace")
+    try:
+        size = len(norm.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid Unicode (lone surrogate): {exc}") from None
+    if size > MAX_TEXT_BYTES:
+        raise InvalidInput(
+            f"{what} is {size} bytes; an engram holds at most {MAX_TEXT_BYTES}",
+            hint="split long documents into passages and ingest them with ingest_many",
+        )
+    return norm
+
+
+def content_id(fingerprint: str, normalized: str) -> str:
+    """The engram id: sha256 over the encoder fingerprint and the normalised content."""
+    h = hashlib.sha256()
+    h.update(fingerprint.encode("ascii"))
+    h.update(b"\x00")
+    h.update(normalized.encode("utf-8"))
+    return h.hexdigest()
+
+
+def encode_metadata(metadata: object) -> str | None:
+    """Serialise occurrence metadata to canonical JSON; InvalidInput if it is not a JSON dict."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise InvalidInput(f"metadata keys must be str, got {key!r}")
+    try:
+        return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"metadata is not JSON-serialisable: {exc}",
+            hint="use str, int, float (finite), bool, None, lists and dicts of those",
+        ) from None
+
+
+def check_label(value: object, what: str) -> str | None:
+    """Validate an optional role or session label."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty str or None, got {value!r}")
+    return value
+
+
+def check_vectors(vectors: object, dim: int, n: int, *, what: str = "vector") -> np.ndarray:
+    """Return ``vectors`` as an (n, dim) float32 array of unit rows; raise on bad values.
+
+    Vectors are normalised here so that inner product is cosine similarity everywhere.
+    """
+    try:
+        arr = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not numeric: {exc}") from None
+    if arr.ndim == 1 and n == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise InvalidInput(f"expected {n} {what}(s) of dim {dim}, got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise DimensionMismatch(f"{what} has dim {arr.shape[1]}, the store's dim is {dim}")
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{what} contains NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1)
+    if (norms == 0).any() or not np.isfinite(norms).all():
+        raise InvalidInput(f"{what} has zero (or overflowing) length and no direction")
+    return (arr / norms[:, None]).astype(np.float32)
+
+
+def check_top_k(top_k: object) -> int:
+    """Validate a result count."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise InvalidInput(f"top_k must be a positive int, got {top_k!r}")
+    return top_k
+
+
+def check_finite(value: object, what: str) -> float:
+    """Validate a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+
+
+def compress_text(text: str) -> bytes:
+    """zstd-compress UTF-8 text for the catalog."""
+    return _compressor.compress(text.encode("utf-8"))
+
+
+def decompress_text(blob: bytes) -> str:
+    """Inverse of :func:`compress_text`."""
+    return zstandard.ZstdDecompressor().decompress(blob).decode("utf-8")
+
+
+def vector_checksum(row: np.ndarray) -> int:
+    """A 63-bit checksum of a stored vector's bytes, so verify() can detect bit rot."""
+    digest = hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

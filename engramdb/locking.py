@@ -1,0 +1,72 @@
+"""The single-writer lock: an flock on ``LOCK`` holding the owner's pid.
+
+DuckDB allows one writing process per database file, and the segment files assume a single
+appender, so a store is opened by one process at a time. We use ``flock`` directly rather than
+the filelock package because filelock truncates the lock file when it opens it, which would
+erase the pid that a second opener wants to report.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from engramdb.errors import StorageError, StoreLocked
+
+LOCK_NAME = "LOCK"
+
+
+class StoreLock:
+    """An exclusive, process-wide lock on one store directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float = 0.0) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds; raise StoreLocked with the pid."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open lock file {self.path}: {exc}") from exc
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pid = _read_pid(fd)
+                    os.close(fd)
+                    who = "this process" if pid == os.getpid() else f"process {pid}"
+                    raise StoreLocked(
+                        f"{self.path.parent} is open in {who}" if pid else
+                        f"{self.path.parent} is open in another process",
+                        pid=pid,
+                    ) from None
+                time.sleep(0.02)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is advisory; holding the flock is what matters
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(raw) if raw else None
+    except (OSError, ValueError):
+        return None

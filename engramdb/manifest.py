@@ -1,0 +1,95 @@
+"""MANIFEST.json: what a store is (format version, encoder spec and fingerprint, vector layout).
+
+The manifest changes rarely (creation, settings changes, index configuration); everything that
+changes on each write (counters, generation, clock) lives in the catalog, inside its
+transactions. It is always replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engramdb.encoders.base import fingerprint_of
+from engramdb.errors import CorruptStore, FormatTooNew
+from engramdb.fsio import atomic_write_bytes
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "MANIFEST.json"
+MAGIC = "engramdb"
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest of one store."""
+
+    encoder_spec: dict[str, Any]
+    dim: int
+    dtype: str  # "float32" or "float16": how vectors are kept in segments
+    settings: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def fingerprint(self) -> str:
+        """The encoder fingerprint every engram id in this store is derived from."""
+        return fingerprint_of(self.encoder_spec)
+
+    def to_json(self) -> bytes:
+        """Serialise to the bytes written on disk."""
+        doc = {
+            "magic": MAGIC,
+            "format_version": self.format_version,
+            "encoder": self.encoder_spec,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "settings": self.settings,
+            "index": self.index,
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def write(self, directory: Path, *, durable: bool = True) -> None:
+        """Atomically replace the manifest in ``directory``."""
+        atomic_write_bytes(directory / MANIFEST_NAME, self.to_json(), durable=durable)
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        """Read and validate the manifest; raise CorruptStore or FormatTooNew."""
+        path = directory / MANIFEST_NAME
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise CorruptStore(f"cannot read {path}: {exc}") from exc
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
+                raise ValueError("not an engramdb manifest")
+            version = doc["format_version"]
+            if not isinstance(version, int):
+                raise ValueError("format_version is not an integer")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptStore(f"{path} is damaged: {exc}") from exc
+        if version > FORMAT_VERSION:
+            raise FormatTooNew(
+                f"{directory} has format version {version}; this engramdb reads up to "
+                f"{FORMAT_VERSION}"
+            )
+        try:
+            manifest = cls(
+                encoder_spec=dict(doc["encoder"]),
+                dim=int(doc["dim"]),
+                dtype=str(doc["dtype"]),
+                settings=dict(doc.get("settings") or {}),
+                index=dict(doc.get("index") or {}),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStore(f"{path} is missing a field: {exc}") from exc
+        if manifest.dtype not in ("float32", "float16") or manifest.dim < 1:
+            raise CorruptStore(f"{path} has an invalid vector layout ({manifest.dtype}, dim)")
+        if doc.get("fingerprint") != manifest.fingerprint:
+            raise CorruptStore(f"{path}: the fingerprint does not match the encoder spec")
+        return manifest

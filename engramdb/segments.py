@@ -1,0 +1,242 @@
+"""Append-only, fixed-width vector segment files, read through memmaps.
+
+A segment is a headerless file of ``rows x dim`` values (float32 or float16) named
+``segments/NNNNNNNN.vec``. Rows are only ever appended. How many rows of each segment are
+*committed* is recorded in the catalog, inside the same transaction as the engram rows that
+point at them; bytes past the committed length are a torn or unacknowledged tail and are cut
+off on open. Segment files are removed only after the commit that stops referencing them
+(compaction in ``gc``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engramdb.errors import CorruptStore, StorageError
+from engramdb.fsio import fsync_dir
+
+SEGMENT_DIR = "segments"
+_SUFFIX = ".vec"
+
+
+def segment_name(seg: int) -> str:
+    """File name of segment number ``seg``."""
+    return f"{seg:08d}{_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """Where a batch of vectors goes: one (segment, first row, count) piece per segment."""
+
+    pieces: tuple[tuple[int, int, int], ...]
+
+    def pointers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the (segment, row) pointer arrays, one entry per vector, in batch order."""
+        segs = np.concatenate([np.full(n, s, np.int32) for s, _, n in self.pieces])
+        rows = np.concatenate([np.arange(r, r + n, dtype=np.int64) for _, r, n in self.pieces])
+        return segs, rows
+
+    def committed_after(self, committed: dict[int, int]) -> dict[int, int]:
+        """The committed lengths once this plan's commit lands."""
+        out = dict(committed)
+        for s, r, n in self.pieces:
+            out[s] = r + n
+        return out
+
+
+class SegmentStore:
+    """The vectors of one store: appends, committed lengths, and reads by pointer.
+
+    Not a transaction manager: the caller appends (data durable, not yet committed), commits
+    the new lengths in the catalog, then calls :meth:`set_committed`. Reads see only committed
+    rows.
+    """
+
+    def __init__(
+        self, directory: Path, dim: int, dtype: str, rows_per_segment: int, durable: bool = True
+    ) -> None:
+        self.directory = directory / SEGMENT_DIR
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = dim * self.dtype.itemsize
+        self.rows_per_segment = max(1, rows_per_segment)
+        self.durable = durable
+        self._committed: dict[int, int] = {}
+        self._maps: dict[int, tuple[int, np.memmap]] = {}
+        self._maps_lock = threading.Lock()
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover(self, committed: dict[int, int]) -> list[str]:
+        """Bring the files in line with the catalog's committed lengths; return what was done.
+
+        Truncates tails past the committed length (a write that was never acknowledged),
+        removes segment files the catalog does not know (created by a batch whose commit never
+        happened), and raises CorruptStore when a committed row is missing from disk.
+        """
+        actions: list[str] = []
+        self.directory.mkdir(exist_ok=True)
+        on_disk = {p.name: p for p in self.directory.iterdir()}
+        for seg, rows in committed.items():
+            path = self.directory / segment_name(seg)
+            want = rows * self.row_bytes
+            if path.name not in on_disk:
+                if rows == 0:
+                    continue
+                raise CorruptStore(f"segment {path.name} is missing ({rows} committed rows)")
+            size = path.stat().st_size
+            if size < want:
+                raise CorruptStore(
+                    f"segment {path.name} holds {size} bytes, but {want} are committed"
+                )
+            if size > want:
+                self._truncate(path, want)
+                actions.append(f"truncated {size - want} unacknowledged bytes from {path.name}")
+        known = {segment_name(s) for s in committed}
+        for name, path in on_disk.items():
+            if name not in known:
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise StorageError(f"cannot remove orphan segment {path}: {exc}") from exc
+                actions.append(f"removed uncommitted segment file {name}")
+        if actions and self.durable:
+            fsync_dir(self.directory)
+        self._committed = dict(committed)
+        return actions
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def plan(self, n: int) -> AppendPlan:
+        """Decide where ``n`` new vectors go: the tail of the last segment, then new ones."""
+        pieces: list[tuple[int, int, int]] = []
+        seg = max(self._committed, default=0)
+        row = self._committed.get(seg, self.rows_per_segment) if seg else self.rows_per_segment
+        left = n
+        while left > 0:
+            if row >= self.rows_per_segment:
+                seg, row = seg + 1, 0
+            take = min(left, self.rows_per_segment - row)
+            pieces.append((seg, row, take))
+            row += take
+            left -= take
+        return AppendPlan(tuple(pieces))
+
+    def write(self, plan: AppendPlan, vectors: np.ndarray) -> None:
+        """Write ``vectors`` where ``plan`` says and make them durable (not yet committed)."""
+        data = np.ascontiguousarray(vectors, dtype=self.dtype)
+        created = False
+        offset = 0
+        try:
+            for seg, row, n in plan.pieces:
+                path = self.directory / segment_name(seg)
+                created |= not path.exists()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    # A failed earlier batch may have left bytes past the committed length.
+                    os.ftruncate(fd, row * self.row_bytes)
+                    os.lseek(fd, row * self.row_bytes, os.SEEK_SET)
+                    _write_all(fd, data[offset : offset + n].tobytes())
+                    if self.durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                offset += n
+        except OSError as exc:
+            raise StorageError(f"writing vectors failed: {exc}") from exc
+        if created and self.durable:
+            fsync_dir(self.directory)
+
+    def set_committed(self, committed: dict[int, int]) -> None:
+        """Record lengths the catalog has just committed, making those rows readable."""
+        self._committed = dict(committed)
+
+    def rollback(self) -> None:
+        """Cut files back to their committed lengths after a failed commit (best effort)."""
+        for seg, rows in self._committed.items():
+            path = self.directory / segment_name(seg)
+            try:
+                if path.exists() and path.stat().st_size > rows * self.row_bytes:
+                    self._truncate(path, rows * self.row_bytes)
+            except (OSError, StorageError):
+                pass  # recovery on the next open cuts it too
+
+    def remove(self, segs: list[int]) -> None:
+        """Delete segment files that a committed compaction no longer references."""
+        with self._maps_lock:
+            for seg in segs:
+                self._maps.pop(seg, None)
+        for seg in segs:
+            try:
+                (self.directory / segment_name(seg)).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot remove segment {seg}: {exc}") from exc
+        if self.durable and segs:
+            fsync_dir(self.directory)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @property
+    def committed(self) -> dict[int, int]:
+        """Committed row count of each segment."""
+        return dict(self._committed)
+
+    def view(self, seg: int) -> np.ndarray:
+        """A read-only memmap of the committed rows of segment ``seg``."""
+        rows = self._committed.get(seg, 0)
+        with self._maps_lock:
+            cached = self._maps.get(seg)
+            if cached is not None and cached[0] == rows:
+                return cached[1]
+        if rows == 0:
+            return np.zeros((0, self.dim), self.dtype)
+        path = self.directory / segment_name(seg)
+        try:
+            mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(rows, self.dim))
+        except (OSError, ValueError) as exc:
+            raise CorruptStore(f"cannot map segment {path.name}: {exc}") from exc
+        with self._maps_lock:
+            self._maps[seg] = (rows, mm)
+        return mm
+
+    def read(self, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Gather full vectors by pointer as float32, in the order given."""
+        out = np.empty((len(segs), self.dim), np.float32)
+        if len(segs) == 0:
+            return out
+        for seg in np.unique(segs):
+            sel = np.nonzero(segs == seg)[0]
+            out[sel] = self.view(int(seg))[rows[sel]]
+        return out
+
+    def iter_segments(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(segment, memmap)`` for every segment with committed rows."""
+        for seg in sorted(self._committed):
+            if self._committed[seg]:
+                yield seg, self.view(seg)
+
+    def file_bytes(self) -> int:
+        """Bytes the segment files take on disk."""
+        return sum(p.stat().st_size for p in self.directory.glob(f"*{_SUFFIX}"))
+
+    def _truncate(self, path: Path, size: int) -> None:
+        try:
+            with open(path, "r+b") as fh:
+                fh.truncate(size)
+                if self.durable:
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StorageError(f"cannot truncate {path}: {exc}") from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,106 @@
+"""The result types the public API returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    """The stage of an engram's life (DESIGN section 4)."""
+
+    WORKING = "working"
+    SHORT_TERM = "short_term"
+    LONG_TERM = "long_term"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ``ingest`` did with one text: its id, and whether the content was new."""
+
+    id: str
+    is_new: bool
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One time some content was said: by whom, in which session, at which tick."""
+
+    role: str | None
+    session: str | None
+    tick: int
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Engram:
+    """A stored memory: content, state and every occurrence of it."""
+
+    id: str
+    text: str
+    kind: Kind
+    refs: int
+    created_tick: int
+    expires_at: int | None  # None: never expires (pinned)
+    lifespan_left: float | None  # ticks until death; None when it never expires
+    pinned: bool
+    recalls: int
+    occurrences: list[Occurrence] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """Metadata of the most recent occurrence."""
+        return self.occurrences[-1].metadata if self.occurrences else None
+
+
+@dataclass(frozen=True)
+class Recall:
+    """One recalled engram, with why it came back.
+
+    ``via`` is "vector" (dense similarity), "lexical" (word overlap), "hybrid" (both) or
+    "association" (reached over Hebbian links from another hit; ``path`` lists the ids
+    walked). ``scores`` holds the per-source and per-level scores behind ``score``.
+    """
+
+    id: str
+    text: str
+    score: float
+    kind: Kind
+    lifespan_left: float | None
+    via: str
+    scores: dict[str, float] = field(default_factory=dict)
+    occurrences: list[Occurrence] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """Metadata of the most recent matching occurrence."""
+        return self.occurrences[-1].metadata if self.occurrences else None
+
+    @property
+    def role(self) -> str | None:
+        """Role of the most recent matching occurrence."""
+        return self.occurrences[-1].role if self.occurrences else None
+
+    @property
+    def session(self) -> str | None:
+        """Session of the most recent matching occurrence."""
+        return self.occurrences[-1].session if self.occurrences else None
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Store.verify` found: ``ok`` is True when nothing is wrong."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
