@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS forgotten (
 CREATE INDEX IF NOT EXISTS engrams_eid ON engrams(eid);
 CREATE INDEX IF NOT EXISTS engrams_id ON engrams(id);
 CREATE INDEX IF NOT EXISTS occurrences_eid ON occurrences(eid);
+CREATE INDEX IF NOT EXISTS edges_a ON edges(a);
+CREATE INDEX IF NOT EXISTS edges_b ON edges(b);
 """
 
 COUNTERS = ("generation", "clock", "next_eid", "next_seq")

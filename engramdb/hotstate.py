@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 NEVER = np.inf  # expires_at of a pinned engram
+HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick'  # what from_arrow reads
 
 
 class HotState:
@@ -27,6 +28,7 @@ class HotState:
         self.row = np.zeros(0, np.int64)
         self.kind = np.zeros(0, np.int8)
         self.expires = np.zeros(0, np.float64)
+        self.created = np.zeros(0, np.int64)
         self.alive = np.zeros(0, bool)  # stored and not forgotten (may still be expired)
         self.row_eid: dict[int, np.ndarray] = {}  # segment -> eid of each row, -1 if none
 
@@ -44,6 +46,7 @@ class HotState:
         self.row = grown(self.row, -1)
         self.kind = grown(self.kind, 0)
         self.expires = grown(self.expires, 0.0)
+        self.created = grown(self.created, 0)
         self.alive = grown(self.alive, False)
         self.capacity = cap
 
@@ -64,6 +67,7 @@ class HotState:
         rows: np.ndarray,
         kinds: np.ndarray,
         expires: np.ndarray,
+        created: np.ndarray,
     ) -> None:
         """Record committed engrams (new ones, or ones moved by compaction)."""
         if len(eids) == 0:
@@ -73,6 +77,7 @@ class HotState:
         self.row[eids] = rows
         self.kind[eids] = kinds
         self.expires[eids] = expires
+        self.created[eids] = created
         for seg in np.unique(segs):
             sel = segs == seg
             self._map_rows(int(seg), rows[sel], eids[sel])
@@ -92,6 +97,11 @@ class HotState:
         for seg in segs:
             self.row_eid.pop(seg, None)
 
+    def set_life(self, eids: np.ndarray, kinds: np.ndarray, expires: np.ndarray) -> None:
+        """Record new kinds and expiry ticks (after a reward or promotion commits)."""
+        self.kind[eids] = kinds
+        self.expires[eids] = expires
+
     def visible(self, now: float) -> np.ndarray:
         """Mask over eids: stored, not forgotten, and with lifespan left at tick ``now``."""
         return self.alive & (self.expires > now)
@@ -102,7 +112,7 @@ class HotState:
 
     @classmethod
     def from_arrow(cls, table: pa.Table) -> HotState:
-        """Build from catalog rows with columns eid, seg, row, kind, expires_at."""
+        """Build from catalog rows with the columns named in ``HOT_COLUMNS``."""
         state = cls()
         if table.num_rows == 0:
             return state
@@ -116,5 +126,6 @@ class HotState:
             cols["row"].astype(np.int64),
             cols["kind"].astype(np.int8),
             expires.astype(np.float64),
+            table.column("created_tick").to_numpy(zero_copy_only=False).astype(np.int64),
         )
         return state

@@ -113,11 +113,17 @@ class SegmentStore:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def plan(self, n: int) -> AppendPlan:
-        """Decide where ``n`` new vectors go: the tail of the last segment, then new ones."""
+    def plan(self, n: int, first_new: int | None = None) -> AppendPlan:
+        """Decide where ``n`` new vectors go: the tail of the last segment, then new ones.
+
+        With ``first_new`` (compaction) they go only into fresh segments numbered from there.
+        """
         pieces: list[tuple[int, int, int]] = []
-        seg = max(self._committed, default=0)
-        row = self._committed.get(seg, self.rows_per_segment) if seg else self.rows_per_segment
+        if first_new is not None:
+            seg, row = first_new - 1, self.rows_per_segment
+        else:
+            seg = max(self._committed, default=0)
+            row = self._committed.get(seg, self.rows_per_segment) if seg else self.rows_per_segment
         left = n
         while left > 0:
             if row >= self.rows_per_segment:

@@ -24,13 +24,12 @@ class Settings:
     batch_rows: int = 4096  # ingest_many commits at most this many rows per transaction
 
     # -- lifespan engine (DESIGN section 4) --
-    working_lifespan: float = 1.0  # a working engram becomes short-term on the next tick
-    short_term_lifespan: float = 64.0  # ticks a new short-term engram lives unless recalled
+    short_term_lifespan: float = 64.0  # ticks a new engram lives unless recalled or reinforced
     long_term_lifespan: float = 4096.0  # ticks granted on promotion to long-term
-    recall_reward: float = 16.0  # lifespan earned by the top recall hit (scaled by rank)
+    recall_reward: float = 16.0  # lifespan earned by the top hit of a used recall; rank r: /(r+1)
     promote_after: float = 32.0  # earned lifespan that promotes short-term to long-term
     long_term_decay: float = 0.125  # long-term engrams age at this fraction of the clock rate
-    short_term_capacity: int = 0  # 0: unbounded; else overflow promotes or kills (see docs)
+    short_term_capacity: int = 0  # 0: unbounded; else overflow is settled by rule (see docs)
 
     # -- links (Hebbian) --
     link_gain: float = 0.25  # weight added when two engrams fire together and it was useful

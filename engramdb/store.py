@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from engramdb import catalog as cat
+from engramdb import collect
+from engramdb import links as lk
 from engramdb.catalog import CATALOG_NAME, KIND_CODES, KIND_NAMES, Catalog
 from engramdb.content import (
+    check_finite,
     check_label,
     check_top_k,
     check_vectors,
@@ -47,12 +50,14 @@ from engramdb.errors import (
     StoreClosed,
 )
 from engramdb.fsio import fsync_dir
-from engramdb.hotstate import NEVER, HotState
+from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
+from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
+from engramdb.prompt import format_prompt
 from engramdb.segments import SEGMENT_DIR, SegmentStore
 from engramdb.settings import Settings
-from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, VerifyReport
+from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, Turn, VerifyReport
 
 # Files a half-created store may hold before its manifest (written last) exists.
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR,
@@ -170,9 +175,11 @@ class Store:
         self.fingerprint = manifest.fingerprint
         self._encoder = encoder
         durable = self.settings.durability == "full"
+        # A catalog rewrite that died before its rename leaves this behind (collect.py).
+        (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
         self.catalog = Catalog(path / CATALOG_NAME)
         counters = self.catalog.counters()
-        if set(counters) != set(cat.COUNTERS):
+        if not set(cat.COUNTERS) <= set(counters):
             raise CorruptStore(f"{path}: catalog counters are incomplete ({sorted(counters)})")
         self._generation = counters["generation"]
         self._clock = counters["clock"]
@@ -188,7 +195,7 @@ class Store:
         )
         self.recovered = self.segments.recover(self.catalog.segment_lengths())
         self.hot = HotState.from_arrow(
-            self.catalog.query_arrow('SELECT eid, seg, "row", kind, expires_at FROM engrams')
+            self.catalog.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")
         )
         self._check_pointers()
 
@@ -395,7 +402,16 @@ class Store:
         pins: list[bool],
         given: np.ndarray | None,
         kind_code: int,
+        *,
+        now: int | None = None,
+        hook: Callable[[Any, dict[str, int], int], Callable[[], None] | None] | None = None,
     ) -> list[IngestResult]:
+        """Write one batch under the write lock: vectors first, then one catalog commit.
+
+        ``now`` (integrate) moves the clock to that tick in the same commit; ``hook`` runs
+        inside the transaction (rewards, links) and may return a function to run once the
+        commit is acknowledged.
+        """
         existing = self._lookup_ids(sorted(set(ids)))
         # First occurrence in the batch of each new id becomes the engram; the rest are refs.
         new_first: dict[str, int] = {}
@@ -408,11 +424,10 @@ class Store:
                 vecs = given[new_idx]
             else:
                 vecs = self._encode([texts[i] for i in new_idx])
-        now = self._clock
+        advance = now is not None
+        now = self._clock if now is None else now
         s = self.settings
-        life = {0: s.working_lifespan, 1: s.short_term_lifespan, 2: s.long_term_lifespan}[
-            kind_code
-        ]
+        life = s.long_term_lifespan if kind_code == LONG_TERM else s.short_term_lifespan
         eid_of = dict(existing)
         new_eids = np.arange(self._next_eid, self._next_eid + len(new_idx), dtype=np.int64)
         for ident, eid in zip(new_first, new_eids):
@@ -466,6 +481,9 @@ class Store:
             "next_eid": self._next_eid + len(new_idx),
             "next_seq": self._next_seq + len(ids),
         }
+        if advance:
+            counters["clock"] = now
+        after = None
         try:
             with self.catalog.transaction() as con:
                 if plan is not None:
@@ -478,18 +496,25 @@ class Store:
                 if plan is not None:
                     cat.set_segment_lengths(con, committed)
                 cat.set_counters(con, counters)
+                if hook is not None:
+                    after = hook(con, eid_of, now)
         except BaseException:
             self.segments.rollback()
             raise
         # Acknowledged: make it visible.
+        self._clock = now
         self._generation = counters["generation"]
         self._next_eid = counters["next_eid"]
         self._next_seq = counters["next_seq"]
         if plan is not None:
             self.segments.set_committed(committed)
-            self.hot.add(new_eids, segs, rows, new_kinds, new_exp)
+            self.hot.add(new_eids, segs, rows, new_kinds, new_exp,
+                         np.full(len(new_eids), now, np.int64))
+            self._on_vectors_added(new_eids, vecs)
         if revive:
             self._refresh_hot(revive)
+        if after is not None:
+            after()
         return [IngestResult(id=i, is_new=i not in existing and new_first.get(i) == k)
                 for k, i in enumerate(ids)]
 
@@ -505,13 +530,13 @@ class Store:
     def _refresh_hot(self, eids: list[int]) -> None:
         """Reload kind and expiry of some engrams from the catalog into the hot state."""
         rows = self.catalog.query_arrow(
-            'SELECT eid, seg, "row", kind, expires_at FROM engrams '
-            "WHERE eid IN (SELECT unnest(?::BIGINT[]))",
+            f"SELECT {HOT_COLUMNS} FROM engrams WHERE eid IN (SELECT unnest(?::BIGINT[]))",
             [eids],
         )
         fresh = HotState.from_arrow(rows)
         e = rows.column("eid").to_numpy().astype(np.int64)
-        self.hot.add(e, fresh.seg[e], fresh.row[e], fresh.kind[e], fresh.expires[e])
+        self.hot.add(e, fresh.seg[e], fresh.row[e], fresh.kind[e], fresh.expires[e],
+                     fresh.created[e])
 
     def forget(self, ids: str | Iterable[str]) -> int:
         """Erase engrams now: they vanish from recall at once; ``gc()`` reclaims their bytes.
@@ -550,6 +575,319 @@ class Store:
             self.hot.remove(np.array(eids, np.int64))
             return len(eids)
 
+    # -- the lifespan engine -----------------------------------------------------------------
+
+    def _on_vectors_added(self, eids: np.ndarray, vectors: np.ndarray) -> None:
+        """Hook for derived indexes once new vectors are committed."""
+
+    def tick(self, n: int = 1) -> int:
+        """Advance the clock by ``n`` ticks and return the new tick. Costs O(1): no row is
+        touched; engrams whose ``expires_at`` has passed are invisible from now on.
+
+        >>> mem.tick()  # doctest: +SKIP
+        1
+        """
+        self._check_open()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidInput(f"n must be an int >= 0, got {n!r}")
+        with self._write_lock:
+            self._check_open()
+            with self.catalog.transaction() as con:
+                cat.set_counters(con, {"clock": self._clock + n,
+                                       "generation": self._generation + 1})
+            self._clock += n
+            self._generation += 1
+            return self._clock
+
+    def reinforce(self, ids: str | Iterable[str], amount: float | None = None) -> None:
+        """Tell the store these memories were useful: they earn ``amount`` lifespan
+        (default ``settings.recall_reward``) and, used together, strengthen their links.
+
+        A negative amount shortens their lives. Raises NotFound for an unknown or dead id.
+
+        >>> mem.reinforce([hit.id for hit in hits[:2]])  # doctest: +SKIP
+        """
+        self._check_open()
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        amount = self.settings.recall_reward if amount is None else check_finite(amount, "amount")
+        for i in id_list:
+            _check_id(i)
+        with self._write_lock:
+            self._check_open()
+            eids = self._live_eids(id_list)
+            now = self._clock
+            pairs = [(a, b, self.settings.link_gain) for k, a in enumerate(eids)
+                     for b in eids[k + 1:]] if amount > 0 else []
+            with self.catalog.transaction() as con:
+                after = self._reward(con, {e: amount for e in eids}, now, count_recall=False)
+                lk.strengthen(con, pairs, now, self.settings)
+                cat.set_counters(con, {"generation": self._generation + 1})
+            self._generation += 1
+            after()
+
+    def _live_eids(self, id_list: list[str]) -> list[int]:
+        found = self._lookup_ids(sorted(set(id_list)))
+        vis = self.hot.visible(self._clock)
+        missing = [i for i in id_list if i not in found or not vis[found[i]]]
+        if missing:
+            raise NotFound(f"no live engram with id {missing[0]}")
+        return list(dict.fromkeys(found[i] for i in id_list))
+
+    def _reward(self, con: Any, rewards: dict[int, float], now: int,
+                count_recall: bool) -> Callable[[], None]:
+        """Apply lifespan rewards inside a transaction; return the in-memory update to run
+        after the commit."""
+        if not rewards:
+            return lambda: None
+        rows = con.execute(
+            "SELECT eid, kind, created_tick, expires_at, earned FROM engrams "
+            f"WHERE eid IN {lk.in_list(rewards)}"
+        ).fetchall()
+        eids, kinds, exps, earns = [], [], [], []
+        for eid, kind, created, expires, earned in rows:
+            k = int(effective_kind(np.array([kind]), np.array([created]), now)[0])
+            pinned = expires is None
+            k, e, earned = apply_reward(k, NEVER if pinned else expires, earned,
+                                        rewards[eid], now, self.settings)
+            eids.append(eid)
+            kinds.append(k)
+            exps.append(None if pinned else e)
+            earns.append(earned)
+        table = pa.table({
+            "eid": pa.array(eids, pa.int64()), "kind": pa.array(kinds, pa.int8()),
+            "expires_at": pa.array(exps, pa.float64()), "earned": pa.array(earns, pa.float64()),
+        })
+        with cat.registered(con, "rewards", table) as view:
+            con.execute(
+                f"UPDATE engrams SET kind = v.kind, expires_at = v.expires_at, "
+                f"earned = v.earned, recalls = recalls + ?, last_tick = ? FROM {view} v "
+                "WHERE engrams.eid = v.eid",
+                [1 if count_recall else 0, now],
+            )
+        e_arr = np.array(eids, np.int64)
+        k_arr = np.array(kinds, np.int8)
+        x_arr = np.array([NEVER if x is None else x for x in exps], np.float64)
+        return lambda: self.hot.set_life(e_arr, k_arr, x_arr)
+
+    def integrate(
+        self,
+        text: str,
+        *,
+        top_k: int = 5,
+        role: str | None = "user",
+        session: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> Turn:
+        """One chatbot turn: recall for ``text``, store it as working memory, strengthen what
+        was used, and advance the clock, in one commit.
+
+        The clock moves to the turn's tick first; the memories recalled for the turn earn
+        lifespan by rank; the turn is linked to each of them and to the previous turn (fire
+        together, wire together). Returns a :class:`~engramdb.types.Turn` whose ``prompt``
+        holds the recalled texts and the turn, ready for an LLM. Raises as ``ingest``.
+
+        >>> turn = mem.integrate("Remind me of my pet's name", top_k=3)  # doctest: +SKIP
+        >>> print(turn.prompt)  # doctest: +SKIP
+        """
+        self._check_open()
+        norm = normalize_text(text)
+        top_k = check_top_k(top_k)
+        role = check_label(role, "role")
+        session = check_label(session, "session")
+        meta = encode_metadata(metadata)
+        q = self._encode([norm])[0]
+        occ_sql, occ_params = _occurrence_filter(where)
+        with self._write_lock:
+            self._check_open()
+            now = self._clock + 1
+            mask = self.hot.visible(now)
+            if occ_sql:
+                mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
+            ident = content_id(self.fingerprint, norm)
+            own = self._lookup_ids([ident])
+            if own:  # a repeated turn must not recall itself
+                mask[own[ident]] = False
+            recalled = self._recall_vector(q, top_k, mask, occ_sql, occ_params, True, now)
+            hit_eids = self._live_eids([h.id for h in recalled]) if recalled else []
+            prev = self._previous_turn()
+            s = self.settings
+
+            def hook(con: Any, eid_of: dict[str, int], tick: int) -> Callable[[], None]:
+                turn = eid_of[ident]
+                rewards = {e: recall_reward(r, s) for r, e in enumerate(hit_eids) if e != turn}
+                after = self._reward(con, rewards, tick, count_recall=True)
+                pairs = [(turn, e, s.link_gain / (r + 1)) for r, e in enumerate(hit_eids)]
+                if prev is not None and prev != turn:
+                    pairs.append((turn, prev, s.link_gain))
+                lk.strengthen(con, pairs, tick, s)
+                con.execute("DELETE FROM counters WHERE name = 'last_turn'")
+                con.execute("INSERT INTO counters VALUES ('last_turn', ?)", [turn])
+                return after
+
+            result = self._ingest_batch(
+                [ident], [norm], [role], [session], [meta], [False], q[None, :],
+                KIND_CODES["working"], now=now, hook=hook,
+            )[0]
+        return Turn(id=result.id, is_new=result.is_new, recalled=recalled,
+                    prompt=format_prompt(norm, recalled, role), tick=now)
+
+    def _previous_turn(self) -> int | None:
+        rows = self.catalog.query("SELECT value FROM counters WHERE name = 'last_turn'")
+        if not rows:
+            return None
+        eid = int(rows[0][0])
+        return eid if eid < self.hot.capacity and self.hot.alive[eid] else None
+
+    def _occurrence_mask(self, occ_sql: str, occ_params: list[Any], size: int) -> np.ndarray:
+        allowed = self.catalog.query_arrow(
+            f"SELECT DISTINCT eid FROM occurrences o WHERE {occ_sql}", occ_params
+        ).column("eid").to_numpy()
+        keep = np.zeros(size, bool)
+        keep[allowed[allowed < size]] = True
+        return keep
+
+    def links(self, limit: int = 20) -> list[tuple[str, str, float]]:
+        """The ``limit`` strongest links now, as ``(id_a, id_b, weight)``."""
+        self._check_open()
+        vis = self.hot.visible(self._clock)
+        top = [(a, b, w) for a, b, w in lk.strongest(
+            self.catalog.reader(), None, self._clock, self.settings)
+            if a < len(vis) and b < len(vis) and vis[a] and vis[b]][:check_top_k(limit)]
+        ids = self._ids_of({e for a, b, _ in top for e in (a, b)})
+        return [(ids[a], ids[b], w) for a, b, w in top if a in ids and b in ids]
+
+    def _ids_of(self, eids: Iterable[int]) -> dict[int, str]:
+        eids = sorted(set(eids))
+        if not eids:
+            return {}
+        return {int(e): i for e, i in self.catalog.query(
+            f"SELECT eid, id FROM engrams WHERE eid IN {lk.in_list(eids)}")}
+
+    def forgetting_log(self, limit: int = 50) -> list[dict[str, Any]]:
+        """What died or was forgotten, most recent first: id, tick, reason, kind, collected.
+
+        Engrams whose lifespan ran out but which ``gc()`` has not collected yet are listed
+        with reason "expired" and ``collected=False``.
+        """
+        self._check_open()
+        limit = check_top_k(limit)
+        now = self._clock
+        dead = np.nonzero(self.hot.alive & ~self.hot.visible(now))[0]
+        pending = []
+        if len(dead):
+            kinds = effective_kind(self.hot.kind, self.hot.created, now)
+            for eid, ident, expires in self.catalog.query(
+                f"SELECT eid, id, expires_at FROM engrams WHERE eid IN {lk.in_list(dead)}"
+            ):
+                pending.append({"id": ident, "tick": int(np.ceil(expires)), "reason": "expired",
+                                "kind": KIND_NAMES[int(kinds[eid])], "collected": False})
+        logged = [
+            {"id": i, "tick": int(t), "reason": r, "kind": KIND_NAMES[int(k)], "collected": bool(c)}
+            for i, t, r, k, c in self.catalog.query(
+                "SELECT id, tick, reason, kind, collected FROM forgotten "
+                "ORDER BY tick DESC, eid DESC LIMIT ?", [limit])
+        ]
+        return sorted(pending + logged, key=lambda d: -d["tick"])[:limit]
+
+    def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Remove dead and forgotten engrams physically and reclaim their space.
+
+        Expired engrams are logged (reason "expired") and their rows, occurrences and links
+        deleted; segments that are mostly dead, or that hold any forgotten engram's vector,
+        are rewritten; when anything was erased the catalog file is rewritten so no deleted
+        bytes survive in freed blocks. ``dry_run`` reports what would happen and changes
+        nothing. Returns counts and bytes before/after.
+
+        >>> mem.gc()  # doctest: +SKIP
+        {'expired': 12, 'erased': 1, 'segments_compacted': 1, ...}
+        """
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            now = self._clock
+            dead = np.nonzero(self.hot.alive & ~self.hot.visible(now))[0]
+            pending_erase = self.catalog.query(
+                "SELECT count(*) FROM forgotten WHERE NOT collected")[0][0]
+            erase = bool(pending_erase or len(dead))
+            alive_after = self.hot.alive.copy()
+            alive_after[dead] = False
+            to_compact = collect.segments_to_compact(
+                self.segments.committed, self.hot.row_eid, alive_after, erase)
+            before = self._file_bytes()
+            report = {"expired": int(len(dead)), "erased": int(pending_erase),
+                      "segments_compacted": len(to_compact), "bytes_before": before,
+                      "dry_run": dry_run}
+            if dry_run:
+                report["bytes_after"] = before
+                return report
+            if len(dead) or pending_erase:
+                with self.catalog.transaction() as con:
+                    ids = lk.in_list(dead)
+                    if len(dead):
+                        con.execute(
+                            "INSERT INTO forgotten SELECT eid, id, CAST(ceil(expires_at) AS BIGINT)"
+                            f", 'expired', kind, true FROM engrams WHERE eid IN {ids}")
+                        con.execute(f"DELETE FROM occurrences WHERE eid IN {ids}")
+                        con.execute(f"DELETE FROM edges WHERE a IN {ids} OR b IN {ids}")
+                        con.execute(f"DELETE FROM engrams WHERE eid IN {ids}")
+                    con.execute("UPDATE forgotten SET collected = true WHERE NOT collected")
+                    cat.set_counters(con, {"generation": self._generation + 1})
+                self._generation += 1
+                self.hot.remove(dead.astype(np.int64))
+                self._on_removed(dead.astype(np.int64))
+            if to_compact:
+                self._compact(to_compact)
+            if erase:
+                self._rewrite_catalog()
+            report["bytes_after"] = self._file_bytes()
+            return report
+
+    def _on_removed(self, eids: np.ndarray) -> None:
+        """Hook for derived indexes once engrams are removed."""
+
+    def _compact(self, segs: list[int]) -> None:
+        """Move the live vectors of ``segs`` into fresh segments, commit, delete the old files."""
+        moving = []
+        for seg in segs:
+            table = self.hot.row_eid.get(seg, np.zeros(0, np.int64))
+            eids = table[table >= 0]
+            moving.append(eids[self.hot.alive[eids]])
+        eids = np.concatenate(moving) if moving else np.zeros(0, np.int64)
+        committed = {k: v for k, v in self.segments.committed.items() if k not in segs}
+        if len(eids):
+            vecs = self.segments.read(self.hot.seg[eids], self.hot.row[eids])
+            start = max(self.segments.committed, default=0) + 1
+            plan = self.segments.plan(len(eids), first_new=start)
+            self.segments.write(plan, vecs)
+            new_segs, new_rows = plan.pointers()
+            committed = plan.committed_after(committed)
+        with self.catalog.transaction() as con:
+            if len(eids):
+                moved = pa.table({"eid": pa.array(eids), "seg": pa.array(new_segs, pa.int32()),
+                                  "row": pa.array(new_rows)})
+                with cat.registered(con, "moved", moved) as view:
+                    con.execute(f'UPDATE engrams SET seg = v.seg, "row" = v."row" FROM {view} v '
+                                "WHERE engrams.eid = v.eid")
+            cat.set_segment_lengths(con, committed)
+            cat.set_counters(con, {"generation": self._generation + 1})
+        self._generation += 1
+        self.segments.set_committed(committed)
+        self.hot.drop_segments(segs)
+        if len(eids):
+            self.hot.add(eids, new_segs, new_rows, self.hot.kind[eids], self.hot.expires[eids],
+                         self.hot.created[eids])
+        self.segments.remove(segs)  # only now: the commit no longer references them
+
+    def _rewrite_catalog(self) -> None:
+        path = self.catalog.path
+        collect.rewrite_catalog(self.catalog.con, path)
+        self.catalog.close()
+        self.catalog = Catalog(path)
+
+    def _file_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
     # -- reads --------------------------------------------------------------------------------
 
     @property
@@ -587,7 +925,8 @@ class Store:
         return self._engrams([found[ident]])[found[ident]]
 
     def _engrams(
-        self, eids: list[int], occ_sql: str = "", occ_params: Sequence[Any] = ()
+        self, eids: list[int], occ_sql: str = "", occ_params: Sequence[Any] = (),
+        now: int | None = None,
     ) -> dict[int, Engram]:
         """Fetch full engrams (text, state, occurrences) for some eids in one query.
 
@@ -603,13 +942,14 @@ class Store:
             "WHERE e.eid IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL",
             [*occ_params, eids],
         )
-        now = self._clock
+        now = self._clock if now is None else now
         out = {}
         for eid, ident, blob, kind, refs, created, expires, pinned, recalls, occs in rows:
             out[int(eid)] = Engram(
                 id=ident,
                 text=decompress_text(blob),
-                kind=Kind(KIND_NAMES[int(kind)]),
+                kind=Kind(KIND_NAMES[int(effective_kind(
+                    np.array([kind]), np.array([self.hot.created[eid]]), now)[0])]),
                 refs=int(refs),
                 created_tick=int(created),
                 expires_at=None if expires is None else expires,
@@ -628,8 +968,15 @@ class Store:
         top_k: int = 5,
         where: dict[str, Any] | None = None,
         kinds: Iterable[Kind | str] | None = None,
+        associative: bool = True,
     ) -> list[Recall]:
         """Return the ``top_k`` live engrams most similar to ``query`` (or to ``vector``).
+
+        With ``associative`` (the default) the strongest Hebbian links of the top hits are
+        followed (``settings.associative_depth`` hops, ``associative_fanout`` links each); an
+        engram reached that way scores ``seed score x link weight`` and comes back with
+        ``via="association"`` and the ``path`` of ids that led to it. Recall is a pure read:
+        it changes no lifespan (``integrate`` and ``reinforce`` do).
 
         ``where`` filters on occurrences: ``session``, ``role`` (a value or a list of values),
         ``metadata`` (a dict of key -> value that must all match), ``since``/``until``
@@ -652,33 +999,63 @@ class Store:
         mask = self.hot.visible(now)
         kind_codes = _kind_codes(kinds)
         if kind_codes is not None:
-            mask &= np.isin(self.hot.kind, kind_codes)
+            mask &= np.isin(effective_kind(self.hot.kind, self.hot.created, now), kind_codes)
         occ_sql, occ_params = _occurrence_filter(where)
         if occ_sql:
-            allowed = self.catalog.query_arrow(
-                f"SELECT DISTINCT eid FROM occurrences o WHERE {occ_sql}", occ_params
-            ).column("eid").to_numpy()
-            keep = np.zeros_like(mask)
-            allowed = allowed[allowed < len(keep)]
-            keep[allowed] = True
-            mask &= keep
+            mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
+        return self._recall_vector(q, top_k, mask, occ_sql, occ_params, associative, now)
+
+    def _recall_vector(
+        self, q: np.ndarray, top_k: int, mask: np.ndarray, occ_sql: str,
+        occ_params: list[Any], associative: bool, now: int,
+    ) -> list[Recall]:
         eids, scores = self._exact_search(q, top_k, mask)
-        if len(eids) == 0:
+        found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {
+            int(e): (float(s), "vector", [], {"vector": float(s)}) for e, s in zip(eids, scores)
+        }
+        if associative and len(eids):
+            self._associate(found, [int(e) for e in eids[:5]], mask, now)
+        ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
+        if not ranked:
             return []
-        engrams = self._engrams([int(e) for e in eids], occ_sql, occ_params)
+        eid_list = [e for e, _ in ranked]
+        engrams = self._engrams(eid_list, occ_sql, occ_params, now)
+        ident = {e: engrams[e].id for e in eid_list if e in engrams}
         hits = []
-        for eid, score in zip(eids, scores):
-            eng = engrams.get(int(eid))
+        for eid, (score, via, path, parts) in ranked:
+            eng = engrams.get(eid)
             if eng is None:  # forgotten between the search and the fetch
                 continue
             hits.append(
                 Recall(
-                    id=eng.id, text=eng.text, score=float(score), kind=eng.kind,
-                    lifespan_left=eng.lifespan_left, via="vector",
-                    scores={"vector": float(score)}, occurrences=eng.occurrences,
+                    id=eng.id, text=eng.text, score=score, kind=eng.kind,
+                    lifespan_left=eng.lifespan_left, via=via, scores=parts,
+                    occurrences=eng.occurrences, path=[ident.get(p, "?") for p in path],
                 )
             )
         return hits
+
+    def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int) -> None:
+        """Follow the strongest links from ``seeds``, adding what they reach to ``found``."""
+        s = self.settings
+        frontier = {e: (found[e][0], [e]) for e in seeds}
+        for _ in range(s.associative_depth):
+            if not frontier:
+                break
+            links = lk.neighbours(self.catalog.reader(), frontier, now, s, s.associative_fanout)
+            nxt: dict[int, tuple[float, list[int]]] = {}
+            for src, (src_score, path) in frontier.items():
+                for other, weight in links.get(src, []):
+                    if other >= len(mask) or not mask[other] or weight <= 0:
+                        continue
+                    score = src_score * weight
+                    if other in found and found[other][0] >= score:
+                        continue
+                    found[other] = (score, "association", path + [other],
+                                    {"association": score, "link": weight})
+                    if other not in nxt or nxt[other][0] < score:
+                        nxt[other] = (score, path + [other])
+            frontier = nxt
 
     def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, ...]:
         """Score every visible engram exactly against ``q``; return the top k (eids, scores)."""
@@ -727,8 +1104,8 @@ class Store:
         self._check_open()
         now = self._clock
         vis = self.hot.visible(now)
-        kinds = {Kind(KIND_NAMES[c]).value: int((vis & (self.hot.kind == c)).sum())
-                 for c in KIND_NAMES}
+        eff = effective_kind(self.hot.kind, self.hot.created, now)
+        kinds = {Kind(KIND_NAMES[c]).value: int((vis & (eff == c)).sum()) for c in KIND_NAMES}
         dead = int((self.hot.alive & ~vis).sum())
         files = {}
         for p in sorted(self.path.rglob("*")):

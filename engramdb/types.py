@@ -104,3 +104,19 @@ class VerifyReport:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What ``integrate`` did with one chatbot turn.
+
+    ``recalled`` are the memories brought back for the turn (before it was stored), ``prompt``
+    is the turn with those memories written out for an LLM to read, ``id`` is the engram the
+    turn itself became, and ``tick`` the clock at which it happened.
+    """
+
+    id: str
+    is_new: bool
+    recalled: list[Recall]
+    prompt: str
+    tick: int

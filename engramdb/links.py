@@ -1,0 +1,98 @@
+"""Hebbian links: a sparse edge table in the catalog, never an N x N matrix.
+
+One row per undirected link ``(a, b)`` with ``a < b``, its weight as of ``tick``; the weight at
+any later tick is derived (lazy decay, see :mod:`engramdb.lifespan`), so time never rewrites
+rows. Lookups go through ART indexes on ``a`` and ``b`` with literal IN-lists, so their cost
+depends on the engrams asked about, not on the size of the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from engramdb import catalog as cat
+from engramdb.lifespan import decayed_weight, strengthened
+from engramdb.settings import Settings
+
+
+def in_list(values: Iterable[int]) -> str:
+    """A literal SQL IN-list of integers (DuckDB uses an index for these, not for unnest)."""
+    return "(" + ",".join(str(int(v)) for v in values) + ")"
+
+
+def _edges_touching(runner: Any, eids: Iterable[int]) -> list[tuple[int, int, float, int]]:
+    ids = in_list(sorted(set(eids)))
+    if ids == "()":
+        return []
+    return runner.execute(
+        f"SELECT a, b, weight, tick FROM edges WHERE a IN {ids} "
+        f"UNION ALL SELECT a, b, weight, tick FROM edges WHERE b IN {ids} AND a NOT IN {ids}"
+    ).fetchall()
+
+
+def strengthen(con: Any, pairs: Iterable[tuple[int, int, float]], now: int,
+               settings: Settings) -> list[tuple[int, int, float]]:
+    """Fire pairs together inside the caller's transaction; return the new (a, b, weight).
+
+    Each pair ``(x, y, gain)`` moves the link's decayed weight a step of ``gain`` towards
+    ``link_max``. Self-links are ignored; a pair given twice is strengthened twice.
+    """
+    steps: list[tuple[int, int, float]] = []
+    for x, y, gain in pairs:
+        if x != y and gain > 0:
+            a, b = (x, y) if x < y else (y, x)
+            steps.append((int(a), int(b), float(gain)))
+    if not steps:
+        return []
+    touched = {a for a, _, _ in steps} | {b for _, b, _ in steps}
+    current = {(a, b): decayed_weight(w, t, now, settings)
+               for a, b, w, t in _edges_touching(con, touched)}
+    new: dict[tuple[int, int], float] = {}
+    for a, b, gain in steps:
+        w = new.get((a, b), current.get((a, b), 0.0))
+        new[(a, b)] = strengthened(float(w), gain, settings)
+    rows = pa.table({
+        "a": pa.array([k[0] for k in new], pa.int64()),
+        "b": pa.array([k[1] for k in new], pa.int64()),
+        "weight": pa.array(list(new.values()), pa.float64()),
+        "tick": pa.array([now] * len(new), pa.int64()),
+    })
+    with cat.registered(con, "edge_update", rows) as view:
+        con.execute(f"DELETE FROM edges USING {view} v WHERE edges.a = v.a AND edges.b = v.b")
+    cat.insert_arrow(con, "edges", rows)
+    return [(a, b, w) for (a, b), w in new.items()]
+
+
+def neighbours(runner: Any, eids: Iterable[int], now: int, settings: Settings,
+               fanout: int) -> dict[int, list[tuple[int, float]]]:
+    """For each eid, its ``fanout`` strongest links as ``(other, weight now)``, strongest first."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    wanted = set(int(e) for e in eids)
+    for a, b, w, t in _edges_touching(runner, wanted):
+        weight = float(decayed_weight(w, t, now, settings))
+        if a in wanted:
+            out.setdefault(a, []).append((b, weight))
+        if b in wanted:
+            out.setdefault(b, []).append((a, weight))
+    for eid, links in out.items():
+        links.sort(key=lambda item: (-item[1], item[0]))
+        out[eid] = links[:fanout]
+    return out
+
+
+def strongest(
+    runner: Any, limit: int | None, now: int, settings: Settings
+) -> list[tuple[int, int, float]]:
+    """The ``limit`` (None: all) strongest links at tick ``now`` as ``(a, b, weight)``."""
+    rows = runner.execute("SELECT a, b, weight, tick FROM edges").fetchall()
+    if not rows:
+        return []
+    arr = np.array([r[2] for r in rows], np.float64)
+    ticks = np.array([r[3] for r in rows], np.float64)
+    weights = decayed_weight(arr, ticks, now, settings)
+    order = np.argsort(-weights, kind="stable")[:limit]
+    return [(int(rows[i][0]), int(rows[i][1]), float(weights[i])) for i in order]
