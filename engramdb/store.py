@@ -385,6 +385,7 @@ class Store:
                             None if given is None else given[start:stop], KIND_CODES[kind.value],
                         )
                     )
+                    self._settle_overflow()
                 if bar is not None:
                     bar.update(stop - start)
         finally:
@@ -729,8 +730,49 @@ class Store:
                 [ident], [norm], [role], [session], [meta], [False], q[None, :],
                 KIND_CODES["working"], now=now, hook=hook,
             )[0]
+            self._settle_overflow()
         return Turn(id=result.id, is_new=result.is_new, recalled=recalled,
                     prompt=format_prompt(norm, recalled, role), tick=now)
+
+    def _settle_overflow(self) -> None:
+        """Apply the short-term capacity rule (docs/lifespan.md) after a write.
+
+        When more than ``short_term_capacity`` engrams are short-term (or working), the excess
+        with the soonest expiry is settled: those that earned at least half of
+        ``promote_after`` are consolidated into long-term memory, the rest die now.
+        """
+        cap = self.settings.short_term_capacity
+        if cap <= 0:
+            return
+        now = self._clock
+        eff = effective_kind(self.hot.kind, self.hot.created, now)
+        short = np.nonzero(self.hot.visible(now) & (eff != LONG_TERM))[0]
+        excess = len(short) - cap
+        if excess <= 0:
+            return
+        victims = short[np.argsort(self.hot.expires[short], kind="stable")[:excess]]
+        rows = self.catalog.query(
+            f"SELECT eid, earned FROM engrams WHERE eid IN {lk.in_list(victims)}")
+        earned = {int(e): float(x) for e, x in rows}
+        keep = [e for e in victims if earned.get(int(e), 0.0) >= self.settings.promote_after / 2]
+        die = [e for e in victims if earned.get(int(e), 0.0) < self.settings.promote_after / 2]
+        until = now + self.settings.long_term_lifespan
+        with self.catalog.transaction() as con:
+            if keep:
+                con.execute(f"UPDATE engrams SET kind = {LONG_TERM}, expires_at = greatest("
+                            f"expires_at, ?) WHERE eid IN {lk.in_list(keep)}", [until])
+            if die:
+                con.execute(f"UPDATE engrams SET expires_at = ? WHERE eid IN {lk.in_list(die)}",
+                            [now])
+            cat.set_counters(con, {"generation": self._generation + 1})
+        self._generation += 1
+        if keep:
+            k = np.array(keep, np.int64)
+            self.hot.set_life(k, np.full(len(k), LONG_TERM, np.int8),
+                              np.maximum(self.hot.expires[k], until))
+        if die:
+            d = np.array(die, np.int64)
+            self.hot.set_life(d, self.hot.kind[d], np.full(len(d), float(now)))
 
     def _previous_turn(self) -> int | None:
         rows = self.catalog.query("SELECT value FROM counters WHERE name = 'last_turn'")

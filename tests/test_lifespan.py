@@ -146,3 +146,20 @@ def test_gc_after_forgetting_half_shrinks_files(tmp_path: Path) -> None:
         hit = mem.recall(vector=vecs[0], top_k=20)
         assert {h.id for h in hit} <= live
         assert mem.verify().ok
+
+
+def test_short_term_capacity_rule(tmp_path: Path) -> None:
+    enc = FunctionEncoder(lookup, 4, "table")
+    settings = engramdb.Settings(short_term_capacity=2)
+    with engramdb.open(tmp_path / "cap.engram", encoder=enc, settings=settings) as mem:
+        a = mem.ingest(A).id
+        mem.reinforce([a], 16)  # expires 80, earned 16 = promote_after / 2
+        mem.tick(20)
+        b, c = mem.ingest(B).id, mem.ingest(C).id  # expire at 84; three short-term now
+        # the excess (one) with the soonest expiry is A; it earned enough: consolidated
+        assert mem.get(a).kind == Kind.LONG_TERM and mem.get(a).expires_at == 20 + 4096
+        d = mem.ingest(D).id
+        # now B, C, D are short-term: B expires soonest (ties by age) and earned nothing: dies
+        assert b not in mem and c in mem and d in mem
+        assert any(e["id"] == b and e["reason"] == "expired" for e in mem.forgetting_log())
+        assert mem.stats()["kinds"] == {"working": 0, "short_term": 2, "long_term": 1}
