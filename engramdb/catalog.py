@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from engramdb.errors import CorruptStore, StorageError
+from engramdb.lexical import LexicalIndex
 
 CATALOG_NAME = "catalog.duckdb"
 
@@ -96,6 +97,8 @@ class Catalog:
         """Create the tables and counters of a new store in one transaction."""
         with self.transaction() as con:
             con.execute(SCHEMA)
+            for statement in LexicalIndex.schema_sql():
+                con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
                 for name in COUNTERS:
                     start = 1 if name in ("next_eid", "next_seq") else 0

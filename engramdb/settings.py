@@ -23,6 +23,10 @@ class Settings:
     vector_dtype: str = "float32"  # or "float16": half the disk, ~1e-3 relative error
     batch_rows: int = 4096  # ingest_many commits at most this many rows per transaction
 
+    # -- recall --
+    lexical_weight: float = 0.4  # share of BM25 in hybrid recall (0: dense only); see hybrid.py
+    hybrid_pool: int = 100  # candidates taken from each of the dense and lexical rankings
+
     # -- lifespan engine (DESIGN section 4) --
     short_term_lifespan: float = 64.0  # ticks a new engram lives unless recalled or reinforced
     long_term_lifespan: float = 4096.0  # ticks granted on promotion to long-term
@@ -51,6 +55,8 @@ class Settings:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
             ):
                 raise InvalidInput(f"setting {f.name} must be a non-negative number, got {value!r}")
+        if not 0.0 <= self.lexical_weight <= 1.0:
+            raise InvalidInput(f"lexical_weight must be in [0, 1], got {self.lexical_weight!r}")
         if self.segment_bytes < 4096 or self.batch_rows < 1:
             raise InvalidInput("segment_bytes must be >= 4096 and batch_rows >= 1")
 

@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
 from engramdb import catalog as cat
-from engramdb import collect
+from engramdb import collect, hybrid
 from engramdb import links as lk
 from engramdb.catalog import CATALOG_NAME, KIND_CODES, KIND_NAMES, Catalog
 from engramdb.content import (
@@ -51,6 +52,7 @@ from engramdb.errors import (
 )
 from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
+from engramdb.lexical import LexicalIndex
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
@@ -198,6 +200,7 @@ class Store:
             self.catalog.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")
         )
         self._check_pointers()
+        self.lexical = self._load_lexical()
 
     def _create(self, encoder: Encoder | None, dim: int | None, settings: Settings) -> None:
         if encoder is not None:
@@ -230,6 +233,33 @@ class Store:
         fsync_dir(self.path)
         Manifest(encoder_spec=spec, dim=dim, dtype=settings.vector_dtype,
                  settings=settings.to_dict()).write(self.path)
+
+    def _load_lexical(self) -> LexicalIndex:
+        """Load the BM25 index; rebuild its tables from the engram texts if they disagree.
+
+        The lexical tables are derived from the texts, so a store imported or written without
+        them (or with another tokenizer) is repaired here rather than refused.
+        """
+        con = self.catalog.con
+        for statement in LexicalIndex.schema_sql():
+            con.execute(statement)
+        docs, engrams = self.catalog.query(
+            "SELECT (SELECT count(*) FROM lex_docs), (SELECT count(*) FROM engrams)")[0]
+        stale = docs != engrams or self.catalog.query(
+            "SELECT count(*) FROM engrams e ANTI JOIN lex_docs d ON d.eid = e.eid")[0][0]
+        if stale:
+            lex = LexicalIndex()
+            rows = self.catalog.query("SELECT eid, text FROM engrams ORDER BY eid")
+            batch = lex.add_rows([r[0] for r in rows], [decompress_text(r[1]) for r in rows])
+            with self.catalog.transaction() as tx:
+                tx.execute("DELETE FROM lex_postings")
+                tx.execute("DELETE FROM lex_docs")
+                LexicalIndex.insert(tx, batch)
+            self.recovered.append(f"rebuilt the lexical index of {len(rows)} engrams")
+        try:
+            return LexicalIndex.load(con)
+        except duckdb.Error as exc:
+            raise CorruptStore(f"lexical index tables are unreadable: {exc}") from exc
 
     def _check_pointers(self) -> None:
         """Every live pointer must fall inside a committed segment row."""
@@ -473,6 +503,7 @@ class Store:
             }
         )
         revive = sorted({eid_of[i] for i in ids if i in existing})
+        lex_rows = self.lexical.add_rows(new_eids, [texts[i] for i in new_idx]) if plan else None
         committed = self.segments.committed
         if plan is not None:
             self.segments.write(plan, stored)  # durable before the commit that points at it
@@ -489,6 +520,7 @@ class Store:
             with self.catalog.transaction() as con:
                 if plan is not None:
                     cat.insert_arrow(con, "engrams", engram_rows)
+                    LexicalIndex.insert(con, lex_rows)
                 cat.insert_arrow(con, "occurrences", occ_rows)
                 _update_for_occurrences(
                     con, [eid_of[i] for i in ids], revive,
@@ -511,6 +543,7 @@ class Store:
             self.segments.set_committed(committed)
             self.hot.add(new_eids, segs, rows, new_kinds, new_exp,
                          np.full(len(new_eids), now, np.int64))
+            self.lexical.apply_add(lex_rows)
             self._on_vectors_added(new_eids, vecs)
         if revive:
             self._refresh_hot(revive)
@@ -571,9 +604,13 @@ class Store:
                                 "(SELECT unnest(?::BIGINT[]))", [eids])
                 con.execute("DELETE FROM edges WHERE a IN (SELECT unnest(?::BIGINT[])) "
                             "OR b IN (SELECT unnest(?::BIGINT[]))", [eids, eids])
+                for sql, params in LexicalIndex.delete_sql(eids):
+                    con.execute(sql, params)
                 cat.set_counters(con, {"generation": self._generation + 1})
             self._generation += 1
             self.hot.remove(np.array(eids, np.int64))
+            self.lexical.apply_delete(eids)
+            self._on_removed(np.array(eids, np.int64))
             return len(eids)
 
     # -- the lifespan engine -----------------------------------------------------------------
@@ -709,7 +746,7 @@ class Store:
             own = self._lookup_ids([ident])
             if own:  # a repeated turn must not recall itself
                 mask[own[ident]] = False
-            recalled = self._recall_vector(q, top_k, mask, occ_sql, occ_params, True, now)
+            recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now)
             hit_eids = self._live_eids([h.id for h in recalled]) if recalled else []
             prev = self._previous_turn()
             s = self.settings
@@ -873,11 +910,16 @@ class Store:
                         con.execute(f"DELETE FROM occurrences WHERE eid IN {ids}")
                         con.execute(f"DELETE FROM edges WHERE a IN {ids} OR b IN {ids}")
                         con.execute(f"DELETE FROM engrams WHERE eid IN {ids}")
+                        for sql, params in LexicalIndex.delete_sql(dead):
+                            con.execute(sql, params)
                     con.execute("UPDATE forgotten SET collected = true WHERE NOT collected")
                     cat.set_counters(con, {"generation": self._generation + 1})
                 self._generation += 1
                 self.hot.remove(dead.astype(np.int64))
+                self.lexical.apply_delete(dead)
                 self._on_removed(dead.astype(np.int64))
+            if erase:
+                self.lexical.compact()
             if to_compact:
                 self._compact(to_compact)
             if erase:
@@ -1033,10 +1075,12 @@ class Store:
         top_k = check_top_k(top_k)
         if (query is None) == (vector is None):
             raise InvalidInput("pass exactly one of query (text) or vector=")
+        text = None
         if vector is not None:
             q = check_vectors(vector, self.dim, 1)[0]
         else:
-            q = self._encode([normalize_text(query, what="query")])[0]
+            text = normalize_text(query, what="query")
+            q = self._encode([text])[0]
         now = self._clock
         mask = self.hot.visible(now)
         kind_codes = _kind_codes(kinds)
@@ -1045,16 +1089,26 @@ class Store:
         occ_sql, occ_params = _occurrence_filter(where)
         if occ_sql:
             mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
-        return self._recall_vector(q, top_k, mask, occ_sql, occ_params, associative, now)
+        return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now)
 
-    def _recall_vector(
-        self, q: np.ndarray, top_k: int, mask: np.ndarray, occ_sql: str,
+    def _recall(
+        self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
         occ_params: list[Any], associative: bool, now: int,
     ) -> list[Recall]:
-        eids, scores = self._exact_search(q, top_k, mask)
-        found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {
-            int(e): (float(s), "vector", [], {"vector": float(s)}) for e, s in zip(eids, scores)
-        }
+        """Search (hybrid when there is query text), expand over links, fetch, rank."""
+        weight = self.settings.lexical_weight if text is not None else 0.0
+        pool = max(top_k, self.settings.hybrid_pool) if weight > 0 else top_k
+        eids, scores = self._exact_search(q, pool, mask)
+        found: dict[int, tuple[float, str, list[int], dict[str, float]]]
+        lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
+                                else (np.zeros(0, np.int64), None))
+        if len(lex_eids):
+            found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
+            eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
+        else:
+            eids, scores = eids[:top_k], scores[:top_k]
+            found = {int(e): (float(s), "vector", [], {"vector": float(s)})
+                     for e, s in zip(eids, scores)}
         if associative and len(eids):
             self._associate(found, [int(e) for e in eids[:5]], mask, now)
         ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
@@ -1076,6 +1130,43 @@ class Store:
                 )
             )
         return hits
+
+    def _lexical_scores(self, text: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores of every visible engram matching the query's terms, sorted by eid."""
+        slots, scores = self.lexical.score_terms(self.lexical.tokenizer(text))
+        if len(slots) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        eids = self.lexical.eids_of(slots)
+        keep = (eids < len(mask)) & mask[np.minimum(eids, len(mask) - 1)]
+        eids, scores = eids[keep], scores[keep]
+        order = np.argsort(eids)
+        return eids[order], scores[order]
+
+    def _fuse(self, q: np.ndarray, dense_eids: np.ndarray, dense_scores: np.ndarray,
+              lex_eids: np.ndarray, lex_scores: np.ndarray, pool: int, weight: float) -> dict:
+        """Score the union of the dense and the top lexical candidates (:func:`hybrid.fuse`)."""
+        top = lex_eids
+        if len(top) > pool:
+            top = lex_eids[np.argpartition(-lex_scores, pool - 1)[:pool]]
+        in_dense = set(dense_eids.tolist())
+        in_lex = set(top.tolist())
+        cands = np.array(sorted(in_dense | in_lex), np.int64)
+        cos = np.empty(len(cands), np.float64)
+        known = {int(e): float(x) for e, x in zip(dense_eids, dense_scores)}
+        missing = np.array([e for e in cands if int(e) not in known], np.int64)
+        if len(missing):
+            vecs = self.segments.read(self.hot.seg[missing], self.hot.row[missing])
+            known.update({int(e): float(x) for e, x in zip(missing, vecs @ q)})
+        cos[:] = [known[int(e)] for e in cands]
+        pos = np.searchsorted(lex_eids, cands)
+        hit = (pos < len(lex_eids)) & (lex_eids[np.minimum(pos, len(lex_eids) - 1)] == cands)
+        bm25 = np.where(hit, lex_scores[np.minimum(pos, len(lex_eids) - 1)], 0.0)
+        fused = hybrid.fuse(cands, cos, bm25, weight)
+        return {
+            int(e): (float(f), hybrid.via(int(e) in in_dense, int(e) in in_lex), [],
+                     {"vector": float(c), "lexical": float(b), "fused": float(f)})
+            for e, c, b, f in zip(cands, cos, bm25, fused)
+        }
 
     def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int) -> None:
         """Follow the strongest links from ``seeds``, adding what they reach to ``found``."""

@@ -1,0 +1,183 @@
+"""Tests of the BM25 lexical index (engramdb.lexical): scoring, stemming, deletes, filters,
+and the round trip through DuckDB tables."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import pytest
+
+from engramdb.errors import InvalidInput
+from engramdb.lexical import LexicalIndex, stem, tokenize
+
+CORPUS = [
+    "cats chase mice",            # eid 10
+    "the dog chases the cat",     # eid 20
+    "dogs and cats and dogs",     # eid 30
+    "a quiet garden at night",    # eid 40
+]
+EIDS = [10, 20, 30, 40]
+
+
+def _bm25(query: list[str], docs: list[list[str]], k1: float = 1.2, b: float = 0.75) -> list:
+    """Textbook BM25 (Lucene idf) over pre-tokenized docs, written independently."""
+    n = len(docs)
+    avg = sum(len(d) for d in docs) / n
+    out = []
+    for d in docs:
+        s = 0.0
+        for t in set(query):
+            df = sum(1 for x in docs if t in x)
+            if df == 0:
+                continue
+            tf = d.count(t)
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            s += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avg))
+        out.append(s)
+    return out
+
+
+def _index() -> LexicalIndex:
+    idx = LexicalIndex()
+    idx.add(EIDS, CORPUS)
+    return idx
+
+
+def test_tokenize_and_stem() -> None:
+    assert tokenize("The DOGS chased cats!") == ["dog", "chase", "cat"]
+    for a, b in [("paints", "painting"), ("painted", "paint"), ("cities", "city"),
+                 ("running", "run"), ("hoped", "hoping"), ("studies", "studied")]:
+        assert stem(a) == stem(b), (a, b)
+    assert stem("falling") == "fall" and stem("passed") == "pass"
+    assert tokenize("Caroline's necklace, 2022") == ["caroline", "necklace", "2022"]
+
+
+def test_scores_match_hand_formula() -> None:
+    idx = _index()
+    docs = [tokenize(t) for t in CORPUS]
+    for q in ["cat", "dogs chasing cats", "garden night", "mice dog"]:
+        expected = _bm25(tokenize(q), docs)
+        eids, scores = idx.search(q, k=10)
+        got = dict(zip(eids.tolist(), scores.tolist(), strict=True))
+        for eid, e in zip(EIDS, expected, strict=True):
+            assert got.get(eid, 0.0) == pytest.approx(e, rel=1e-5), (q, eid)
+        assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_stemming_unifies_inflections_in_search() -> None:
+    idx = LexicalIndex()
+    idx.add([1, 2], ["She painted a sunrise", "He likes swimming"])
+    assert idx.search("paintings", k=5)[0].tolist() == [1]
+    assert idx.search("swims", k=5)[0].tolist() == [2]
+    assert idx.search("when", k=5)[0].tolist() == []  # stopword only: no match
+
+
+def test_deletes_vanish_and_stats_follow() -> None:
+    idx = _index()
+    assert 20 in idx.search("cat", k=10)[0]
+    assert idx.apply_delete([20, 999]) == 1
+    assert len(idx) == 3
+    assert 20 not in idx.search("cat", k=10)[0]
+    # After the delete, scores equal a fresh index built without the document.
+    fresh = LexicalIndex()
+    fresh.add([10, 30, 40], [CORPUS[0], CORPUS[2], CORPUS[3]])
+    for q in ["cat", "dog chase"]:
+        a, sa = idx.search(q, k=10)
+        b, sb = fresh.search(q, k=10)
+        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+    idx.compact()
+    a, sa = idx.search("dog chase", k=10)
+    assert a.tolist() == fresh.search("dog chase", k=10)[0].tolist()
+
+
+def test_allowed_filter_is_exact() -> None:
+    idx = LexicalIndex()
+    rng = np.random.default_rng(0)
+    words = ["apple", "banana", "cherry", "date", "elder", "fig"]
+    texts = [" ".join(rng.choice(words, 5)) for _ in range(200)]
+    idx.add(np.arange(200), texts)
+    allowed = np.arange(0, 200, 7)
+    eids, scores = idx.search("apple fig", k=10, allowed=allowed)
+    assert len(eids) == 10 and set(eids.tolist()) <= set(allowed.tolist())
+    # Exact: same as the unfiltered full ranking restricted to the allowed set.
+    all_e, all_s = idx.search("apple fig", k=200)
+    ref = [(s, e) for e, s in zip(all_e.tolist(), all_s.tolist(), strict=True) if e % 7 == 0]
+    assert eids.tolist() == [e for _, e in ref[:10]]
+    assert idx.search("apple", k=5, allowed=[])[0].tolist() == []
+
+
+def test_incremental_add_equals_bulk_and_rejects_bad_input() -> None:
+    bulk = _index()
+    inc = LexicalIndex()
+    for e, t in zip(EIDS, CORPUS, strict=True):
+        inc.add([e], [t])
+    for q in ["cat dog", "night"]:
+        a, sa = bulk.search(q, k=4)
+        b, sb = inc.search(q, k=4)
+        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+    with pytest.raises(InvalidInput):
+        inc.add_rows([1, 1], ["a", "b"])
+    with pytest.raises(InvalidInput):
+        inc.add_rows([1], ["a", "b"])
+    with pytest.raises(InvalidInput):
+        inc.search("cat", k=0)
+
+
+def test_round_trip_through_duckdb(tmp_path) -> None:
+    path = str(tmp_path / "catalog.duckdb")
+    con = duckdb.connect(path)
+    for sql in LexicalIndex.schema_sql():
+        con.execute(sql)
+    idx = LexicalIndex()
+    rows = idx.add_rows(EIDS, CORPUS)
+    assert len(idx) == 0  # add_rows does not touch memory before the commit
+    con.execute("BEGIN")
+    LexicalIndex.insert(con, rows)
+    con.execute("COMMIT")
+    idx.apply_add(rows)
+    # A duplicate eid is refused by the catalog inside the transaction.
+    con.execute("BEGIN")
+    with pytest.raises(duckdb.Error):
+        LexicalIndex.insert(con, idx.add_rows([10], ["again"]))
+    con.execute("ROLLBACK")
+    # Forget eid 30 in the catalog and in memory.
+    con.execute("BEGIN")
+    for sql, params in LexicalIndex.delete_sql([30]):
+        con.execute(sql, params)
+    con.execute("COMMIT")
+    idx.apply_delete([30])
+    assert con.execute("SELECT count(*) FROM lex_postings WHERE eid = 30").fetchone()[0] == 0
+    con.close()
+
+    con = duckdb.connect(path)
+    loaded = LexicalIndex.load(con)
+    con.close()
+    assert len(loaded) == 3
+    for q in ["cat", "dogs chase", "garden", "mice"]:
+        a, sa = idx.search(q, k=10)
+        b, sb = loaded.search(q, k=10)
+        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+    # The loaded index keeps accepting adds (delta on top of the loaded arrays).
+    loaded.add([50], ["a cat in the garden"])
+    assert loaded.search("garden cat", k=1)[0].tolist() == [50]
+
+
+def test_bulk_merge_path_matches_delta_path() -> None:
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(50)]
+    texts = [" ".join(rng.choice(words, 6)) for _ in range(2000)]
+    bulk = LexicalIndex()
+    bulk.add(np.arange(2000), texts)  # > 4096 postings: merged into the CSC arrays at once
+    small = LexicalIndex()
+    for i in range(0, 2000, 10):  # small batches: the delta path
+        small.add(np.arange(i, i + 10), texts[i:i + 10])
+    for idx in (bulk, small):
+        idx.apply_delete(np.arange(0, 2000, 3))
+    bulk.compact()
+    for q in ["w1 w2", "w7", "w3 w30 w49"]:
+        a, sa = bulk.search(q, k=20)
+        b, sb = small.search(q, k=20)
+        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+        assert not set(a.tolist()) & set(range(0, 2000, 3))
