@@ -31,6 +31,9 @@ class HotState:
         self.created = np.zeros(0, np.int64)
         self.alive = np.zeros(0, bool)  # stored and not forgotten (may still be expired)
         self.row_eid: dict[int, np.ndarray] = {}  # segment -> eid of each row, -1 if none
+        self.version = 0  # bumped by every change; keys the cached visibility mask
+        self._visible: tuple[float, int, np.ndarray] | None = None
+        self.next_death = NEVER  # no visible engram dies before this tick (a lower bound)
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -82,11 +85,18 @@ class HotState:
             sel = segs == seg
             self._map_rows(int(seg), rows[sel], eids[sel])
         self.alive[eids] = True
+        self._changed(expires)
+
+    def _changed(self, expires: np.ndarray | None = None) -> None:
+        self.version += 1
+        if expires is not None and len(expires):
+            self.next_death = min(self.next_death, float(np.min(expires)))
 
     def remove(self, eids: np.ndarray) -> None:
         """Forget engrams: they vanish from every search at once."""
         eids = eids[eids < self.capacity]
         self.alive[eids] = False
+        self._changed()
         for eid in eids:
             table = self.row_eid.get(int(self.seg[eid]))
             if table is not None and self.row[eid] < len(table) and table[self.row[eid]] == eid:
@@ -101,10 +111,31 @@ class HotState:
         """Record new kinds and expiry ticks (after a reward or promotion commits)."""
         self.kind[eids] = kinds
         self.expires[eids] = expires
+        self._changed(expires)
 
     def visible(self, now: float) -> np.ndarray:
-        """Mask over eids: stored, not forgotten, and with lifespan left at tick ``now``."""
-        return self.alive & (self.expires > now)
+        """Mask over eids: stored, not forgotten, and with lifespan left at tick ``now``.
+
+        Cached until the clock or the state changes (an O(N) pass per query would cost about
+        a millisecond at 1M engrams); the returned array is read-only, copy it to modify.
+        """
+        cached = self._visible
+        if cached is not None and cached[0] == now and cached[1] == self.version:
+            return cached[2]
+        mask = self.alive & (self.expires > now)
+        mask.setflags(write=False)
+        self._visible = (now, self.version, mask)
+        return mask
+
+    def deaths_due(self, now: float) -> np.ndarray | None:
+        """If some engram's lifespan may have run out by ``now``, the eids of every stored but
+        expired engram (and the lower bound is recomputed); else None, in O(1)."""
+        if now < self.next_death:
+            return None
+        vis = self.visible(now)
+        alive_exp = self.expires[vis]
+        self.next_death = float(alive_exp.min()) if len(alive_exp) else NEVER
+        return np.nonzero(self.alive & ~vis)[0]
 
     def live_eids(self, now: float) -> np.ndarray:
         """The eids visible at tick ``now``, ascending."""

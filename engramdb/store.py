@@ -52,6 +52,7 @@ from engramdb.errors import (
 )
 from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
+from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
 from engramdb.lexical import LexicalIndex
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
@@ -61,8 +62,10 @@ from engramdb.segments import SEGMENT_DIR, SegmentStore
 from engramdb.settings import Settings
 from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, Turn, VerifyReport
 
+INDEX_DIR = "index"
+
 # Files a half-created store may hold before its manifest (written last) exists.
-_CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR,
+_CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
                    "." + MANIFEST_NAME + ".tmp"}
 
 
@@ -74,6 +77,7 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     settings: Settings | dict[str, Any] | None = None,
     lock_timeout: float = 0.0,
     create: bool = True,
+    index: dict[str, Any] | None = None,
 ) -> Store:
     """Open the store at ``path``, creating it if it does not exist.
 
@@ -81,7 +85,10 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     ``dim`` (a store of caller-supplied vectors). Reopening with a different encoder raises
     :class:`~engramdb.errors.ModelMismatch`; a second process gets
     :class:`~engramdb.errors.StoreLocked` naming the holder's pid after ``lock_timeout``
-    seconds. Other errors: NotAStore, CorruptStore, FormatTooNew, InvalidInput.
+    seconds. ``index`` overrides the vector index configuration (``levels``, ``M``,
+    ``ef_search``, ``candidate_multiplier``, ``exact_threshold``...; see ``engramdb.index``),
+    which is otherwise chosen from the dimension and size and recorded in the manifest.
+    Other errors: NotAStore, CorruptStore, FormatTooNew, InvalidInput.
 
     >>> import engramdb
     >>> from engramdb.encoders import HashingEncoder
@@ -89,7 +96,8 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     ...     mem.ingest("I adopted a guinea pig named Oscar.")
     """
     return Store(
-        Path(path), encoder, dim=dim, settings=settings, lock_timeout=lock_timeout, create=create
+        Path(path), encoder, dim=dim, settings=settings, lock_timeout=lock_timeout,
+        create=create, index=index,
     )
 
 
@@ -105,6 +113,7 @@ class Store:
         settings: Settings | dict[str, Any] | None,
         lock_timeout: float,
         create: bool,
+        index: dict[str, Any] | None = None,
     ) -> None:
         if encoder is not None and not isinstance(encoder, Encoder):
             raise InvalidInput(f"encoder must be an engramdb Encoder, got {type(encoder).__name__}")
@@ -119,8 +128,10 @@ class Store:
         self._lock = StoreLock(self._prepare_directory(path, create))
         self._lock.acquire(lock_timeout)
         self.catalog: Catalog | None = None
+        self.index: VectorIndex | None = None
+        self._index_unsaved = 0
         try:
-            self._open_locked(encoder, dim, settings)
+            self._open_locked(encoder, dim, settings, index)
         except BaseException:
             if self.catalog is not None:
                 self.catalog.close()
@@ -152,7 +163,8 @@ class Store:
         return path
 
     def _open_locked(
-        self, encoder: Encoder | None, dim: int | None, settings: Settings | None
+        self, encoder: Encoder | None, dim: int | None, settings: Settings | None,
+        index: dict[str, Any] | None,
     ) -> None:
         path = self.path
         if not (path / MANIFEST_NAME).exists():
@@ -201,6 +213,7 @@ class Store:
         )
         self._check_pointers()
         self.lexical = self._load_lexical()
+        self.index = self._load_index(index)
 
     def _create(self, encoder: Encoder | None, dim: int | None, settings: Settings) -> None:
         if encoder is not None:
@@ -223,6 +236,7 @@ class Store:
         for stale in (catalog_path, self.path / (CATALOG_NAME + ".wal")):
             stale.unlink(missing_ok=True)
         shutil.rmtree(self.path / SEGMENT_DIR, ignore_errors=True)
+        shutil.rmtree(self.path / INDEX_DIR, ignore_errors=True)
         (self.path / SEGMENT_DIR).mkdir()
         catalog = Catalog(catalog_path)
         try:
@@ -261,6 +275,103 @@ class Store:
         except duckdb.Error as exc:
             raise CorruptStore(f"lexical index tables are unreadable: {exc}") from exc
 
+    def _load_index(self, override: dict[str, Any] | None) -> VectorIndex:
+        """Load the vector index and bring it up to date with the catalog, or rebuild it.
+
+        The index is derived state: a missing, damaged or ahead-of-catalog index is rebuilt,
+        and one that lags is brought up to date by replaying the engrams it lacks.
+        """
+        recorded = self.manifest.index.get("config")
+        if override is not None:
+            cfg = IndexConfig.from_dict({**(recorded or {}), **override})
+        elif recorded:
+            cfg = IndexConfig.from_dict(recorded)
+        else:
+            cfg = IndexConfig.choose(self.dim, int(self.hot.alive.sum()))
+        cfg.validate(self.dim)
+        if cfg.to_dict() != recorded or (override is not None) != bool(
+            self.manifest.index.get("user_override")
+        ):
+            self.manifest.index = {"config": cfg.to_dict(),
+                                   "user_override": override is not None or bool(
+                                       self.manifest.index.get("user_override"))}
+            self.manifest.write(self.path)
+        live = self.hot.live_eids(self._clock)
+        try:
+            idx, generation = VectorIndex.load(self.path / INDEX_DIR, self.dim)
+            if idx.config != cfg:
+                raise IndexDamaged("its configuration differs from the manifest's")
+            if generation > self._generation:
+                raise IndexDamaged("it is ahead of the catalog")
+        except IndexDamaged as exc:
+            self.recovered.append(f"rebuilt the vector index ({exc})")
+            return self._build_index(cfg, live)
+        have = idx.labels()
+        missing = np.setdiff1d(live, have, assume_unique=True)
+        extra = np.setdiff1d(have, live, assume_unique=True)
+        if len(missing):
+            for start in range(0, len(missing), 50_000):
+                part = missing[start:start + 50_000]
+                idx.add(part, self._fetch_vectors(part))
+            self.recovered.append(f"replayed {len(missing)} engrams into the vector index")
+            self._index_unsaved = len(missing)
+        if len(extra):
+            idx.mark_deleted(extra)
+            self._index_unsaved += len(extra)
+        self.hot.next_death = float(self.hot.expires[live].min()) if len(live) else NEVER
+        return idx
+
+    def _build_index(self, cfg: IndexConfig, live: np.ndarray,
+                     progress: bool = False) -> VectorIndex:
+        bar = _progress(len(live), progress or len(live) > 50_000, "index")
+        try:
+            idx = VectorIndex.build(
+                live, self._fetch_vectors, cfg, dim=self.dim,
+                progress=None if bar is None else lambda done, total: bar.update(done - bar.n),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        self.index = idx
+        self._save_index()
+        self.hot.next_death = float(self.hot.expires[live].min()) if len(live) else NEVER
+        return idx
+
+    def _save_index(self) -> None:
+        """Persist the vector index (derived state) with the generation it covers."""
+        try:
+            self.index.save(self.path / INDEX_DIR, self._generation)
+        except OSError as exc:
+            raise StorageError(f"saving the vector index failed: {exc}") from exc
+        self._index_unsaved = 0
+
+    def rebuild(self, *, progress: bool = False) -> dict[str, Any]:
+        """Rebuild every derived structure from the catalog and the segments.
+
+        Refits the rotation and rebuilds every level of the vector index (choosing the
+        configuration again for the store's current size unless the user set one), and
+        rebuilds the lexical index. Use it after large deletions or to apply a new index
+        configuration. Returns what was built.
+
+        >>> mem.rebuild()  # doctest: +SKIP
+        {'indexed': 1000, 'levels': [384], 'lexical': 1000}
+        """
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            live = self.hot.live_eids(self._clock)
+            cfg = self.index.config if self.manifest.index.get("user_override") else \
+                IndexConfig.choose(self.dim, len(live))
+            if cfg.to_dict() != self.manifest.index.get("config"):
+                self.manifest.index = {**self.manifest.index, "config": cfg.to_dict()}
+                self.manifest.write(self.path)
+            self._build_index(cfg, live, progress)
+            with self.catalog.transaction() as tx:
+                tx.execute("DELETE FROM lex_postings")
+                tx.execute("DELETE FROM lex_docs")
+            self.lexical = self._load_lexical()
+            return {"indexed": len(live), "levels": list(cfg.levels), "lexical": len(self.lexical)}
+
     def _check_pointers(self) -> None:
         """Every live pointer must fall inside a committed segment row."""
         committed = self.segments.committed
@@ -286,9 +397,13 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            if self.catalog is not None:
-                self.catalog.close()
-            self._lock.release()
+            try:
+                if self.index is not None and self._index_unsaved:
+                    self._save_index()
+            finally:
+                if self.catalog is not None:
+                    self.catalog.close()
+                self._lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -571,6 +686,10 @@ class Store:
         e = rows.column("eid").to_numpy().astype(np.int64)
         self.hot.add(e, fresh.seg[e], fresh.row[e], fresh.kind[e], fresh.expires[e],
                      fresh.created[e])
+        if self.index is not None:  # content said again after it expired lives again
+            back = np.array([x for x in e.tolist() if x not in self.index], np.int64)
+            if len(back):
+                self.index.add(back, self._fetch_vectors(back))
 
     def forget(self, ids: str | Iterable[str]) -> int:
         """Erase engrams now: they vanish from recall at once; ``gc()`` reclaims their bytes.
@@ -616,7 +735,12 @@ class Store:
     # -- the lifespan engine -----------------------------------------------------------------
 
     def _on_vectors_added(self, eids: np.ndarray, vectors: np.ndarray) -> None:
-        """Hook for derived indexes once new vectors are committed."""
+        """Keep the vector index in step once new vectors are committed."""
+        if self.index is not None:
+            self.index.add(eids, vectors)
+            self._index_unsaved += len(eids)
+            if self._index_unsaved >= max(50_000, len(self.index) // 4):
+                self._save_index()
 
     def tick(self, n: int = 1) -> int:
         """Advance the clock by ``n`` ticks and return the new tick. Costs O(1): no row is
@@ -739,14 +863,15 @@ class Store:
         with self._write_lock:
             self._check_open()
             now = self._clock + 1
-            mask = self.hot.visible(now)
+            mask = self.hot.visible(now).copy()
             if occ_sql:
                 mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
             ident = content_id(self.fingerprint, norm)
             own = self._lookup_ids([ident])
             if own:  # a repeated turn must not recall itself
                 mask[own[ident]] = False
-            recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now)
+            recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now,
+                                    filtered=bool(occ_sql))
             hit_eids = self._live_eids([h.id for h in recalled]) if recalled else []
             prev = self._previous_turn()
             s = self.settings
@@ -924,11 +1049,17 @@ class Store:
                 self._compact(to_compact)
             if erase:
                 self._rewrite_catalog()
+                # hnswlib only flags deleted vectors: their bytes stay in the graph files
+                # until the graph is rebuilt without them.
+                self._build_index(self.index.config, self.hot.live_eids(now))
             report["bytes_after"] = self._file_bytes()
             return report
 
     def _on_removed(self, eids: np.ndarray) -> None:
-        """Hook for derived indexes once engrams are removed."""
+        """Keep the vector index in step once engrams are removed."""
+        if self.index is not None and len(eids):
+            self.index.mark_deleted(eids)
+            self._index_unsaved += len(eids)
 
     def _compact(self, segs: list[int]) -> None:
         """Move the live vectors of ``segs`` into fresh segments, commit, delete the old files."""
@@ -1085,20 +1216,25 @@ class Store:
         mask = self.hot.visible(now)
         kind_codes = _kind_codes(kinds)
         if kind_codes is not None:
-            mask &= np.isin(effective_kind(self.hot.kind, self.hot.created, now), kind_codes)
+            mask = mask & np.isin(effective_kind(self.hot.kind, self.hot.created, now), kind_codes)
         occ_sql, occ_params = _occurrence_filter(where)
         if occ_sql:
-            mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
-        return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now)
+            mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
+        return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
+                            filtered=kind_codes is not None or bool(occ_sql))
 
     def _recall(
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
-        occ_params: list[Any], associative: bool, now: int,
+        occ_params: list[Any], associative: bool, now: int, *, filtered: bool,
     ) -> list[Recall]:
-        """Search (hybrid when there is query text), expand over links, fetch, rank."""
+        """Search (hybrid when there is query text), expand over links, fetch, rank.
+
+        ``mask`` says which eids may be returned; ``filtered`` says it excludes more than
+        expiry and a handful of ids, so the vector index must search inside it.
+        """
         weight = self.settings.lexical_weight if text is not None else 0.0
         pool = max(top_k, self.settings.hybrid_pool) if weight > 0 else top_k
-        eids, scores = self._exact_search(q, pool, mask)
+        eids, scores = self._dense_search(q, pool, mask, filtered, now)
         found: dict[int, tuple[float, str, list[int], dict[str, float]]]
         lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
                                 else (np.zeros(0, np.int64), None))
@@ -1189,6 +1325,28 @@ class Store:
                     if other not in nxt or nxt[other][0] < score:
                         nxt[other] = (score, path + [other])
             frontier = nxt
+
+    def _fetch_vectors(self, eids: np.ndarray) -> np.ndarray:
+        return self.segments.read(self.hot.seg[eids], self.hot.row[eids])
+
+    def _dense_search(self, q: np.ndarray, k: int, mask: np.ndarray, filtered: bool,
+                      now: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan."""
+        if self.index is None:
+            return self._exact_search(q, k, mask)
+        self._sync_index_deaths(now)
+        spare = 2  # a few ids (the turn itself) may be masked without being a filter
+        allowed = np.nonzero(mask)[0] if filtered else None
+        labels, scores, _ = self.index.search(q, k + spare, fetch=self._fetch_vectors,
+                                              allowed=allowed)
+        keep = (labels < len(mask)) & mask[np.minimum(labels, len(mask) - 1)]
+        return labels[keep][:k], scores[keep][:k]
+
+    def _sync_index_deaths(self, now: int) -> None:
+        """Mark engrams whose lifespan ran out as deleted in the index (O(1) unless one did)."""
+        dead = self.hot.deaths_due(now)
+        if dead is not None and len(dead):
+            self.index.mark_deleted(dead)
 
     def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, ...]:
         """Score every visible engram exactly against ``q``; return the top k (eids, scores)."""

@@ -1,0 +1,1066 @@
+"""The vector index: one hnswlib graph per resolution level, searched coarse to fine.
+
+The store keeps every engram's full-resolution, L2-normalised vector in memmap segments and names
+it by an int64 label (its eid). This index is *derived state*: it can always be rebuilt from those
+vectors, so a damaged index file raises :class:`IndexDamaged` (internal) and the store rebuilds.
+
+How a search works (DESIGN §3):
+
+1. Each indexed level is a prefix of the rotated vector (see :mod:`engramdb.rotation`),
+   re-normalised so that hnswlib's inner product is the cosine on that prefix.
+2. The coarsest level's graph returns ``k * candidate_multiplier`` candidates.
+3. Finer indexed levels re-rank the candidates with the prefix vectors their graphs hold.
+4. Unless the finest level is the full dimension (then its scores are already exact), the
+   survivors are re-ranked exactly on full vectors gathered by the caller's ``fetch(labels)``.
+
+Small stores and selective filters skip the graph and scan exactly. hnswlib forbids a query
+while an insert or resize runs (nmslib/hnswlib#29, #562: "mixing searches and insertions can
+cause segfault"), so searches take a shared lock and writes an exclusive one.
+
+The caller's ``fetch`` is called without any index lock held, with at most ~1 MiB of vectors'
+labels at a time during an exact scan (so it should be a vectorised gather, e.g. a memmap
+fancy-index), and may return float16 or float32 rows.
+
+This module imports only numpy, hnswlib, the standard library, :mod:`engramdb.errors` and
+:mod:`engramdb.rotation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import secrets
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from engramdb.errors import DimensionMismatch, InvalidInput
+from engramdb.rotation import Rotation, matvec
+
+__all__ = ["IndexConfig", "IndexDamaged", "Rotation", "VectorIndex"]
+
+Fetch = Callable[[np.ndarray], np.ndarray]
+"""``fetch(labels) -> (len(labels), dim)`` full vectors, in the order of ``labels``."""
+
+FORMAT = "engramdb-index"
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+
+# Every file this module writes in an index directory matches this, so cleanup after a save
+# never touches a file it did not write.
+_OWN_FILE = re.compile(r"^(level\d+-\d+|rotation|labels|deleted)\.g\d+-[0-9a-f]+\.(hnsw|npy)$")
+_OWN_TMP = re.compile(r"^index\.json\.tmp-[0-9a-f]+$")
+
+# hnswlib's saveIndex header: offsetLevel0, max_elements, cur_element_count,
+# size_data_per_element, label_offset, offsetData (size_t), maxlevel (int), enterpoint (uint32),
+# maxM, maxM0, M (size_t), mult (double), ef_construction (size_t).
+_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+# An exact scan gathers and scores ~1 MiB of vectors at a time: the chunk stays in cache between
+# the gather and the dot products, a small buffer is reused instead of page-faulting a new one,
+# and the product stays single-threaded (see rotation.matvec). Measured at 384-d x 100k on 2 busy
+# cores: 19 ms in 1024-row chunks vs 106 ms in one gather.
+_SCAN_BYTES = 1 << 20
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class IndexDamaged(Exception):
+    """An index file is missing, truncated, fails its checksum or disagrees with the manifest.
+
+    Internal: the store catches it and rebuilds the index from the segments (derived state).
+    """
+
+
+@dataclass
+class IndexConfig:
+    """How the index is built and searched; recorded in the store's manifest.
+
+    Fields:
+        levels: prefix dimensions indexed, coarsest first, strictly increasing, each <= dim. One
+            hnswlib graph per level. ``[dim]`` is a single full-resolution graph.
+        M: hnswlib graph degree (memory ~ dim*4 + M*8 bytes per vector per level).
+        ef_construction: hnswlib build-time beam width (higher: better graph, slower build).
+        ef_search: hnswlib query beam width; the effective beam is
+            ``max(ef_search, k * candidate_multiplier)``.
+        candidate_multiplier: ``m``; the coarsest level returns ``k * m`` candidates that finer
+            levels and the exact re-rank narrow to ``k``.
+        exact_threshold: with at most this many live vectors, search is an exact scan.
+        filter_crossover: a filter that allows ``a`` of ``n`` live vectors is answered by an
+            exact scan of the allowed vectors when ``a * a * dim < filter_crossover * L0 * n``
+            (``L0`` the coarsest level's dimension), else by a filtered graph walk. Measured on
+            2 cores: the scan costs ~1.5 ns per float (``a * dim``); the walk visits ~1/p nodes
+            per useful one, ~0.5-1.4 us per (L0 / p): the ratio of the two is ~500. At 384-d
+            that is ~7% allowed at 100k and ~2% at 1M; at 2048-d x 50k with a full graph ~10%.
+        seed: hnswlib's random seed (graph levels), for reproducible builds.
+
+    Raises ``InvalidInput`` (from :meth:`validate`) for an inconsistent configuration.
+
+    Example::
+
+        cfg = IndexConfig.choose(dim=384, n_expected=100_000)
+        cfg = IndexConfig.from_dict({**cfg.to_dict(), "ef_search": 128})   # user override
+    """
+
+    levels: list[int]
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    candidate_multiplier: int = 1
+    exact_threshold: int = 5_000
+    filter_crossover: float = 500.0
+    seed: int = 100
+    # Fields a future version may add are kept out of equality so an old manifest compares equal.
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def choose(cls, dim: int, n_expected: int = 100_000) -> IndexConfig:
+        """Pick defaults for ``dim``-d vectors and about ``n_expected`` of them, from measurement.
+
+        Measured on the 2-core, 24 GiB development machine with ``benchmarks/bench_index.py``
+        (clustered unit vectors, 200 centres, spectrum decaying as i**-0.5, 500 fresh queries,
+        recall@10 against an exact scan, hnswlib 0.8.0, M=16, ef_construction=200). The
+        figures below were taken while other jobs loaded the machine, so latencies and build
+        rates are pessimistic; recall is not affected.
+
+        ``n_expected`` is recorded for the manifest; between 100k (measured here) and 1M
+        (DESIGN §3) the measured choice did not change with the size, so it does not yet
+        change the result.
+
+        Raises ``InvalidInput`` for a non-positive ``dim``.
+
+        Example: ``IndexConfig.choose(4096, 250_000).levels == [256]``
+        """
+        if dim <= 0:
+            raise InvalidInput(f"dim must be positive, got {dim}")
+        # Below exact_threshold live vectors search scans exactly (recall 1.0). Exact scan
+        # through fetch at 384-d: 2k 0.26 ms, 5k 0.65 ms, 10k 1.9 ms, 100k 28 ms (p50); at
+        # 2048-d: 1k 0.63 ms, 2k 1.4 ms. A graph query costs 0.28 ms (384-d, ef 64), so scan
+        # up to ~0.7 ms worth of floats: 5,000 x 384 = 1.92M floats, whatever the dimension.
+        exact_threshold = max(256, min(20_000, (5_000 * 384) // dim))
+        if dim <= _FULL_DIM_MAX:
+            # 384-d x 100k: full graph, ef 32/64/128 -> recall 0.949/0.984/0.993 at 0.18/0.28/
+            # 0.52 ms p50, building 1,520 vectors/s. A 96-d PCA prefix + exact re-rank (m=10)
+            # scored 0.990 at 0.29 ms and built 3.2x faster, but only because this synthetic
+            # spectrum puts 79% of the variance in the prefix; with isotropic clusters DESIGN
+            # §3 measured 0.937 vs 0.983 for the full graph at 1M. The full graph does not
+            # depend on the spectrum, its scores are exact (no memmap reads at query time) and
+            # 384-1024-d graphs fit in RAM, so it is the default up to 1024-d (not measured
+            # between 384 and 2048: the bound is where the full graph's build rate falls to
+            # roughly half of the 384-d one).
+            return cls(
+                levels=[dim],
+                ef_search=_FULL_EF_SEARCH,
+                candidate_multiplier=1,
+                exact_threshold=exact_threshold,
+            )
+        # 2048-d x 50k: full graph builds at 274 vectors/s (3 minutes for 50k, 1 hour for
+        # 1M) and holds 8 KiB per vector in RAM; ef 64 -> 0.996 at 1.4 ms. A 256-d prefix +
+        # exact re-rank of k*m candidates from the memmap: m=5 -> 0.995 at 0.37 ms, m=10 ->
+        # 0.998 at 0.61 ms, building 2-2.6x faster (PCA fit included) with 1/8 of the graph
+        # RAM. m=10 keeps a margin for spectra flatter than the synthetic one. A second,
+        # intermediate level did not pay: re-ranking through hnswlib's get_items cost more
+        # (2 ms at 384-d) than the exact re-rank it saves when the vectors are in page cache.
+        return cls(
+            levels=[min(_PREFIX_DIM, dim)],
+            ef_search=_PREFIX_EF_SEARCH,
+            candidate_multiplier=_PREFIX_MULTIPLIER,
+            exact_threshold=exact_threshold,
+        )
+
+    def validate(self, dim: int) -> None:
+        """Raise ``InvalidInput`` unless this configuration can index ``dim``-d vectors.
+
+        Example: ``IndexConfig(levels=[64, 32]).validate(64)`` raises (levels must increase).
+        """
+        lv = list(self.levels)
+        if not lv:
+            raise InvalidInput("levels must name at least one prefix dimension")
+        if any(not isinstance(x, int) or isinstance(x, bool) or x <= 0 for x in lv):
+            raise InvalidInput(f"levels must be positive integers, got {lv}")
+        if any(b <= a for a, b in zip(lv, lv[1:])):
+            raise InvalidInput(f"levels must be strictly increasing (coarsest first), got {lv}")
+        if lv[-1] > dim:
+            raise InvalidInput(f"level {lv[-1]} exceeds the vector dimension {dim}")
+        for name in ("M", "ef_construction", "ef_search", "candidate_multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+        if self.M < 2:
+            raise InvalidInput(f"M must be at least 2, got {self.M}")
+        if not isinstance(self.exact_threshold, int) or self.exact_threshold < 0:
+            raise InvalidInput(f"exact_threshold must be >= 0, got {self.exact_threshold!r}")
+        if not float(self.filter_crossover) >= 0.0:  # also refuses NaN
+            raise InvalidInput(f"filter_crossover must be >= 0, got {self.filter_crossover!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (unknown fields read by :meth:`from_dict` included).
+
+        Example: ``IndexConfig.from_dict(cfg.to_dict()) == cfg``
+        """
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name[0] != "_"}
+        d["levels"] = [int(x) for x in self.levels]
+        return {**self._extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
+        """Build from :meth:`to_dict` output; missing fields take their defaults.
+
+        Raises ``InvalidInput`` if ``levels`` is missing or a field has the wrong type. Unknown
+        keys are kept (a newer engramdb may have written them) but otherwise ignored.
+
+        Example: ``IndexConfig.from_dict({"levels": [384], "ef_search": 96})``
+        """
+        if not isinstance(d, dict) or "levels" not in d:
+            raise InvalidInput("an index config needs at least 'levels'")
+        names = {f.name for f in dataclasses.fields(cls) if f.name[0] != "_"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        try:
+            known["levels"] = [int(x) for x in known["levels"]]
+            for name in ("M", "ef_construction", "ef_search", "candidate_multiplier",
+                         "exact_threshold", "seed"):
+                if name in known:
+                    known[name] = _as_int(known[name], name)
+            if "filter_crossover" in known:
+                known["filter_crossover"] = float(known["filter_crossover"])
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"bad index config {d!r}: {exc}") from exc
+        return cls(**known, _extra=extra)
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+# Measured defaults (benchmarks/bench_index.py); see IndexConfig.choose.
+_FULL_DIM_MAX = 1024
+_FULL_EF_SEARCH = 64
+_PREFIX_DIM = 256
+_PREFIX_EF_SEARCH = 64
+_PREFIX_MULTIPLIER = 10
+
+
+class _RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation).
+
+    Not re-entrant: a thread holding it must not acquire it again.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (a zero row stays zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0).astype(x.dtype)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VectorIndex:
+    """An approximate nearest-neighbour index over labelled unit vectors, one graph per level.
+
+    Thread-safe: any number of threads may :meth:`search` while another thread calls
+    :meth:`add`, :meth:`mark_deleted` or :meth:`save`; searches wait while a write batch (at
+    most ``batch_size`` rows) is inserted, and run on during a save. Labels are non-negative
+    int64 (the store's eids).
+
+    Raises ``InvalidInput`` for a bad configuration and ``DimensionMismatch`` for vectors of the
+    wrong dimension.
+
+    Example::
+
+        idx = VectorIndex(384, IndexConfig.choose(384, 10_000))
+        idx.add(np.arange(3), vectors)                       # vectors: (3, 384) float32
+        labels, scores, level_scores = idx.search(q, 2, fetch=lambda ls: vectors[ls])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        config: IndexConfig | None = None,
+        rotation: Rotation | None = None,
+        *,
+        capacity: int = 1024,
+    ) -> None:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
+            raise InvalidInput(f"dim must be a positive integer, got {dim!r}")
+        dim = int(dim)
+        # A private copy: set_ef_search must not change a config object the caller shares.
+        config = IndexConfig.choose(dim) if config is None else dataclasses.replace(
+            config, levels=list(config.levels), _extra=dict(config._extra))
+        config.validate(dim)
+        self._dim = dim
+        self._config = config
+        self._levels = [int(x) for x in config.levels]
+        # A single full-resolution level needs no rotation: an orthonormal rotation keeps every
+        # dot product, so skipping it saves a dim x dim product per vector and keeps the graph's
+        # scores bit-identical to a plain dot product.
+        if self._levels[0] < dim:
+            rotation = rotation if rotation is not None else Rotation.random(dim, config.seed)
+            if rotation.dim != dim:
+                raise DimensionMismatch(f"rotation is {rotation.dim}-d, index is {dim}-d")
+        else:
+            rotation = None
+        self._rotation = rotation
+        self._threads = _cpu_count()
+        self._capacity = max(1, int(capacity))
+        self._graphs = [self._new_graph(lv, self._capacity) for lv in self._levels]
+        self._live: set[int] = set()
+        self._dead: set[int] = set()  # marked deleted in every graph; bytes still there
+        self._max_label = -1
+        self._lock = _RWLock()
+        self._save_lock = threading.Lock()  # one save at a time (they share temp naming)
+
+    # ---- properties -------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """The full vector dimension."""
+        return self._dim
+
+    @property
+    def config(self) -> IndexConfig:
+        """The configuration this index was built with (treat as read-only)."""
+        return self._config
+
+    @property
+    def levels(self) -> list[int]:
+        """The indexed prefix dimensions, coarsest first."""
+        return list(self._levels)
+
+    @property
+    def rotation(self) -> Rotation | None:
+        """The rotation that orders components, or ``None`` for a single full-dim level."""
+        return self._rotation
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated in each graph (live + deleted + free); grows by doubling."""
+        return self._capacity
+
+    def __len__(self) -> int:
+        """The number of live (not deleted) labels."""
+        return len(self._live)
+
+    def __contains__(self, label: object) -> bool:
+        """Whether ``label`` is live in the index."""
+        try:
+            return int(label) in self._live  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def labels(self) -> np.ndarray:
+        """All live labels, sorted int64: the caller diffs it with its catalog after a load.
+
+        Example: ``missing = np.setdiff1d(catalog_eids, idx.labels())``
+        """
+        with self._lock.read():
+            out = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
+        out.sort()
+        return out
+
+    def deleted_labels(self) -> np.ndarray:
+        """Labels marked deleted (their bytes stay in the graph files until a rebuild), sorted.
+
+        Example: ``assert 7 in idx.deleted_labels()`` after ``idx.mark_deleted([7])``
+        """
+        with self._lock.read():
+            out = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+        out.sort()
+        return out
+
+    # ---- vectors to level vectors -----------------------------------------------------------
+
+    def _level_vectors(self, x: np.ndarray) -> list[np.ndarray]:
+        """Per level, the unit-normalised prefix of the rotated rows of unit vectors ``x``."""
+        if self._rotation is None:
+            return [x]
+        if x.ndim == 2 and x.shape[0] == 1:  # a query: the single-vector (unthreaded) product
+            z = self._rotation.apply(x[0], self._levels[-1])[None, :]
+        else:
+            z = self._rotation.apply(x, self._levels[-1])
+        return [np.ascontiguousarray(_normalise_rows(z[..., :lv])) for lv in self._levels]
+
+    def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        v = np.asarray(vectors)
+        if v.ndim != 2 or v.shape[1] != self._dim:
+            raise DimensionMismatch(
+                f"expected vectors of shape ({n}, {self._dim}), got {v.shape}"
+            )
+        if v.shape[0] != n:
+            raise InvalidInput(f"{n} labels but {v.shape[0]} vectors")
+        v = v.astype(np.float32, copy=False)
+        if not np.isfinite(v).all():
+            raise InvalidInput("vectors must be finite (no NaN or inf)")
+        norms = np.linalg.norm(v, axis=1)
+        if (norms == 0).any():
+            raise InvalidInput("a zero vector has no direction: it cannot be indexed")
+        return np.ascontiguousarray(v / norms[:, None])
+
+    @staticmethod
+    def _check_labels(labels: Any) -> np.ndarray:
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or (lab.size and not np.issubdtype(lab.dtype, np.integer)):
+            raise InvalidInput(f"labels must be a 1-d integer array, got {lab.dtype} {lab.shape}")
+        lab = lab.astype(np.int64, copy=False)
+        if lab.size and lab.min() < 0:
+            raise InvalidInput("labels must be non-negative")
+        return lab
+
+    def _new_graph(self, level_dim: int, capacity: int) -> hnswlib.Index:
+        g = hnswlib.Index(space="ip", dim=level_dim)
+        g.init_index(
+            max_elements=capacity,
+            M=self._config.M,
+            ef_construction=self._config.ef_construction,
+            random_seed=self._config.seed,
+        )
+        g.set_ef(self._config.ef_search)
+        g.set_num_threads(self._threads)
+        return g
+
+    # ---- writes -----------------------------------------------------------------------------
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray, *, batch_size: int = 4096) -> None:
+        """Insert (or replace) vectors under ``labels``; a deleted label added again is revived.
+
+        ``vectors`` is (n, dim), normalised here (the store already normalises). Large calls are
+        inserted ``batch_size`` rows per exclusive lock hold, so searches interleave with a big
+        insert. Raises ``InvalidInput`` (duplicate, negative or non-integer labels; NaN or zero
+        vectors) and ``DimensionMismatch``; nothing is inserted then.
+
+        Example: ``idx.add(np.array([10, 11]), np.eye(2, 384, dtype=np.float32))``
+        """
+        lab = self._check_labels(labels)
+        vec = self._check_vectors(vectors, len(lab))
+        if len(np.unique(lab)) != len(lab):
+            raise InvalidInput("labels within one add() must be distinct")
+        for start in range(0, len(lab), max(1, batch_size)):
+            part = lab[start:start + batch_size]
+            per_level = self._level_vectors(vec[start:start + batch_size])  # outside the lock
+            with self._lock.write():
+                self._insert_locked(part, per_level)
+
+    def _insert_locked(self, lab: np.ndarray, per_level: list[np.ndarray]) -> None:
+        live, dead = self._live, self._dead
+        new = sum(1 for x in lab.tolist() if x not in live and x not in dead)
+        n_known = len(live) + len(dead)
+        need = n_known + new
+        if need > self._capacity:
+            # Amortised doubling: resize_index copies every graph, so grow geometrically.
+            cap = max(need, 2 * self._capacity, 1024)
+            for g in self._graphs:
+                g.resize_index(cap)
+            self._capacity = cap
+        ids = lab.astype(np.uint64)
+        first = 1 if n_known == 0 else 0
+        for g, v in zip(self._graphs, per_level):
+            # The first point of an empty graph becomes its entry point: insert it alone.
+            if first:
+                g.add_items(v[:1], ids[:1], num_threads=1)
+            # hnswlib replaces the vector of an existing label, and un-marks a deleted one.
+            if len(ids) > first:
+                g.add_items(v[first:], ids[first:], num_threads=self._threads)
+        items = lab.tolist()
+        self._live.update(items)
+        self._dead.difference_update(items)
+        self._max_label = max(self._max_label, int(lab.max()))
+
+    def mark_deleted(self, labels: np.ndarray) -> int:
+        """Make ``labels`` invisible to every later search; returns how many were live.
+
+        Idempotent; a label the index never had is ignored. The vector bytes stay in the graph
+        (hnswlib only flags them) until the index is rebuilt, which is what verifiable erasure
+        (`forget` + `gc`) must do.
+
+        Example: ``idx.mark_deleted(np.array([10]))``
+        """
+        lab = self._check_labels(labels)
+        with self._lock.write():
+            hit = [x for x in set(lab.tolist()) if x in self._live]
+            for x in hit:
+                for g in self._graphs:
+                    g.mark_deleted(x)
+                self._live.discard(x)
+                self._dead.add(x)
+        return len(hit)
+
+    def set_ef_search(self, ef: int) -> None:
+        """Change the query beam width of every graph (and ``config.ef_search``) at run time.
+
+        Waits for running searches (hnswlib keeps ef in the graph, shared by all queries).
+        Raises ``InvalidInput`` for ef < 1.
+
+        Example: ``idx.set_ef_search(128)   # more recall, slower queries``
+        """
+        if not isinstance(ef, (int, np.integer)) or ef < 1:
+            raise InvalidInput(f"ef must be a positive integer, got {ef!r}")
+        with self._lock.write():
+            self._config.ef_search = int(ef)
+            for g in self._graphs:
+                g.set_ef(int(ef))
+
+    # ---- search -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        fetch: Fetch,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` live labels most similar (cosine) to ``query``, best first.
+
+        ``fetch(labels)`` must return the full vectors of ``labels`` (any float dtype, rows in
+        the order asked). ``allowed`` (int64 labels, e.g. from a metadata filter) restricts the
+        answer to those labels, inside the search: a selective filter is answered by an exact
+        scan of the allowed vectors, a broad one by a filtered graph walk. Below
+        ``config.exact_threshold`` live vectors every search is an exact scan.
+
+        Returns ``(labels int64 (h,), scores float32 (h,), level_scores float32 (h, levels))``
+        with ``h = min(k, candidates)``; ``scores`` are exact cosines, ``level_scores[:, j]``
+        the cosine on level ``j``'s prefix. ``fetch`` is called without any index lock held.
+
+        Raises ``DimensionMismatch`` for a query of the wrong size and ``InvalidInput`` for a
+        NaN or zero query, a negative ``k`` or a ``fetch`` that returns the wrong shape.
+
+        Example::
+
+            labels, scores, per_level = idx.search(q, 10, fetch=segments.gather)
+        """
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self._dim:
+            raise DimensionMismatch(f"query has {q.shape[0]} dims, index has {self._dim}")
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise InvalidInput("the query must be a finite, non-zero vector")
+        q = q / norm
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise InvalidInput(f"k must be a non-negative integer, got {k!r}")
+        k = int(k)
+        allow = None if allowed is None else self._check_labels(allowed)
+        q_levels = [v.reshape(-1) for v in self._level_vectors(q[None, :])]
+        if k == 0 or (allow is not None and allow.size == 0):
+            return self._empty()
+
+        with self._lock.read():
+            n_live = len(self._live)
+            if n_live == 0:
+                return self._empty()
+            cfg = self._config
+            exact_labels: np.ndarray | None = None
+            if n_live <= cfg.exact_threshold or (allow is not None and (
+                allow.size <= cfg.exact_threshold
+                or allow.size * allow.size * self._dim
+                < cfg.filter_crossover * self._levels[0] * n_live
+            )):
+                exact_labels = self._live_subset(allow)
+            else:
+                cand = self._graph_candidates(q_levels, k, n_live, allow)
+                if cand is None:  # hnswlib found fewer than asked: fall back to exact
+                    exact_labels = self._live_subset(allow)
+        # Outside the lock from here: fetch may take the store's locks, and a writer waiting
+        # on ours while holding the store's would otherwise deadlock with us.
+        if exact_labels is not None:
+            return self._exact(q, q_levels, exact_labels, k, fetch)
+        labels, level_scores, exact_needed = cand
+        if not exact_needed:
+            return labels[:k], level_scores[:k, -1].copy(), level_scores[:k]
+        full = self._fetch(fetch, labels)
+        scores = matvec(full, q)
+        order = np.lexsort((labels, -scores))[:k]
+        return labels[order], scores[order], level_scores[order]
+
+    def _live_subset(self, allow: np.ndarray | None) -> np.ndarray:
+        """Live labels, or those of ``allow`` that are live (under the read lock)."""
+        live = self._live
+        if allow is None:
+            return np.fromiter(live, dtype=np.int64, count=len(live))
+        allow = np.unique(allow)
+        if allow.size <= len(live):
+            return np.fromiter((x for x in allow.tolist() if x in live), dtype=np.int64)
+        every = np.fromiter(live, dtype=np.int64, count=len(live))
+        return every[np.isin(every, allow)]
+
+    def _graph_candidates(
+        self, q_levels: list[np.ndarray], k: int, n_live: int, allow: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        """Coarse-to-fine candidates, sorted best first, with their per-level scores.
+
+        Called under the read lock. Returns ``None`` when the graph cannot produce enough.
+        """
+        n_cand = min(k * self._config.candidate_multiplier, n_live)
+        if allow is not None:
+            n_cand = min(n_cand, allow.size)
+        n_cand = max(n_cand, min(k, n_live))
+        flt = None if allow is None else self._filter(allow)
+        try:
+            ids, dist = self._graphs[0].knn_query(q_levels[0], k=n_cand, num_threads=1,
+                                                  filter=flt)
+        except RuntimeError:
+            # "Cannot return the results in a contiguous 2D array": fewer reachable allowed
+            # live labels than asked (e.g. the filter admits mostly deleted labels).
+            return None
+        labels = ids[0].astype(np.int64)
+        n_levels = len(self._levels)
+        level_scores = np.full((len(labels), n_levels), np.nan, dtype=np.float32)
+        level_scores[:, 0] = 1.0 - dist[0]
+        # Re-rank on finer levels with the prefix vectors their graphs hold, halving the
+        # candidates at each intermediate level; a full-dim last level is exact: keep k.
+        for j in range(1, n_levels):
+            vecs = np.asarray(self._graphs[j].get_items(labels), dtype=np.float32)
+            s = matvec(vecs, q_levels[j])
+            last_full = j == n_levels - 1 and self._levels[j] == self._dim
+            keep = k if last_full else max(k, n_cand >> j)
+            order = np.lexsort((labels, -s))[:keep]
+            labels, level_scores = labels[order], level_scores[order]
+            level_scores[:, j] = s[order]
+        if n_levels == 1:
+            order = np.lexsort((labels, -level_scores[:, 0]))
+            labels, level_scores = labels[order], level_scores[order]
+        exact_needed = self._levels[-1] < self._dim
+        return labels, level_scores, exact_needed
+
+    def _filter(self, allow: np.ndarray) -> Callable[[int], Any]:
+        """A fast membership test for hnswlib's per-node filter callback.
+
+        Labels are eids, dense from 0, so a byte mask indexed by label is small, cheap to build
+        (~1 ms at 1M, vs ~25 ms for a Python set of 500k ints) and its ``__getitem__`` is a C
+        call. Sparse or huge labels fall back to a frozenset.
+        """
+        top = self._max_label
+        if top < 4 * max(self._capacity, 1) + (1 << 20):
+            mask = np.zeros(top + 1, dtype=np.uint8)
+            mask[allow[allow <= top]] = 1
+            return mask.tobytes().__getitem__
+        return frozenset(allow.tolist()).__contains__
+
+    def _fetch(self, fetch: Fetch, labels: np.ndarray) -> np.ndarray:
+        out = np.asarray(fetch(labels))
+        if out.shape != (len(labels), self._dim):
+            raise InvalidInput(
+                f"fetch returned shape {out.shape} for {len(labels)} labels of dim {self._dim}"
+            )
+        return out.astype(np.float32, copy=False)
+
+    def _exact(
+        self, q: np.ndarray, q_levels: list[np.ndarray], labels: np.ndarray, k: int, fetch: Fetch
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact top-k over ``labels`` by scanning their full vectors in chunks."""
+        if labels.size == 0:
+            return self._empty()
+        labels = np.sort(labels)
+        best_l = np.empty(0, dtype=np.int64)
+        best_s = np.empty(0, dtype=np.float32)
+        best_v = np.empty((0, self._dim), dtype=np.float32)
+        chunk = max(16, _SCAN_BYTES // (4 * self._dim))
+        for start in range(0, len(labels), chunk):
+            part = labels[start:start + chunk]
+            vecs = self._fetch(fetch, part)
+            s = matvec(vecs, q)
+            if len(s) > k:  # keep only this chunk's k best before merging
+                top = np.argpartition(-s, k - 1)[:k]
+                part, s, vecs = part[top], s[top], vecs[top]
+            cl = np.concatenate([best_l, part])
+            cs = np.concatenate([best_s, s])
+            cv = np.concatenate([best_v, vecs])
+            sel = np.lexsort((cl, -cs))[:k]
+            best_l, best_s, best_v = cl[sel], cs[sel], cv[sel]
+        # Level scores of the hits from their full vectors: prefix of the rotation, as indexed.
+        per_level = self._level_vectors(_normalise_rows(best_v))
+        level_scores = np.stack([matvec(v, ql) for v, ql in zip(per_level, q_levels)], axis=1)
+        return best_l, best_s, level_scores.astype(np.float32, copy=False)
+
+    def _empty(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.float32),
+            np.empty((0, len(self._levels)), dtype=np.float32),
+        )
+
+    # ---- build ------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        labels: np.ndarray,
+        vectors_or_fetch: np.ndarray | Fetch,
+        config: IndexConfig | None = None,
+        rotation: Rotation | None = None,
+        *,
+        dim: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        batch_size: int = 10_000,
+        fit_sample: int | None = None,
+    ) -> VectorIndex:
+        """A new index over ``labels``, with vectors given as an array or gathered by a fetch.
+
+        If a prefix level is indexed and ``rotation`` is ``None``, a PCA rotation is fitted on
+        ``fit_sample`` vectors drawn at random (default: 8x the finest prefix, at least 2048);
+        a rebuild refits it, as DESIGN §3 says.
+        ``progress(done, total)`` is called after every batch (the store passes a tqdm update).
+        Raises ``InvalidInput`` / ``DimensionMismatch`` like :meth:`add`.
+
+        Example::
+
+            idx = VectorIndex.build(eids, segments.gather, cfg, dim=384,
+                                    progress=lambda done, total: bar.update(done - bar.n))
+        """
+        lab = cls._check_labels(labels)
+        take: Callable[[Any], np.ndarray]  # rows of lab[sel] -> their vectors
+        if callable(vectors_or_fetch):
+            fetch: Fetch = vectors_or_fetch
+
+            def take(sel: Any) -> np.ndarray:
+                return np.asarray(fetch(lab[sel]))
+
+            if dim is None:
+                if not len(lab):
+                    raise InvalidInput("pass dim= to build an empty index from a fetch function")
+                dim = int(take(slice(0, 1)).shape[1])
+        else:
+            arr = np.asarray(vectors_or_fetch)
+            if arr.ndim != 2 or arr.shape[0] != len(lab):
+                raise InvalidInput(f"{len(lab)} labels but vectors of shape {arr.shape}")
+            dim = arr.shape[1] if dim is None else dim
+
+            def take(sel: Any) -> np.ndarray:
+                return arr[sel]
+
+        config = config if config is not None else IndexConfig.choose(dim, len(lab))
+        config.validate(dim)
+        if rotation is None and config.levels[0] < dim and len(lab):
+            # PCA only has to find the top levels[-1] (< dim) directions well: a sample of 8x
+            # that many vectors does, and keeps the fit to seconds at 4096-d.
+            finest = max(lv for lv in config.levels if lv < dim)
+            size = min(len(lab), fit_sample if fit_sample else max(2048, 8 * finest))
+            pick = np.sort(np.random.default_rng(config.seed).choice(len(lab), size, replace=False))
+            sample = take(pick)
+            rotation = Rotation.fit(_normalise_rows(sample.astype(np.float32)), seed=config.seed)
+        # Allocate once for the whole build (plus 1/8 headroom), so it never resizes.
+        idx = cls(dim, config, rotation, capacity=len(lab) + len(lab) // 8 + 1)
+        for start in range(0, len(lab), batch_size):
+            stop = min(start + batch_size, len(lab))
+            idx.add(lab[start:stop], take(slice(start, stop)), batch_size=batch_size)
+            if progress is not None:
+                progress(stop, len(lab))
+        return idx
+
+    # ---- persistence ------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str], generation: int) -> None:
+        """Write the index atomically into ``directory``, recording ``generation``.
+
+        New files get fresh names and are fsynced; then ``index.json`` (config, counts,
+        generation, each file's name, size and sha256) is written to a temp name, fsynced and
+        renamed over the old one, and the directory is fsynced. Files of the previous save are
+        deleted only after that rename, so a crash at any point leaves the old or the new index,
+        whole. Searches continue during a save; writers wait. Raises ``OSError`` on I/O failure.
+
+        Example: ``idx.save(store_dir / "index", generation=42)``
+        """
+        if int(generation) < 0:
+            raise InvalidInput(f"generation must be >= 0, got {generation}")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        token = f"g{int(generation)}-{secrets.token_hex(4)}"
+        written: list[Path] = []
+        replaced = False
+        with self._save_lock:
+            try:
+                with self._lock.read():
+                    files: dict[str, str] = {}
+                    for j, (lv, g) in enumerate(zip(self._levels, self._graphs)):
+                        name = f"level{j}-{lv}.{token}.hnsw"
+                        written.append(d / name)
+                        try:
+                            g.save_index(str(d / name))
+                        except RuntimeError as exc:  # hnswlib reports I/O errors this way
+                            raise OSError(f"could not write {d / name}: {exc}") from exc
+                        files[f"level{j}"] = name
+                    arrays = {
+                        "labels": np.sort(np.fromiter(self._live, np.int64, len(self._live))),
+                        "deleted": np.sort(np.fromiter(self._dead, np.int64, len(self._dead))),
+                    }
+                    if self._rotation is not None:
+                        arrays["rotation"] = self._rotation.matrix
+                    for key, arr in arrays.items():
+                        name = f"{key}.{token}.npy"
+                        written.append(d / name)
+                        with open(d / name, "wb") as f:
+                            np.save(f, arr, allow_pickle=False)
+                        files[key] = name
+                    count, n_dead, capacity = len(self._live), len(self._dead), self._capacity
+                    config = self._config.to_dict()
+                manifest = {
+                    "format": FORMAT,
+                    "version": FORMAT_VERSION,
+                    "dim": self._dim,
+                    "generation": int(generation),
+                    "levels": list(self._levels),
+                    "config": config,
+                    "count": count,
+                    "deleted": n_dead,
+                    "capacity": capacity,
+                    "files": {},
+                }
+                for key, name in files.items():
+                    _fsync_file(d / name)
+                    manifest["files"][key] = {
+                        "name": name,
+                        "bytes": (d / name).stat().st_size,
+                        "sha256": _sha256(d / name),
+                    }
+                tmp = d / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
+                written.append(tmp)
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(manifest, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, d / MANIFEST)
+                replaced = True
+                _fsync_dir(d)
+            except BaseException:
+                if not replaced:  # nothing references them: the old manifest still rules
+                    for p in written:
+                        p.unlink(missing_ok=True)
+                raise
+            keep = set(files.values())
+            for entry in os.listdir(d):
+                if entry not in keep and (_OWN_FILE.match(entry) or _OWN_TMP.match(entry)):
+                    (d / entry).unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], dim: int) -> tuple[VectorIndex, int]:
+        """Read an index written by :meth:`save`; returns ``(index, generation)``.
+
+        Every file's size and sha256 are checked against the manifest *before* hnswlib reads it
+        (hnswlib trusts its input: a truncated or garbage file can crash the process or make it
+        allocate wildly), then the graphs' headers and label sets are checked against each
+        other. Raises :class:`IndexDamaged` for anything missing, damaged or inconsistent,
+        including an index of another dimension; the caller rebuilds (the index is derived).
+
+        Example::
+
+            try:
+                idx, gen = VectorIndex.load(store_dir / "index", dim=384)
+            except IndexDamaged:
+                idx = VectorIndex.build(eids, segments.gather, cfg, dim=384)
+        """
+        d = Path(directory)
+        try:
+            with open(d / MANIFEST, encoding="utf-8") as f:
+                man = json.load(f)
+        except FileNotFoundError as exc:
+            raise IndexDamaged(f"no {MANIFEST} in {d}") from exc
+        except (OSError, ValueError) as exc:
+            raise IndexDamaged(f"unreadable {d / MANIFEST}: {exc}") from exc
+        try:
+            return cls._load_checked(d, man, dim)
+        except IndexDamaged:
+            raise
+        except (KeyError, TypeError, ValueError, OSError, RuntimeError, MemoryError) as exc:
+            raise IndexDamaged(f"inconsistent index in {d}: {exc!r}") from exc
+
+    @classmethod
+    def _load_checked(cls, d: Path, man: dict[str, Any], dim: int) -> tuple[VectorIndex, int]:
+        if not isinstance(man, dict) or man.get("format") != FORMAT:
+            raise IndexDamaged(f"{d / MANIFEST} is not an engramdb index manifest")
+        if man.get("version") != FORMAT_VERSION:
+            raise IndexDamaged(f"index format version {man.get('version')!r} is not supported")
+        if int(man["dim"]) != dim:
+            raise IndexDamaged(f"index is {man['dim']}-d, the store is {dim}-d")
+        try:
+            config = IndexConfig.from_dict(man["config"])
+            config.validate(dim)
+        except InvalidInput as exc:
+            raise IndexDamaged(f"bad config in {d / MANIFEST}: {exc}") from exc
+        levels = [int(x) for x in man["levels"]]
+        if levels != config.levels:
+            raise IndexDamaged("manifest levels disagree with its config")
+        files = man["files"]
+        expected = {f"level{j}" for j in range(len(levels))} | {"labels", "deleted"}
+        if levels[0] < dim:
+            expected.add("rotation")
+        if set(files) != expected:
+            raise IndexDamaged(f"manifest lists files {sorted(files)}, expected {sorted(expected)}")
+        paths: dict[str, Path] = {}
+        for key, info in files.items():
+            name = str(info["name"])
+            if not _OWN_FILE.match(name):
+                raise IndexDamaged(f"manifest names a foreign file {name!r}")
+            p = d / name
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError as exc:
+                raise IndexDamaged(f"index file {name} is missing") from exc
+            if size != int(info["bytes"]):
+                raise IndexDamaged(f"index file {name} is {size} bytes, expected {info['bytes']}")
+            if _sha256(p) != info["sha256"]:
+                raise IndexDamaged(f"index file {name} fails its checksum")
+            paths[key] = p
+
+        live = np.load(paths["labels"], allow_pickle=False)
+        dead = np.load(paths["deleted"], allow_pickle=False)
+        for name, arr in (("labels", live), ("deleted", dead)):
+            if arr.dtype != np.int64 or arr.ndim != 1:
+                raise IndexDamaged(f"{name} file has dtype {arr.dtype} and shape {arr.shape}")
+        if len(live) != int(man["count"]) or len(dead) != int(man["deleted"]):
+            raise IndexDamaged("label files disagree with the manifest's counts")
+        rotation = None
+        if "rotation" in paths:
+            try:
+                rotation = Rotation.load(paths["rotation"])
+            except ValueError as exc:
+                raise IndexDamaged(f"bad rotation: {exc}") from exc
+            if rotation.dim != dim:
+                raise IndexDamaged(f"rotation is {rotation.dim}-d, expected {dim}")
+
+        n_total = len(live) + len(dead)
+        all_labels = np.sort(np.concatenate([live, dead]))
+        if n_total and (all_labels[0] < 0 or (np.diff(all_labels) == 0).any()):
+            raise IndexDamaged("label files overlap or hold negative labels")
+        idx = cls(dim, config, rotation, capacity=1)  # placeholder graphs, replaced below
+        graphs = []
+        for j, lv in enumerate(levels):
+            p = paths[f"level{j}"]
+            capacity = _check_hnsw_header(p, lv, config.M, n_total)
+            g = hnswlib.Index(space="ip", dim=lv)
+            g.load_index(str(p), max_elements=capacity)
+            ids = np.sort(np.asarray(g.get_ids_list(), dtype=np.int64))
+            if not np.array_equal(ids, all_labels):
+                raise IndexDamaged(f"level {j} graph holds other labels than the label files")
+            g.set_ef(config.ef_search)
+            g.set_num_threads(idx._threads)
+            graphs.append(g)
+        capacities = {g.get_max_elements() for g in graphs}
+        if len(capacities) != 1:
+            raise IndexDamaged(f"the level graphs have different capacities {capacities}")
+        # Deleted flags live in the graph files: spot-check that they agree with the label files
+        # (hnswlib's get_items refuses a deleted label).
+        for j, g in enumerate(graphs):
+            for x in dead[:32].tolist():
+                try:
+                    g.get_items([x])
+                except RuntimeError:
+                    continue
+                raise IndexDamaged(f"label {x} is deleted in the manifest, live in level {j}")
+            for x in live[:32].tolist():
+                try:
+                    g.get_items([x])
+                except RuntimeError as exc:
+                    raise IndexDamaged(f"label {x} is live in the manifest, not in level {j}") \
+                        from exc
+        idx._graphs = graphs
+        idx._capacity = capacities.pop()
+        idx._live = set(live.tolist())
+        idx._dead = set(dead.tolist())
+        idx._max_label = int(all_labels[-1]) if n_total else -1
+        return idx, int(man["generation"])
+
+
+def _check_hnsw_header(path: Path, level_dim: int, m: int, n_total: int) -> int:
+    """Sanity-check an hnswlib file's header against what this level must hold.
+
+    A second line of defence after the checksum: a file whose checksum matches was written by
+    us, but a manifest from another build could still pair it with the wrong level. Returns the
+    graph's capacity. Raises :class:`IndexDamaged`.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_HNSW_HEADER.size)
+    if len(head) != _HNSW_HEADER.size:
+        raise IndexDamaged(f"{path.name} is shorter than an hnswlib header")
+    (off0, max_el, count, per_el, label_off, off_data, _max_level, _enter, max_m, max_m0, m_,
+     _mult, _efc) = _HNSW_HEADER.unpack(head)
+    expected_per_el = 4 + 2 * m * 4 + level_dim * 4 + 8  # links0 size + links + vector + label
+    if (
+        off0 != 0 or m_ != m or max_m != m or max_m0 != 2 * m or per_el != expected_per_el
+        or off_data != 4 + 2 * m * 4 or label_off != off_data + level_dim * 4
+        or count != n_total or count > max_el
+        or size < _HNSW_HEADER.size + count * (per_el + 4)
+        or max_el > 4 * (n_total + 1024) + (1 << 20)
+    ):
+        raise IndexDamaged(f"{path.name} header does not match a {level_dim}-d M={m} graph "
+                           f"of {n_total} vectors")
+    return int(max_el)
