@@ -123,6 +123,11 @@ def _echo_json(data: Any) -> None:
 
 
 def _plain(obj: Any) -> Any:
+    if isinstance(obj, engramdb.Recall):  # occurrences are a property, loaded on access
+        out = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if not f.name.startswith("_")}
+        out["occurrences"] = _plain(obj.occurrences)
+        return out
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -315,8 +320,8 @@ def recall(path: Path, wait: float, query: str, top_k: int, kinds: tuple[str, ..
            session: str | None, role: str | None, since: int | None, as_json: bool) -> None:
     """Recall the engrams of the store at PATH that best match QUERY.
 
-    Like the library's recall(), this counts as a use of what it returns (recall earns
-    lifespan), so the store needs its encoder (recorded in the manifest).
+    A pure read, like the library's recall(): nothing earns lifespan. The store needs its
+    encoder, which is rebuilt from the manifest.
 
     \b
     Example:
@@ -325,9 +330,9 @@ def recall(path: Path, wait: float, query: str, top_k: int, kinds: tuple[str, ..
     with opened(path, wait) as mem:
         hits = mem.recall(query, top_k=top_k, where=_where(session, role, since),
                           kinds=kinds or None)
-    if as_json:
-        _echo_json(hits)
-        return
+        if as_json:  # while the store is open: occurrences load on first access
+            _echo_json(hits)
+            return
     rows = [[f"{h.score:.3f}", h.kind.value, _life(h.lifespan_left), h.via, _short(h.text)]
             for h in hits]
     _console().print(_table(None, ["score", "kind", "life left", "via", "text"], rows))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import unicodedata
 
 import numpy as np
@@ -124,9 +125,16 @@ def compress_text(text: str) -> bytes:
     return _compressor.compress(text.encode("utf-8"))
 
 
+_local = threading.local()
+
+
 def decompress_text(blob: bytes) -> str:
     """Inverse of :func:`compress_text`."""
-    return zstandard.ZstdDecompressor().decompress(blob).decode("utf-8")
+    # A decompressor costs ~40 us to create and may not be shared between threads.
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx.decompress(blob).decode("utf-8")
 
 
 def vector_checksum(row: np.ndarray) -> int:

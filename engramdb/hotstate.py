@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 NEVER = np.inf  # expires_at of a pinned engram
-HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick'  # what from_arrow reads
+HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick, id, text'  # from_arrow reads
+_TAIL_FLUSH = 4096  # payloads kept as Python objects before they are packed into Arrow
 
 
 class HotState:
@@ -34,6 +35,13 @@ class HotState:
         self.version = 0  # bumped by every change; keys the cached visibility mask
         self._visible: tuple[float, int, np.ndarray] | None = None
         self.next_death = NEVER  # no visible engram dies before this tick (a lower bound)
+        # Recall payload (id, compressed text) per eid, so a recall needs no catalog query:
+        # packed Arrow chunks plus a short tail of recent additions.
+        self.pay_chunk = np.zeros(0, np.int32)  # chunk number, -1: in the tail
+        self.pay_pos = np.zeros(0, np.int32)
+        self._chunks: list[tuple[pa.Array, pa.Array]] = []
+        self._tail_ids: list[str] = []
+        self._tail_texts: list[bytes] = []
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -50,6 +58,8 @@ class HotState:
         self.kind = grown(self.kind, 0)
         self.expires = grown(self.expires, 0.0)
         self.created = grown(self.created, 0)
+        self.pay_chunk = grown(self.pay_chunk, -2)  # -2: no payload
+        self.pay_pos = grown(self.pay_pos, 0)
         self.alive = grown(self.alive, False)
         self.capacity = cap
 
@@ -86,6 +96,33 @@ class HotState:
             self._map_rows(int(seg), rows[sel], eids[sel])
         self.alive[eids] = True
         self._changed(expires)
+
+    def add_payload(self, eids: np.ndarray, ids: list[str], texts: list[bytes]) -> None:
+        """Record the id and compressed text of committed engrams (after :meth:`add`)."""
+        start = len(self._tail_ids)
+        self._tail_ids.extend(ids)
+        self._tail_texts.extend(texts)
+        self.pay_pos[eids] = np.arange(start, start + len(eids))
+        self.pay_chunk[eids] = -1
+        if len(self._tail_ids) >= _TAIL_FLUSH:
+            self._flush_tail()
+
+    def _flush_tail(self) -> None:
+        tail = np.nonzero(self.pay_chunk == -1)[0]
+        chunk = len(self._chunks)
+        self._chunks.append((pa.array(self._tail_ids, pa.string()),
+                             pa.array(self._tail_texts, pa.binary())))
+        # Rows of the tail keep their positions: the chunk is the tail, frozen.
+        self.pay_chunk[tail] = chunk
+        self._tail_ids, self._tail_texts = [], []
+
+    def payload(self, eid: int) -> tuple[str, bytes]:
+        """The id and compressed text of a stored engram."""
+        chunk, pos = int(self.pay_chunk[eid]), int(self.pay_pos[eid])
+        if chunk < 0:
+            return self._tail_ids[pos], self._tail_texts[pos]
+        ids, texts = self._chunks[chunk]
+        return ids[pos].as_py(), texts[pos].as_py()
 
     def _changed(self, expires: np.ndarray | None = None) -> None:
         self.version += 1
@@ -159,4 +196,9 @@ class HotState:
             expires.astype(np.float64),
             table.column("created_tick").to_numpy(zero_copy_only=False).astype(np.int64),
         )
+        eids = cols["eid"].astype(np.int64)
+        state._chunks.append((table.column("id").combine_chunks(),
+                              table.column("text").combine_chunks()))
+        state.pay_chunk[eids] = 0
+        state.pay_pos[eids] = np.arange(len(eids))
         return state

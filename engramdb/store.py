@@ -658,6 +658,8 @@ class Store:
             self.segments.set_committed(committed)
             self.hot.add(new_eids, segs, rows, new_kinds, new_exp,
                          np.full(len(new_eids), now, np.int64))
+            self.hot.add_payload(new_eids, engram_rows.column("id").to_pylist(),
+                                 engram_rows.column("text").to_pylist())
             self.lexical.apply_add(lex_rows)
             self._on_vectors_added(new_eids, vecs)
         if revive:
@@ -1250,19 +1252,22 @@ class Store:
         ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
         if not ranked:
             return []
-        eid_list = [e for e, _ in ranked]
-        engrams = self._engrams(eid_list, occ_sql, occ_params, now)
-        ident = {e: engrams[e].id for e in eid_list if e in engrams}
+        hot = self.hot
+        ids = {e: hot.payload(e)[0] for e, _ in ranked}
+        loader = _OccurrenceLoader(self, {ids[e]: e for e in ids}, occ_sql, occ_params)
+        kinds = effective_kind(hot.kind[[e for e, _ in ranked]],
+                               hot.created[[e for e, _ in ranked]], now)
         hits = []
-        for eid, (score, via, path, parts) in ranked:
-            eng = engrams.get(eid)
-            if eng is None:  # forgotten between the search and the fetch
-                continue
+        for (eid, (score, via, path, parts)), kind in zip(ranked, kinds):
+            expires = float(hot.expires[eid])
             hits.append(
                 Recall(
-                    id=eng.id, text=eng.text, score=score, kind=eng.kind,
-                    lifespan_left=eng.lifespan_left, via=via, scores=parts,
-                    occurrences=eng.occurrences, path=[ident.get(p, "?") for p in path],
+                    id=ids[eid], text=decompress_text(hot.payload(eid)[1]), score=score,
+                    kind=Kind(KIND_NAMES[int(kind)]),
+                    lifespan_left=None if np.isinf(expires) else max(0.0, expires - now),
+                    via=via, scores=parts,
+                    path=[ids.get(p) or hot.payload(p)[0] for p in path],
+                    _occurrences=loader,
                 )
             )
         return hits
@@ -1513,6 +1518,36 @@ class Store:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+class _OccurrenceLoader:
+    """Fetches the occurrences of one recall's hits in one query, on first access."""
+
+    def __init__(self, store: Store, eid_of: dict[str, int], occ_sql: str,
+                 occ_params: list[Any]) -> None:
+        self._store = store
+        self._eid_of = eid_of
+        self._sql = occ_sql
+        self._params = occ_params
+        self._loaded: dict[int, list[Occurrence]] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, ident: str) -> list[Occurrence]:
+        with self._lock:
+            if self._loaded is None:
+                self._store._check_open()
+                eids = sorted(self._eid_of.values())
+                extra = f" AND {self._sql}" if self._sql else ""
+                rows = self._store.catalog.query(
+                    "SELECT eid, role, session, tick, metadata FROM occurrences o "
+                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
+                loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
+                for eid, role, session, tick, meta in rows:
+                    loaded[int(eid)].append(_occurrence(
+                        {"role": role, "session": session, "tick": tick, "metadata": meta}))
+                self._loaded = loaded
+        return self._loaded.get(self._eid_of.get(ident, -1), [])
+
 
 
 def _per_item(values: Any, n: int, what: str, check: Any) -> list[Any]:

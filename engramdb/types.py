@@ -71,8 +71,22 @@ class Recall:
     lifespan_left: float | None
     via: str
     scores: dict[str, float] = field(default_factory=dict)
-    occurrences: list[Occurrence] = field(default_factory=list)
     path: list[str] = field(default_factory=list)
+    _occurrences: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def occurrences(self) -> list[Occurrence]:
+        """The occurrences of this content that matched the recall's filter, oldest first.
+
+        Loaded from the catalog on first access, in one query for every hit of the recall
+        (the search itself never queries the catalog); needs the store to be still open.
+        """
+        source = self._occurrences
+        if source is None:
+            return []
+        if isinstance(source, list):
+            return source
+        return source.get(self.id)
 
     @property
     def metadata(self) -> dict[str, Any] | None:

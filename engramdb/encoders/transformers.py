@@ -338,6 +338,16 @@ class TransformersEncoder(Encoder):
         self.max_length = max_length
         self._content_sha256: str | None = None
 
+    @property
+    def model(self) -> Any:
+        """The loaded ``transformers`` model (read-only use: e.g. to generate with it too)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (the encoder sets right padding and a pad token on it)."""
+        return self._tokenizer
+
     def _max_positions(self) -> int | None:
         """Context size of the model (``max_position_embeddings``/``n_positions``), if known."""
         value = getattr(self._model.config, "max_position_embeddings", None)

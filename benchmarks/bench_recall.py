@@ -1,0 +1,282 @@
+"""Recall benchmark: engramdb side by side with raw hnswlib, exact numpy and chromadb.
+
+Run by hand (not in CI). Every system runs in its own subprocess on the same clustered unit
+vectors, so each one's peak RSS is its own. For each size it reports: ingest rows/s (durable,
+encode excluded), recall p50/p99 for top-10 (for engramdb: the whole ``recall(vector=...)``
+call, including the text and metadata fetch), recall@10 against exact search, time to reopen,
+disk bytes per engram and peak RSS.
+
+    python benchmarks/bench_recall.py --sizes 10000 100000 --dim 384 \
+        --chroma-python /tmp/chroma-venv/bin/python --markdown docs/bench_recall.md
+
+chromadb is not a dependency of engramdb: install it in a separate virtualenv
+(``python -m venv /tmp/chroma-venv && /tmp/chroma-venv/bin/pip install chromadb numpy``) and
+pass its interpreter with ``--chroma-python``; without it the chromadb column is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+QUERIES = 200
+K = 10
+
+
+def clustered(n: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarray:
+    """Clustered unit vectors with a decaying spectrum (like real embeddings), deterministic."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(1.0 + np.arange(dim) / 16.0)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * scale
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        which = rng.integers(0, clusters, stop - start)
+        noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * scale * 0.6
+        out[start:stop] = centres[which] + noise
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def dataset(out: Path, n: int, dim: int, dtype: str) -> tuple[Path, Path, Path]:
+    """Write data, queries and exact top-10 ground truth as .npy files (cached)."""
+    tag = f"{n}x{dim}"
+    data, queries, truth = (out / f"{tag}-data.npy", out / f"{tag}-queries.npy",
+                            out / f"{tag}-truth.npy")
+    if not truth.exists():
+        x = clustered(n, dim, seed=1)
+        q = clustered(QUERIES, dim, seed=2)
+        np.save(data, x)
+        np.save(queries, q)
+        stored = x.astype(dtype).astype(np.float32)  # what a float16 store really searches
+        best = np.empty((QUERIES, K), np.int64)
+        for i in range(0, QUERIES, 20):
+            s = q[i:i + 20] @ stored.T
+            best[i:i + 20] = np.argsort(-s, axis=1)[:, :K]
+        np.save(truth, best)
+    return data, queries, truth
+
+
+# -- workers (run in subprocesses) ------------------------------------------------------------
+
+
+def _timings(fn, queries: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+    for q in queries[:10]:  # warm-up
+        fn(q)
+    results, times = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        results.append(fn(q))
+        times.append((time.perf_counter() - t0) * 1000)
+    return results, times
+
+
+def worker_engramdb(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> dict:
+    import engramdb
+
+    path = Path(args.workdir) / "engramdb.engram"
+    shutil.rmtree(path, ignore_errors=True)
+    settings = engramdb.Settings(vector_dtype=args.dtype, batch_rows=10_000)
+    texts = [f"engram {i}" for i in range(len(x))]
+    t0 = time.perf_counter()
+    with engramdb.open(path, dim=x.shape[1], settings=settings) as mem:
+        for start in range(0, len(x), 50_000):
+            mem.ingest_many(texts[start:start + 50_000], vectors=x[start:start + 50_000])
+    ingest_s = time.perf_counter() - t0  # includes the index save on close
+    t0 = time.perf_counter()
+    mem = engramdb.open(path)
+    open_s = time.perf_counter() - t0
+    from engramdb.content import content_id
+
+    ids = {content_id(mem.fingerprint, t): i for i, t in enumerate(texts)}
+    results, times = _timings(
+        lambda q: [ids[h.id] for h in mem.recall(vector=q, top_k=K, associative=False)], qs)
+    mem.close()
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"ingest_s": ingest_s, "open_s": open_s, "results": results, "times": times,
+            "bytes": size}
+
+
+def worker_hnswlib(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> dict:
+    import hnswlib
+
+    path = Path(args.workdir) / "raw.hnsw"
+    t0 = time.perf_counter()
+    idx = hnswlib.Index(space="ip", dim=x.shape[1])
+    idx.init_index(max_elements=len(x), M=16, ef_construction=200)
+    idx.add_items(x, np.arange(len(x)), num_threads=os.cpu_count())
+    idx.save_index(str(path))
+    ingest_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    idx = hnswlib.Index(space="ip", dim=x.shape[1])
+    idx.load_index(str(path))
+    open_s = time.perf_counter() - t0
+    idx.set_ef(64)
+    results, times = _timings(lambda q: idx.knn_query(q, k=K)[0][0].tolist(), qs)
+    return {"ingest_s": ingest_s, "open_s": open_s, "results": results, "times": times,
+            "bytes": path.stat().st_size}
+
+
+def worker_numpy(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> dict:
+    path = Path(args.workdir) / "raw.npy"
+    t0 = time.perf_counter()
+    np.save(path, x.astype(args.dtype))
+    ingest_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = np.load(path, mmap_mode="r")
+    open_s = time.perf_counter() - t0
+
+    def search(q: np.ndarray) -> list[int]:
+        s = np.asarray(m, np.float32) @ q if m.dtype != np.float32 else m @ q
+        top = np.argpartition(-s, K)[:K]
+        return top[np.argsort(-s[top])].tolist()
+
+    results, times = _timings(search, qs[:50])
+    return {"ingest_s": ingest_s, "open_s": open_s, "results": results, "times": times,
+            "bytes": path.stat().st_size}
+
+
+def worker_chromadb(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> dict:
+    import chromadb
+
+    path = Path(args.workdir) / "chroma"
+    shutil.rmtree(path, ignore_errors=True)
+    t0 = time.perf_counter()
+    client = chromadb.PersistentClient(path=str(path))
+    col = client.create_collection("bench", metadata={"hnsw:space": "ip"})
+    step = 5000
+    for start in range(0, len(x), step):
+        stop = min(len(x), start + step)
+        col.add(ids=[str(i) for i in range(start, stop)], embeddings=x[start:stop],
+                documents=[f"engram {i}" for i in range(start, stop)])
+    ingest_s = time.perf_counter() - t0
+    del col, client
+    t0 = time.perf_counter()
+    client = chromadb.PersistentClient(path=str(path))
+    col = client.get_collection("bench")
+    open_s = time.perf_counter() - t0
+    results, times = _timings(
+        lambda q: [int(i) for i in col.query(query_embeddings=[q], n_results=K,
+                                              include=["documents", "distances"])["ids"][0]],
+        qs)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"ingest_s": ingest_s, "open_s": open_s, "results": results, "times": times,
+            "bytes": size}
+
+
+WORKERS = {"engramdb": worker_engramdb, "hnswlib": worker_hnswlib, "numpy": worker_numpy,
+           "chromadb": worker_chromadb}
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    x = np.load(args.data)
+    qs = np.load(args.queries)
+    out = WORKERS[args.worker](args, x, qs)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out))
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--systems", nargs="+", default=list(WORKERS))
+    parser.add_argument("--chroma-python", default=None,
+                        help="interpreter of a virtualenv with chromadb installed")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/engramdb-bench-recall"))
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--queries", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    for n in args.sizes:
+        data, queries, truth_path = dataset(args.out, n, args.dim, args.dtype)
+        truth = np.load(truth_path)
+        for system in args.systems:
+            python = sys.executable
+            if system == "chromadb":
+                if not args.chroma_python:
+                    print("skipping chromadb: pass --chroma-python", file=sys.stderr)
+                    continue
+                python = args.chroma_python
+            work = args.out / f"{system}-{n}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            env = dict(os.environ, PYTHONPATH=str(HERE.parent.parent))
+            print(f"{system} at {n} x {args.dim} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(
+                [python, str(HERE), "--worker", system, "--data", str(data), "--queries",
+                 str(queries), "--workdir", str(work), "--dtype", args.dtype],
+                capture_output=True, text=True, env=env)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                continue
+            res = json.loads(line[0][7:])
+            got = res["results"]
+            recall = np.mean([len(set(g) & set(truth[i].tolist())) / K for i, g in enumerate(got)])
+            t = np.array(res["times"])
+            rows.append({
+                "system": system, "n": n, "dim": args.dim,
+                "ingest_per_s": n / res["ingest_s"], "p50_ms": float(np.median(t)),
+                "p99_ms": float(np.percentile(t, 99)), "recall10": float(recall),
+                "open_s": res["open_s"], "bytes_per": res["bytes"] / n,
+                "rss_mb": res["peak_rss_mb"],
+            })
+            shutil.rmtree(work, ignore_errors=True)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    lines = [
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
+        "",
+        "| system | n | dim | ingest rows/s | recall p50 ms | p99 ms | recall@10 | open s "
+        "| disk B/engram | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['n']:,} | {r['dim']} | {r['ingest_per_s']:,.0f} | "
+            f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['recall10']:.3f} | {r['open_s']:.2f} | "
+            f"{r['bytes_per']:,.0f} | {r['rss_mb']:,.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
