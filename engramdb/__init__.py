@@ -11,6 +11,7 @@ One memory file (a directory) per user, opened in-process like SQLite::
 """
 
 from engramdb import encoders, errors
+from engramdb.pool import Pool
 from engramdb.settings import Settings
 from engramdb.store import Store, open  # noqa: A004 - engramdb.open is the front door
 from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, VerifyReport
@@ -22,6 +23,7 @@ __all__ = [
     "IngestResult",
     "Kind",
     "Occurrence",
+    "Pool",
     "Recall",
     "Settings",
     "Store",

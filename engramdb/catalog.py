@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engramdb.errors import CorruptStore, StorageError
+from engramdb.errors import CommitUncertain, CorruptStore, StorageError
 from engramdb.lexical import LexicalIndex
 
 CATALOG_NAME = "catalog.duckdb"
@@ -152,7 +152,9 @@ class Catalog:
                 con.execute("ROLLBACK")
             except duckdb.Error:
                 pass
-            raise StorageError(f"catalog commit failed: {exc}") from exc
+            # The WAL may already hold the commit (a failed fsync after the write): the
+            # caller cannot know whether it happened and must not undo its side effects.
+            raise CommitUncertain(f"catalog commit failed: {exc}") from exc
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A cursor private to the calling thread (DuckDB connections are not shareable)."""

@@ -99,7 +99,17 @@ class StorageError(EngramError, OSError):
     )
 
 
+class CommitUncertain(StorageError):
+    """The catalog commit failed in a way that may have left it durable; the handle closed."""
+
+    default_hint = (
+        "open the store again: recovery on open settles what was committed; writes "
+        "acknowledged before this one are intact"
+    )
+
+
 __all__ = [
+    "CommitUncertain",
     "CorruptStore",
     "DimensionMismatch",
     "EncoderRequired",

@@ -157,12 +157,13 @@ class IndexConfig:
             # 384-d x 100k: full graph, ef 32/64/128 -> recall 0.949/0.984/0.993 at 0.18/0.28/
             # 0.52 ms p50, building 1,520 vectors/s. A 96-d PCA prefix + exact re-rank (m=10)
             # scored 0.990 at 0.29 ms and built 3.2x faster, but only because this synthetic
-            # spectrum puts 79% of the variance in the prefix; with isotropic clusters DESIGN
-            # §3 measured 0.937 vs 0.983 for the full graph at 1M. The full graph does not
-            # depend on the spectrum, its scores are exact (no memmap reads at query time) and
-            # 384-1024-d graphs fit in RAM, so it is the default up to 1024-d (not measured
-            # between 384 and 2048: the bound is where the full graph's build rate falls to
-            # roughly half of the 384-d one).
+            # spectrum puts 79% of the variance in the prefix. With isotropic clusters
+            # (--decay 0, 384-d x 50k) the same prefix scored 0.641/0.858/0.992 at m=5/10/20
+            # against 0.998 for the full graph (DESIGN §3: 0.937 vs 0.983 at 1M). The full
+            # graph does not depend on the spectrum, its scores are exact (no memmap reads at
+            # query time) and 384-1024-d graphs fit in RAM, so it is the default up to 1024-d
+            # (not measured between 384 and 2048: the bound is where the full graph's build
+            # rate is expected to fall to about half of the 384-d one).
             return cls(
                 levels=[dim],
                 ef_search=_FULL_EF_SEARCH,

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from engramdb.content import (
 )
 from engramdb.encoders import Encoder, from_spec
 from engramdb.errors import (
+    CommitUncertain,
     CorruptStore,
     DimensionMismatch,
     EncoderRequired,
@@ -265,7 +267,7 @@ class Store:
             lex = LexicalIndex()
             rows = self.catalog.query("SELECT eid, text FROM engrams ORDER BY eid")
             batch = lex.add_rows([r[0] for r in rows], [decompress_text(r[1]) for r in rows])
-            with self.catalog.transaction() as tx:
+            with self._tx() as tx:
                 tx.execute("DELETE FROM lex_postings")
                 tx.execute("DELETE FROM lex_docs")
                 LexicalIndex.insert(tx, batch)
@@ -366,7 +368,7 @@ class Store:
                 self.manifest.index = {**self.manifest.index, "config": cfg.to_dict()}
                 self.manifest.write(self.path)
             self._build_index(cfg, live, progress)
-            with self.catalog.transaction() as tx:
+            with self._tx() as tx:
                 tx.execute("DELETE FROM lex_postings")
                 tx.execute("DELETE FROM lex_docs")
             self.lexical = self._load_lexical()
@@ -404,6 +406,29 @@ class Store:
                 if self.catalog is not None:
                     self.catalog.close()
                 self._lock.release()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """A catalog transaction; an uncertain commit abandons this handle (see _abandon)."""
+        try:
+            with self.catalog.transaction() as con:
+                yield con
+        except CommitUncertain:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Close this handle without saving derived state, after an uncertain commit.
+
+        Its in-memory state may disagree with the catalog now; recovery on the next open
+        settles it from what is durable (vectors past the committed length are cut then).
+        """
+        self._closed = True
+        try:
+            if self.catalog is not None:
+                self.catalog.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -632,7 +657,7 @@ class Store:
             counters["clock"] = now
         after = None
         try:
-            with self.catalog.transaction() as con:
+            with self._tx() as con:
                 if plan is not None:
                     cat.insert_arrow(con, "engrams", engram_rows)
                     LexicalIndex.insert(con, lex_rows)
@@ -646,6 +671,8 @@ class Store:
                 cat.set_counters(con, counters)
                 if hook is not None:
                     after = hook(con, eid_of, now)
+        except CommitUncertain:
+            raise  # _tx abandoned the handle; keep the vector bytes: the catalog may use them
         except BaseException:
             self.segments.rollback()
             raise
@@ -716,7 +743,7 @@ class Store:
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
             eids = sorted(found.values())
             now = self._clock
-            with self.catalog.transaction() as con:
+            with self._tx() as con:
                 con.execute(
                     "INSERT INTO forgotten SELECT eid, id, ?, 'forgotten', kind, false "
                     "FROM engrams WHERE eid IN (SELECT unnest(?::BIGINT[]))", [now, eids])
@@ -756,7 +783,7 @@ class Store:
             raise InvalidInput(f"n must be an int >= 0, got {n!r}")
         with self._write_lock:
             self._check_open()
-            with self.catalog.transaction() as con:
+            with self._tx() as con:
                 cat.set_counters(con, {"clock": self._clock + n,
                                        "generation": self._generation + 1})
             self._clock += n
@@ -782,7 +809,7 @@ class Store:
             now = self._clock
             pairs = [(a, b, self.settings.link_gain) for k, a in enumerate(eids)
                      for b in eids[k + 1:]] if amount > 0 else []
-            with self.catalog.transaction() as con:
+            with self._tx() as con:
                 after = self._reward(con, {e: amount for e in eids}, now, count_recall=False)
                 lk.strengthen(con, pairs, now, self.settings)
                 cat.set_counters(con, {"generation": self._generation + 1})
@@ -921,7 +948,7 @@ class Store:
         keep = [e for e in victims if earned.get(int(e), 0.0) >= self.settings.promote_after / 2]
         die = [e for e in victims if earned.get(int(e), 0.0) < self.settings.promote_after / 2]
         until = now + self.settings.long_term_lifespan
-        with self.catalog.transaction() as con:
+        with self._tx() as con:
             if keep:
                 con.execute(f"UPDATE engrams SET kind = {LONG_TERM}, expires_at = greatest("
                             f"expires_at, ?) WHERE eid IN {lk.in_list(keep)}", [until])
@@ -1028,7 +1055,7 @@ class Store:
                 report["bytes_after"] = before
                 return report
             if len(dead) or pending_erase:
-                with self.catalog.transaction() as con:
+                with self._tx() as con:
                     ids = lk.in_list(dead)
                     if len(dead):
                         con.execute(
@@ -1079,7 +1106,7 @@ class Store:
             self.segments.write(plan, vecs)
             new_segs, new_rows = plan.pointers()
             committed = plan.committed_after(committed)
-        with self.catalog.transaction() as con:
+        with self._tx() as con:
             if len(eids):
                 moved = pa.table({"eid": pa.array(eids), "seg": pa.array(new_segs, pa.int32()),
                                   "row": pa.array(new_rows)})
@@ -1098,9 +1125,13 @@ class Store:
 
     def _rewrite_catalog(self) -> None:
         path = self.catalog.path
-        collect.rewrite_catalog(self.catalog.con, path)
-        self.catalog.close()
-        self.catalog = Catalog(path)
+        try:
+            collect.rewrite_catalog(self.catalog.con, path)
+        finally:
+            # Reopen by name whether or not the swap happened: after a rename that was
+            # reported as failed, the old handle would write into an unlinked file.
+            self.catalog.close()
+            self.catalog = Catalog(path)
 
     def _file_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

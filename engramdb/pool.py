@@ -1,0 +1,367 @@
+"""A pool of per-user stores: open on demand, keep at most ``max_open``, close idle ones.
+
+A server with 10,000 users must not hold 10,000 DuckDB handles (DESIGN section 2). A
+:class:`Pool` maps each user id to its own store directory directly under ``root``, opens a
+store the first time it is asked for, and closes the least recently used ones beyond
+``max_open`` or idle for ``idle_seconds``. A store in use (leased through :meth:`Pool.session`
+or :meth:`Pool.acquire`) is never closed under the thread using it.
+
+User ids never become paths directly: :func:`user_dirname` keeps a short readable slug of
+``[a-z0-9_-]`` plus a 128-bit hash of the exact id, so ``"../x"``, ``"/etc"``, ``"a\\0b"``,
+``"Alice"`` vs ``"alice"`` (case-insensitive file systems) and 10 KB ids all land in distinct
+directories that are always direct children of ``root``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engramdb.encoders import Encoder
+from engramdb.errors import InvalidInput, StorageError, StoreClosed
+from engramdb.settings import Settings
+from engramdb.store import Store
+from engramdb.store import open as open_store
+
+SUFFIX = ".engram"
+SLUG_MAX = 40  # readable prefix only; the hash carries the identity
+HASH_HEX = 32  # 128 bits of sha256: collisions are out of reach for any user count
+
+_NOT_SLUG = re.compile(r"[^a-z0-9_-]+")
+
+# Entry states. OPENING/CLOSING entries stay in the table so nobody opens a second handle on
+# the same directory meanwhile (the store's flock would refuse it: StoreLocked).
+_OPENING, _OPEN, _CLOSING = "opening", "open", "closing"
+
+
+def user_dirname(user_id: str) -> str:
+    """Return the directory name (not a path) that holds ``user_id``'s store.
+
+    The name is ``<slug>-<hash>.engram``: ``slug`` is the id lower-cased, reduced to ASCII
+    ``[a-z0-9_-]`` runs joined by ``-`` and cut to 40 characters (only for humans reading a
+    listing); ``hash`` is 32 hex digits of sha256 over the exact id (UTF-8, lone surrogates
+    kept), so distinct ids get distinct names even when their slugs agree, and names differ in
+    lower-case characters only (safe on case-insensitive file systems). The result never
+    contains a path separator, NUL, or a leading dot, and is at most 80 characters.
+
+    Raises InvalidInput when ``user_id`` is not a non-empty str.
+
+    >>> user_dirname("Alice")
+    'alice-3bc51062973c458d5a6f2d8d64a02324.engram'
+    >>> user_dirname("../../etc/passwd").startswith("etc-passwd-")
+    True
+    """
+    if not isinstance(user_id, str):
+        raise InvalidInput(f"user id must be a str, got {type(user_id).__name__}")
+    if not user_id:
+        raise InvalidInput("user id must not be empty")
+    # surrogatepass: every Python str (even one with lone surrogates) has exactly one encoding,
+    # so the hash input is injective in the id.
+    digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_HEX]
+    ascii_form = unicodedata.normalize("NFKD", user_id).encode("ascii", "ignore").decode()
+    slug = _NOT_SLUG.sub("-", ascii_form.lower()).strip("-_")[:SLUG_MAX].strip("-_")
+    return f"{slug or 'u'}-{digest}{SUFFIX}"
+
+
+class _Entry:
+    """One user's slot: its store (once open), leases and last use."""
+
+    __slots__ = ("leases", "last_used", "state", "store")
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.state = _OPENING
+        self.leases = 0
+        self.last_used = time.monotonic()
+
+
+class Pool:
+    """Per-user stores under one root directory, opened on demand; thread-safe.
+
+    ``encoder``, ``settings`` and ``create`` are passed to :func:`engramdb.open` for every
+    store (so settings also apply to existing stores, as ``open`` does); without an encoder
+    only existing stores can be opened (their encoder is rebuilt from the manifest).
+
+    At most ``max_open`` stores stay open: beyond that the least recently used
+    store that nobody holds is closed, and any store unused for ``idle_seconds`` is closed at
+    the next pool call (or by :meth:`close_idle`). Stores held by a session are never closed
+    for either reason; if more than ``max_open`` users are held at once the pool briefly holds
+    more, and closes the excess as sessions end (waiting instead could deadlock a thread that
+    holds two sessions). ``lock_timeout`` is passed to :func:`engramdb.open` (another process
+    holding a user's store).
+
+    Raises InvalidInput for bad arguments, StorageError if ``root`` cannot be created.
+
+    >>> from engramdb.encoders import HashingEncoder
+    >>> with Pool("memories", encoder=HashingEncoder()) as pool:  # doctest: +SKIP
+    ...     with pool.session("alice") as mem:
+    ...         mem.integrate("I adopted a guinea pig named Oscar.")
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        encoder: Encoder | None = None,
+        settings: Settings | dict[str, Any] | None = None,
+        max_open: int = 64,
+        idle_seconds: float = 300.0,
+        lock_timeout: float = 10.0,
+        create: bool = True,
+    ) -> None:
+        if isinstance(max_open, bool) or not isinstance(max_open, int) or max_open < 1:
+            raise InvalidInput(f"max_open must be an int >= 1, got {max_open!r}")
+        for name, value in (("idle_seconds", idle_seconds), ("lock_timeout", lock_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InvalidInput(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if encoder is not None and not isinstance(encoder, Encoder):
+            raise InvalidInput(f"encoder must be an engramdb Encoder, got {type(encoder).__name__}")
+        try:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            self.root = Path(root).resolve()
+        except OSError as exc:
+            raise StorageError(f"cannot create pool root {root}: {exc}") from exc
+        self.encoder = encoder
+        self.settings = settings
+        self.max_open = max_open
+        self.idle_seconds = float(idle_seconds)
+        self.lock_timeout = float(lock_timeout)
+        self.create = create
+        self._cond = threading.Condition(threading.Lock())
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # LRU order: oldest first
+        self._closed = False
+
+    # -- naming -------------------------------------------------------------------------------
+
+    def path_for(self, user_id: str) -> Path:
+        """The directory of ``user_id``'s store: always a direct child of ``root``.
+
+        Raises InvalidInput for an invalid id, or if the directory would resolve outside
+        ``root`` (e.g. someone planted a symlink there).
+
+        >>> pool.path_for("alice").parent == pool.root  # doctest: +SKIP
+        True
+        """
+        path = self.root / user_dirname(user_id)
+        # Defence in depth: the name cannot hold a separator, but a symlink planted under
+        # root could still point elsewhere.
+        if path.resolve().parent != self.root or path.parent != self.root:
+            raise InvalidInput(f"the store directory for {user_id!r} resolves outside {self.root}")
+        return path
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def acquire(self, user_id: str) -> Store:
+        """Open (or reuse) ``user_id``'s store and lease it; pair with :meth:`release`.
+
+        The store is never closed by the pool while leased. Raises InvalidInput (bad id),
+        StoreClosed (pool closed) and whatever :func:`engramdb.open` raises (StoreLocked,
+        CorruptStore, InvalidInput when the store is new and the pool has no encoder, ...).
+
+        >>> mem = pool.acquire("alice")  # doctest: +SKIP
+        >>> try:  # doctest: +SKIP
+        ...     mem.ingest("hello")
+        ... finally:
+        ...     pool.release(mem)
+        """
+        path = self.path_for(user_id)
+        key = path.name
+        with self._cond:
+            while True:
+                self._check_open()
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = _Entry()
+                    entry.leases = 1
+                    self._entries[key] = entry
+                    break  # this thread opens it, outside the pool lock
+                if entry.state == _OPEN and entry.store is not None and not _is_closed(
+                        entry.store):
+                    entry.leases += 1
+                    entry.last_used = time.monotonic()
+                    self._entries.move_to_end(key)
+                    return entry.store
+                if entry.state == _OPEN and entry.leases == 0:
+                    # The user closed it by hand; forget the dead handle and open afresh.
+                    del self._entries[key]
+                    continue
+                if entry.state == _OPEN:
+                    # Closed by hand while other threads still hold it: hand out the same
+                    # (closed) handle, which raises StoreClosed like any closed handle; it is
+                    # replaced by a fresh one once every holder has released it.
+                    entry.leases += 1
+                    return entry.store  # type: ignore[return-value]
+                self._cond.wait()  # opening or closing elsewhere: wait for the outcome
+        try:
+            store = open_store(path, self.encoder, settings=self.settings,
+                               lock_timeout=self.lock_timeout, create=self.create)
+        except BaseException:
+            with self._cond:
+                del self._entries[key]
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            entry.store = store
+            entry.state = _OPEN
+            entry.last_used = time.monotonic()
+            self._entries.move_to_end(key)
+            self._cond.notify_all()
+            if self._closed:  # closed while we were opening: do not leak the handle
+                entry.state = _CLOSING
+                victims = [(key, entry)]
+            else:
+                victims = self._pick_victims()
+        self._close_victims(victims)
+        if self._closed:
+            raise StoreClosed("the pool was closed")
+        return store
+
+    def release(self, store: Store) -> None:
+        """End one lease taken by :meth:`acquire`; the store may now be closed by the pool.
+
+        Raises InvalidInput if ``store`` was not leased from this pool.
+        """
+        with self._cond:
+            entry = self._entries.get(Path(store.path).name)
+            if entry is None or entry.store is not store or entry.leases <= 0:
+                if self._closed:
+                    return  # close() gave up waiting and closed it already
+                raise InvalidInput(f"{store!r} is not leased from this pool")
+            entry.leases -= 1
+            entry.last_used = time.monotonic()
+            self._entries.move_to_end(entry.store.path.name)  # a use counts for the LRU
+            victims = self._pick_victims()
+            if entry.leases == 0:
+                self._cond.notify_all()  # Pool.close() may be waiting for leases to end
+        self._close_victims(victims)
+
+    @contextmanager
+    def session(self, user_id: str) -> Iterator[Store]:
+        """Lease ``user_id``'s store for the duration of a ``with`` block.
+
+        Raises as :meth:`acquire`.
+
+        >>> with pool.session("alice") as mem:  # doctest: +SKIP
+        ...     turn = mem.integrate("What is my guinea pig called?")
+        """
+        store = self.acquire(user_id)
+        try:
+            yield store
+        finally:
+            self.release(store)
+
+    def get(self, user_id: str) -> Store:
+        """Return ``user_id``'s store without holding a lease (for a quick call).
+
+        The pool may close the returned store once other users push it out of the LRU or it
+        idles; a later call on it then raises StoreClosed. Use :meth:`session` for anything
+        that spans more than one call or runs alongside other threads. Raises as
+        :meth:`acquire`.
+
+        >>> pool.get("alice").recall("guinea pig")  # doctest: +SKIP
+        """
+        store = self.acquire(user_id)
+        self.release(store)
+        return store
+
+    # -- closing ------------------------------------------------------------------------------
+
+    @property
+    def open_count(self) -> int:
+        """How many stores are open (or being opened) right now."""
+        with self._cond:
+            return sum(1 for e in self._entries.values() if e.state != _CLOSING)
+
+    def close_idle(self) -> int:
+        """Close the stores nobody holds that have been idle for ``idle_seconds``; return how
+        many were closed. Pool calls do this anyway; call it from a timer to free handles
+        while no request arrives."""
+        with self._cond:
+            victims = self._pick_victims()
+        self._close_victims(victims)
+        return len(victims)
+
+    def close(self, wait: float = 30.0) -> None:
+        """Close every store (idempotent); later calls raise StoreClosed.
+
+        Waits up to ``wait`` seconds for sessions in progress to end, then closes their
+        stores anyway (a write in progress still completes: Store.close waits for it).
+        """
+        deadline = time.monotonic() + max(0.0, wait)
+        with self._cond:
+            self._closed = True
+            while any(e.leases or e.state == _OPENING for e in self._entries.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            victims = [(k, e) for k, e in self._entries.items() if e.state == _OPEN]
+            for _, e in victims:
+                e.state = _CLOSING
+        self._close_victims(victims)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.open_count} open"
+        return f"<engramdb.Pool {str(self.root)!r} {state}>"
+
+    # -- internals (called with self._cond held, except _close_victims) -----------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the pool was closed", hint="create a new Pool")
+
+    def _pick_victims(self) -> list[tuple[str, _Entry]]:
+        """Mark for closing the idle entries and the LRU excess over ``max_open``."""
+        now = time.monotonic()
+        live = [(k, e) for k, e in self._entries.items() if e.state != _CLOSING]
+        excess = len(live) - self.max_open
+        victims = []
+        for key, entry in live:  # oldest first
+            if entry.state != _OPEN or entry.leases:
+                continue
+            if excess > 0 or now - entry.last_used >= self.idle_seconds:
+                entry.state = _CLOSING
+                victims.append((key, entry))
+                excess -= 1
+        return victims
+
+    def _close_victims(self, victims: list[tuple[str, _Entry]]) -> None:
+        """Close stores outside the pool lock (a close may wait for a write), then drop them."""
+        if not victims:
+            return
+        try:
+            for _, entry in victims:
+                try:
+                    if entry.store is not None:
+                        entry.store.close()
+                except Exception:
+                    pass  # the handle is gone either way; the next open recovers the files
+        finally:
+            with self._cond:
+                for key, entry in victims:
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
+                self._cond.notify_all()
+
+
+def _is_closed(store: Store) -> bool:
+    # Store has no public "closed" flag; a handle the user closed by hand must not be reused.
+    return bool(getattr(store, "_closed", False))
+
+
+__all__ = ["Pool", "user_dirname"]
