@@ -30,23 +30,22 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))
 QUERIES = 200
 K = 10
 
 
-def clustered(n: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarray:
-    """Clustered unit vectors with a decaying spectrum (like real embeddings), deterministic."""
-    rng = np.random.default_rng(seed)
-    scale = 1.0 / np.sqrt(1.0 + np.arange(dim) / 16.0)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * scale
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        which = rng.integers(0, clusters, stop - start)
-        noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * scale * 0.6
-        out[start:stop] = centres[which] + noise
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Clustered unit vectors with a decaying spectrum, like real embeddings (deterministic).
+
+    The same distribution as benchmarks/bench_index.py (200 clusters, noise 1.5, component
+    scales i^-0.5, randomly rotated), so the index figures and these agree.
+    """
+    from bench_index import clustered as index_clustered
+
+    _, draw = index_clustered(0, dim, seed=0)
+    return draw(n, seed)
 
 
 def dataset(out: Path, n: int, dim: int, dtype: str) -> tuple[Path, Path, Path]:
@@ -56,7 +55,7 @@ def dataset(out: Path, n: int, dim: int, dtype: str) -> tuple[Path, Path, Path]:
                             out / f"{tag}-truth.npy")
     if not truth.exists():
         x = clustered(n, dim, seed=1)
-        q = clustered(QUERIES, dim, seed=2)
+        q = clustered(QUERIES, dim, seed=2)  # fresh draws from the same distribution
         np.save(data, x)
         np.save(queries, q)
         stored = x.astype(dtype).astype(np.float32)  # what a float16 store really searches

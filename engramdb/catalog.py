@@ -75,7 +75,7 @@ CREATE INDEX IF NOT EXISTS edges_a ON edges(a);
 CREATE INDEX IF NOT EXISTS edges_b ON edges(b);
 """
 
-COUNTERS = ("generation", "clock", "next_eid", "next_seq")
+COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn")
 
 
 class Catalog:
@@ -101,7 +101,7 @@ class Catalog:
                 con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
                 for name in COUNTERS:
-                    start = 1 if name in ("next_eid", "next_seq") else 0
+                    start = {"next_eid": 1, "next_seq": 1, "last_turn": -1}.get(name, 0)
                     con.execute("INSERT INTO counters VALUES (?, ?)", [name, start])
 
     def close(self) -> None:
@@ -210,22 +210,40 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> 
 
 
 def set_counters(con: duckdb.DuckDBPyConnection, values: dict[str, int]) -> None:
-    """Update counters inside the caller's transaction."""
-    for name, value in values.items():
-        con.execute("UPDATE counters SET value = ? WHERE name = ?", [int(value), name])
+    """Update counters inside the caller's transaction, in one statement."""
+    if not values:
+        return
+    cases = " ".join(f"WHEN '{name}' THEN {int(value)}" for name, value in values.items()
+                     if name.isidentifier())
+    names = ", ".join(f"'{name}'" for name in values if name.isidentifier())
+    con.execute(f"UPDATE counters SET value = CASE name {cases} END WHERE name IN ({names})")
 
 
-def set_segment_lengths(con: duckdb.DuckDBPyConnection, lengths: dict[int, int]) -> None:
-    """Replace the committed segment lengths inside the caller's transaction."""
-    con.execute("DELETE FROM segments")
-    if lengths:
+def set_segment_lengths(
+    con: duckdb.DuckDBPyConnection, lengths: dict[int, int], before: dict[int, int] | None = None
+) -> None:
+    """Record committed segment lengths inside the caller's transaction.
+
+    With ``before`` (the lengths now recorded), only segments whose length changed are written:
+    an append touches one row, not the whole table.
+    """
+    if before is None:
+        con.execute("DELETE FROM segments")
+        changed = dict(lengths)
+    else:
+        gone = [s for s in before if s not in lengths]
+        changed = {s: n for s, n in lengths.items() if before.get(s) != n}
+        stale = gone + [s for s in changed if s in before]
+        if stale:
+            con.execute(f"DELETE FROM segments WHERE seg IN ({','.join(map(str, stale))})")
+    if changed:
         insert_arrow(
             con,
             "segments",
             pa.table(
                 {
-                    "seg": pa.array(list(lengths), pa.int32()),
-                    "nrows": pa.array(list(lengths.values()), pa.int64()),
+                    "seg": pa.array(list(changed), pa.int32()),
+                    "nrows": pa.array(list(changed.values()), pa.int64()),
                 }
             ),
         )

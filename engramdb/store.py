@@ -201,6 +201,7 @@ class Store:
         self._clock = counters["clock"]
         self._next_eid = counters["next_eid"]
         self._next_seq = counters["next_seq"]
+        self._last_turn = counters["last_turn"]
         itemsize = 2 if manifest.dtype == "float16" else 4
         self.segments = SegmentStore(
             path,
@@ -667,7 +668,7 @@ class Store:
                     sorted(existing[i] for i in pinned_ids & set(existing)), now, life,
                 )
                 if plan is not None:
-                    cat.set_segment_lengths(con, committed)
+                    cat.set_segment_lengths(con, committed, self.segments.committed)
                 cat.set_counters(con, counters)
                 if hook is not None:
                     after = hook(con, eid_of, now)
@@ -913,9 +914,13 @@ class Store:
                 if prev is not None and prev != turn:
                     pairs.append((turn, prev, s.link_gain))
                 lk.strengthen(con, pairs, tick, s)
-                con.execute("DELETE FROM counters WHERE name = 'last_turn'")
-                con.execute("INSERT INTO counters VALUES ('last_turn', ?)", [turn])
-                return after
+                cat.set_counters(con, {"last_turn": turn})
+
+                def committed() -> None:
+                    after()
+                    self._last_turn = turn
+
+                return committed
 
             result = self._ingest_batch(
                 [ident], [norm], [role], [session], [meta], [False], q[None, :],
@@ -966,11 +971,8 @@ class Store:
             self.hot.set_life(d, self.hot.kind[d], np.full(len(d), float(now)))
 
     def _previous_turn(self) -> int | None:
-        rows = self.catalog.query("SELECT value FROM counters WHERE name = 'last_turn'")
-        if not rows:
-            return None
-        eid = int(rows[0][0])
-        return eid if eid < self.hot.capacity and self.hot.alive[eid] else None
+        eid = self._last_turn
+        return eid if 0 <= eid < self.hot.capacity and self.hot.alive[eid] else None
 
     def _occurrence_mask(self, occ_sql: str, occ_params: list[Any], size: int) -> np.ndarray:
         allowed = self.catalog.query_arrow(

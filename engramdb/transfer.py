@@ -591,7 +591,7 @@ class _Importer:
             for name in sorted(set(counters) - known):
                 con.execute("INSERT INTO counters VALUES (?, ?)", [name, counters[name]])
             if turn is not None:
-                con.execute("INSERT INTO counters VALUES ('last_turn', ?)", [self.eid_of[turn]])
+                cat.set_counters(con, {"last_turn": self.eid_of[turn]})
 
 
 def _column_types(store: Any, table: str) -> dict[str, str]:
