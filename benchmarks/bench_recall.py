@@ -178,11 +178,20 @@ WORKERS = {"engramdb": worker_engramdb, "hnswlib": worker_hnswlib, "numpy": work
            "chromadb": worker_chromadb}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: the latter keeps the peak of the
+    forked driver across exec, which would charge every worker for the driver's arrays."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_worker(args: argparse.Namespace) -> None:
     x = np.load(args.data)
     qs = np.load(args.queries)
     out = WORKERS[args.worker](args, x, qs)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out))
 
 

@@ -233,6 +233,11 @@ def set_segment_lengths(
     else:
         gone = [s for s in before if s not in lengths]
         changed = {s: n for s, n in lengths.items() if before.get(s) != n}
+        if not gone and len(changed) == 1 and next(iter(changed)) in before:
+            # The common case, an append to the tail segment: one statement.
+            seg, nrows = next(iter(changed.items()))
+            con.execute("UPDATE segments SET nrows = ? WHERE seg = ?", [nrows, seg])
+            return
         stale = gone + [s for s in changed if s in before]
         if stale:
             con.execute(f"DELETE FROM segments WHERE seg IN ({','.join(map(str, stale))})")

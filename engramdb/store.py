@@ -902,7 +902,8 @@ class Store:
                 mask[own[ident]] = False
             recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now,
                                     filtered=bool(occ_sql))
-            hit_eids = self._live_eids([h.id for h in recalled]) if recalled else []
+            # The hits' eids, as the recall found them (no second catalog lookup).
+            hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
             prev = self._previous_turn()
             s = self.settings
 
@@ -1559,7 +1560,7 @@ class _OccurrenceLoader:
     def __init__(self, store: Store, eid_of: dict[str, int], occ_sql: str,
                  occ_params: list[Any]) -> None:
         self._store = store
-        self._eid_of = eid_of
+        self.eid_of = eid_of  # id -> eid of every hit (integrate rewards them by eid)
         self._sql = occ_sql
         self._params = occ_params
         self._loaded: dict[int, list[Occurrence]] | None = None
@@ -1569,7 +1570,7 @@ class _OccurrenceLoader:
         with self._lock:
             if self._loaded is None:
                 self._store._check_open()
-                eids = sorted(self._eid_of.values())
+                eids = sorted(self.eid_of.values())
                 extra = f" AND {self._sql}" if self._sql else ""
                 rows = self._store.catalog.query(
                     "SELECT eid, role, session, tick, metadata FROM occurrences o "
@@ -1579,7 +1580,7 @@ class _OccurrenceLoader:
                     loaded[int(eid)].append(_occurrence(
                         {"role": role, "session": session, "tick": tick, "metadata": meta}))
                 self._loaded = loaded
-        return self._loaded.get(self._eid_of.get(ident, -1), [])
+        return self._loaded.get(self.eid_of.get(ident, -1), [])
 
 
 
