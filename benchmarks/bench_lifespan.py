@@ -118,6 +118,16 @@ def _reusable(path: Path, n: int) -> dict[str, Any] | None:
     return meta if meta.get("complete") and meta.get("requested") == n else None
 
 
+def index_override(args: argparse.Namespace) -> dict | None:
+    """A cheaper graph for the build (--index-m / --index-efc), recorded in the store."""
+    over = {}
+    if args.index_m:
+        over["M"] = args.index_m
+    if args.index_efc:
+        over["ef_construction"] = args.index_efc
+    return over or None
+
+
 def build_store(out: Path, n: int, args: argparse.Namespace) -> Built:
     """Build (or reuse) the store for ``n`` engrams under ``out``; see the module docstring."""
     path = out / f"n{n}.engram"
@@ -132,7 +142,7 @@ def build_store(out: Path, n: int, args: argparse.Namespace) -> Built:
     target, note = n, ""
     t0 = time.perf_counter()
     done = 0
-    with engramdb.open(path, encoder=encoder()) as mem:
+    with engramdb.open(path, encoder=encoder(), index=index_override(args)) as mem:
         while done < target:
             stop = min(target, done + args.chunk)
             texts, vecs = chunk_rows(done, stop, args.seed)
@@ -391,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/engramdb-bench-lifespan"),
                    help="directory holding the stores (reused between runs)")
     p.add_argument("--rebuild", action="store_true", help="rebuild stores even if present")
+    p.add_argument("--index-m", type=int, default=0,
+                   help="hnswlib M for the stores built (default: engramdb's choice)")
+    p.add_argument("--index-efc", type=int, default=0,
+                   help="hnswlib ef_construction for the stores built (default: engramdb's)")
     p.add_argument("--chunk", type=int, default=50_000, help="rows per ingest_many call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ticks", type=int, default=200, help="tick() calls per size")

@@ -286,7 +286,8 @@ class Store:
         """
         recorded = self.manifest.index.get("config")
         if override is not None:
-            cfg = IndexConfig.from_dict({**(recorded or {}), **override})
+            base = recorded or IndexConfig.choose(self.dim, int(self.hot.alive.sum())).to_dict()
+            cfg = IndexConfig.from_dict({**base, **override})
         elif recorded:
             cfg = IndexConfig.from_dict(recorded)
         else:

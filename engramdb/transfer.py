@@ -57,6 +57,7 @@ from engramdb.errors import (
     StorageError,
 )
 from engramdb.fsio import fsync_dir
+from engramdb.locking import StoreLock
 from engramdb.settings import Settings
 
 FORMAT = "engramdb-export"
@@ -398,6 +399,7 @@ def import_store(
     except (TypeError, EngramError) as exc:
         raise _bad(f"{source}: the exported settings are invalid: {exc}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_imports(dest)
     tmp = dest.parent / f".{dest.name}.import-{uuid.uuid4().hex[:8]}"
     stand_in = _SpecEncoder(header["encoder"], header["dim"])
     store = None
@@ -592,6 +594,24 @@ class _Importer:
                 con.execute("INSERT INTO counters VALUES (?, ?)", [name, counters[name]])
             if turn is not None:
                 cat.set_counters(con, {"last_turn": self.eid_of[turn]})
+
+
+def _remove_abandoned_imports(dest: Path) -> None:
+    """Delete work directories of imports into ``dest`` that died (their lock is free).
+
+    A killed import never leaves a half store at ``dest`` (it renames a finished one into
+    place), but its hidden work directory would otherwise stay behind forever.
+    """
+    for work in dest.parent.glob(f".{dest.name}.import-*"):
+        lock = StoreLock(work)
+        try:
+            lock.acquire(0)
+        except EngramError:
+            continue  # another import is running there right now
+        try:
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def _column_types(store: Any, table: str) -> dict[str, str]:

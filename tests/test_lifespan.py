@@ -22,6 +22,8 @@ VECTORS = {
     "D: a note about something else": [0.2, 0, 1, 0],
 }
 A, B, T1, T2, C, D = VECTORS
+# The worked example in docs/lifespan.md uses short lifespans so the numbers stay readable.
+EXAMPLE = engramdb.Settings(short_term_lifespan=64, long_term_lifespan=4096)
 
 
 def lookup(texts):
@@ -30,7 +32,8 @@ def lookup(texts):
 
 @pytest.fixture
 def mem(tmp_path: Path):
-    with engramdb.open(tmp_path / "m.engram", encoder=FunctionEncoder(lookup, 4, "table")) as m:
+    with engramdb.open(tmp_path / "m.engram", encoder=FunctionEncoder(lookup, 4, "table"),
+                       settings=EXAMPLE) as m:
         yield m
 
 
@@ -150,7 +153,7 @@ def test_gc_after_forgetting_half_shrinks_files(tmp_path: Path) -> None:
 
 def test_short_term_capacity_rule(tmp_path: Path) -> None:
     enc = FunctionEncoder(lookup, 4, "table")
-    settings = engramdb.Settings(short_term_capacity=2)
+    settings = EXAMPLE.replace(short_term_capacity=2)
     with engramdb.open(tmp_path / "cap.engram", encoder=enc, settings=settings) as mem:
         a = mem.ingest(A).id
         mem.reinforce([a], 16)  # expires 80, earned 16 = promote_after / 2
