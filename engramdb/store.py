@@ -195,8 +195,12 @@ class Store:
         (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
         self.catalog = Catalog(path / CATALOG_NAME)
         counters = self.catalog.counters()
-        if not set(cat.COUNTERS) <= set(counters):
+        if not {"generation", "clock", "next_eid", "next_seq"} <= set(counters):
             raise CorruptStore(f"{path}: catalog counters are incomplete ({sorted(counters)})")
+        if "last_turn" not in counters:  # stores written before integrate() kept it
+            with self.catalog.transaction() as con:
+                con.execute("INSERT INTO counters VALUES ('last_turn', -1)")
+            counters["last_turn"] = -1
         self._generation = counters["generation"]
         self._clock = counters["clock"]
         self._next_eid = counters["next_eid"]
