@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from engramdb.cli.main import main
 
 import engramdb
-from engramdb.cli.main import main
 from engramdb.encoders import HashingEncoder
 
 TURNS = Path(__file__).resolve().parent.parent / "examples" / "conversation.jsonl"
