@@ -181,3 +181,18 @@ def test_bulk_merge_path_matches_delta_path() -> None:
         b, sb = small.search(q, k=20)
         assert a.tolist() == b.tolist() and np.allclose(sa, sb)
         assert not set(a.tolist()) & set(range(0, 2000, 3))
+
+
+def test_common_terms_are_skipped_in_large_indexes_when_rarer_ones_exist() -> None:
+    from engramdb.lexical import COMMON_TERM_MIN_DOCS
+
+    n = COMMON_TERM_MIN_DOCS
+    idx = LexicalIndex()
+    texts = [f"common words here number{i}" + (" zebra" if i % 2000 == 0 else "")
+             for i in range(n)]
+    idx.add(np.arange(n), texts)
+    eids, _ = idx.search("common zebra", k=50)
+    # "common" is in every document: only the rare term's documents are scored.
+    assert sorted(eids.tolist()) == list(range(0, n, 2000))
+    eids, _ = idx.search("common", k=5)  # a query of common terms only still matches
+    assert len(eids) == 5
