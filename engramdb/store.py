@@ -854,13 +854,28 @@ class Store:
             "eid": pa.array(eids, pa.int64()), "kind": pa.array(kinds, pa.int8()),
             "expires_at": pa.array(exps, pa.float64()), "earned": pa.array(earns, pa.float64()),
         })
-        with cat.registered(con, "rewards", table) as view:
+        if len(eids) <= _POINT_UPDATE_MAX:
+            def case(values: list[Any], fmt: Callable[[Any], str]) -> str:
+                return "CASE eid " + " ".join(
+                    f"WHEN {e} THEN {'NULL' if v is None else fmt(v)}"
+                    for e, v in zip(eids, values)) + " END"
+
+            real = lambda v: repr(float(v))  # noqa: E731 - exact round trip of a double
             con.execute(
-                f"UPDATE engrams SET kind = v.kind, expires_at = v.expires_at, "
-                f"earned = v.earned, recalls = recalls + ?, last_tick = ? FROM {view} v "
-                "WHERE engrams.eid = v.eid",
+                f"UPDATE engrams SET kind = {case(kinds, lambda v: str(int(v)))}, "
+                f"expires_at = {case(exps, real)}, earned = {case(earns, real)}, "
+                "recalls = recalls + ?, last_tick = ? "
+                f"WHERE eid IN {lk.in_list(eids)}",
                 [1 if count_recall else 0, now],
             )
+        else:
+            with cat.registered(con, "rewards", table) as view:
+                con.execute(
+                    f"UPDATE engrams SET kind = v.kind, expires_at = v.expires_at, "
+                    f"earned = v.earned, recalls = recalls + ?, last_tick = ? FROM {view} v "
+                    "WHERE engrams.eid = v.eid",
+                    [1 if count_recall else 0, now],
+                )
         e_arr = np.array(eids, np.int64)
         k_arr = np.array(kinds, np.int8)
         x_arr = np.array([NEVER if x is None else x for x in exps], np.float64)
@@ -898,15 +913,15 @@ class Store:
         with self._write_lock:
             self._check_open()
             now = self._clock + 1
-            mask = self.hot.visible(now).copy()
+            mask = self.hot.visible(now)
             if occ_sql:
-                mask &= self._occurrence_mask(occ_sql, occ_params, len(mask))
+                mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
             ident = content_id(self.fingerprint, norm)
             own = self._lookup_ids([ident])
-            if own:  # a repeated turn must not recall itself
-                mask[own[ident]] = False
+            # A repeated turn must not recall itself: excluded by eid, not by copying the
+            # O(N) mask (0.8 ms at 1M engrams).
             recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now,
-                                    filtered=bool(occ_sql))
+                                    filtered=bool(occ_sql), exclude=own.get(ident))
             # The hits' eids, as the recall found them (no second catalog lookup).
             hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
             prev = self._previous_turn()
@@ -1267,6 +1282,7 @@ class Store:
     def _recall(
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
         occ_params: list[Any], associative: bool, now: int, *, filtered: bool,
+        exclude: int | None = None,
     ) -> list[Recall]:
         """Search (hybrid when there is query text), expand over links, fetch, rank.
 
@@ -1276,9 +1292,15 @@ class Store:
         weight = self.settings.lexical_weight if text is not None else 0.0
         pool = max(top_k, self.settings.hybrid_pool) if weight > 0 else top_k
         eids, scores = self._dense_search(q, pool, mask, filtered, now)
+        if exclude is not None:
+            keep = eids != exclude
+            eids, scores = eids[keep], scores[keep]
         found: dict[int, tuple[float, str, list[int], dict[str, float]]]
         lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
                                 else (np.zeros(0, np.int64), None))
+        if exclude is not None and len(lex_eids):
+            keep = lex_eids != exclude
+            lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
         if len(lex_eids):
             found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
             eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
@@ -1287,7 +1309,7 @@ class Store:
             found = {int(e): (float(s), "vector", [], {"vector": float(s)})
                      for e, s in zip(eids, scores)}
         if associative and len(eids):
-            self._associate(found, [int(e) for e in eids[:5]], mask, now)
+            self._associate(found, [int(e) for e in eids[:5]], mask, now, exclude)
         ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
         if not ranked:
             return []
@@ -1348,7 +1370,8 @@ class Store:
             for e, c, b, f in zip(cands, cos, bm25, fused)
         }
 
-    def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int) -> None:
+    def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int,
+                   exclude: int | None = None) -> None:
         """Follow the strongest links from ``seeds``, adding what they reach to ``found``."""
         s = self.settings
         frontier = {e: (found[e][0], [e]) for e in seeds}
@@ -1359,7 +1382,7 @@ class Store:
             nxt: dict[int, tuple[float, list[int]]] = {}
             for src, (src_score, path) in frontier.items():
                 for other, weight in links.get(src, []):
-                    if other >= len(mask) or not mask[other] or weight <= 0:
+                    if other >= len(mask) or not mask[other] or weight <= 0 or other == exclude:
                         continue
                     score = src_score * weight
                     if other in found and found[other][0] >= score:
@@ -1678,6 +1701,11 @@ def _occurrence(o: dict[str, Any]) -> Occurrence:
     )
 
 
+# Up to this many rows, an UPDATE names them in a literal IN-list (an index lookup, 0.7 ms at
+# 1M engrams) instead of joining a registered Arrow table (a scan, 1.6 ms).
+_POINT_UPDATE_MAX = 256
+
+
 def _update_for_occurrences(
     con: Any,
     occ_eids: list[int],
@@ -1688,6 +1716,12 @@ def _update_for_occurrences(
 ) -> None:
     """Bump refs of every engram that got occurrences; refresh content said again."""
     touched, counts = np.unique(np.asarray(occ_eids, np.int64), return_counts=True)
+    if len(touched) <= _POINT_UPDATE_MAX:
+        cases = " ".join(f"WHEN {int(e)} THEN {int(c)}" for e, c in zip(touched, counts))
+        con.execute(f"UPDATE engrams SET refs = refs + CASE eid {cases} END, last_tick = ? "
+                    f"WHERE eid IN {lk.in_list(touched)}", [now])
+        _refresh_said_again(con, revive, pin_eids, now, life)
+        return
     bumps = pa.table({"eid": touched, "n": counts.astype(np.int64)})
     with cat.registered(con, "bumps", bumps) as view:
         con.execute(
@@ -1695,6 +1729,13 @@ def _update_for_occurrences(
             "WHERE engrams.eid = b.eid",
             [now],
         )
+    _refresh_said_again(con, revive, pin_eids, now, life)
+
+
+def _refresh_said_again(
+    con: Any, revive: list[int], pin_eids: list[int], now: int, life: float
+) -> None:
+    """Content said again lives on; content pinned on a repeat never dies."""
     if revive:
         # Content said again lives at least another full lifespan from now; a long-term
         # engram keeps its (longer) expiry and its kind.

@@ -166,3 +166,12 @@ def test_short_term_capacity_rule(tmp_path: Path) -> None:
         assert b not in mem and c in mem and d in mem
         assert any(e["id"] == b and e["reason"] == "expired" for e in mem.forgetting_log())
         assert mem.stats()["kinds"] == {"working": 0, "short_term": 2, "long_term": 1}
+
+
+def test_a_repeated_turn_does_not_recall_itself(mem) -> None:
+    mem.ingest(A)
+    first = mem.integrate(T1, top_k=3)
+    again = mem.integrate(T1, top_k=3)
+    assert again.id == first.id and not again.is_new
+    assert first.id not in [r.id for r in again.recalled]
+    assert [r.text for r in again.recalled][:1] == [A]
