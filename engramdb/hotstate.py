@@ -33,7 +33,9 @@ class HotState:
         self.alive = np.zeros(0, bool)  # stored and not forgotten (may still be expired)
         self.row_eid: dict[int, np.ndarray] = {}  # segment -> eid of each row, -1 if none
         self.version = 0  # bumped by every change; keys the cached visibility mask
-        self._visible: tuple[float, int, np.ndarray] | None = None
+        # Visibility at tick _vis_now, kept up to date by every change (see visible()).
+        self._vis = np.zeros(0, bool)
+        self._vis_now: float | None = None
         self.next_death = NEVER  # no visible engram dies before this tick (a lower bound)
         # Recall payload (id, compressed text) per eid, so a recall needs no catalog query:
         # packed Arrow chunks plus a short tail of recent additions.
@@ -61,6 +63,7 @@ class HotState:
         self.pay_chunk = grown(self.pay_chunk, -2)  # -2: no payload
         self.pay_pos = grown(self.pay_pos, 0)
         self.alive = grown(self.alive, False)
+        self._vis = grown(self._vis, False)
         self.capacity = cap
 
     def _map_rows(self, seg: int, rows: np.ndarray, eids: np.ndarray) -> None:
@@ -95,6 +98,8 @@ class HotState:
             sel = segs == seg
             self._map_rows(int(seg), rows[sel], eids[sel])
         self.alive[eids] = True
+        if self._vis_now is not None:
+            self._vis[eids] = expires > self._vis_now
         self._changed(expires)
 
     def add_payload(self, eids: np.ndarray, ids: list[str], texts: list[bytes]) -> None:
@@ -133,6 +138,7 @@ class HotState:
         """Forget engrams: they vanish from every search at once."""
         eids = eids[eids < self.capacity]
         self.alive[eids] = False
+        self._vis[eids] = False
         self._changed()
         for eid in eids:
             table = self.row_eid.get(int(self.seg[eid]))
@@ -148,21 +154,24 @@ class HotState:
         """Record new kinds and expiry ticks (after a reward or promotion commits)."""
         self.kind[eids] = kinds
         self.expires[eids] = expires
+        if self._vis_now is not None:
+            self._vis[eids] = self.alive[eids] & (expires > self._vis_now)
         self._changed(expires)
 
     def visible(self, now: float) -> np.ndarray:
         """Mask over eids: stored, not forgotten, and with lifespan left at tick ``now``.
 
-        Cached until the clock or the state changes (an O(N) pass per query would cost about
-        a millisecond at 1M engrams); the returned array is read-only, copy it to modify.
+        Kept up to date in place by every change, and recomputed (an O(N) pass: about a
+        millisecond at 1M engrams) only when the clock has reached ``next_death``, or moved
+        back. In between it is exact: no visible engram dies before ``next_death``. Do not
+        modify the returned array; combine it (``mask & other``) instead.
         """
-        cached = self._visible
-        if cached is not None and cached[0] == now and cached[1] == self.version:
-            return cached[2]
-        mask = self.alive & (self.expires > now)
-        mask.setflags(write=False)
-        self._visible = (now, self.version, mask)
-        return mask
+        vis_now = self._vis_now
+        if vis_now is not None and vis_now <= now and (now == vis_now or now < self.next_death):
+            return self._vis
+        self._vis = self.alive & (self.expires > now)
+        self._vis_now = now
+        return self._vis
 
     def deaths_due(self, now: float) -> np.ndarray | None:
         """If some engram's lifespan may have run out by ``now``, the eids of every stored but

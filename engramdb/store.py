@@ -706,9 +706,14 @@ class Store:
         """Map the ids that are stored (alive or expired, not forgotten) to their eids."""
         if not ids:
             return {}
-        rows = self.catalog.query(
-            "SELECT id, eid FROM engrams WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]
-        )
+        if len(ids) <= _POINT_UPDATE_MAX and all(_is_id(i) for i in ids):
+            # Literal ids use the index on id (1 ms less per call at 1M engrams than a scan).
+            listed = ",".join(f"'{i}'" for i in ids)
+            rows = self.catalog.query(f"SELECT id, eid FROM engrams WHERE id IN ({listed})")
+        else:
+            rows = self.catalog.query(
+                "SELECT id, eid FROM engrams WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+            )
         return {i: int(e) for i, e in rows}
 
     def _refresh_hot(self, eids: list[int]) -> None:
@@ -1399,9 +1404,9 @@ class Store:
     def _dense_search(self, q: np.ndarray, k: int, mask: np.ndarray, filtered: bool,
                       now: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan."""
+        self._sync_index_deaths(now)
         if self.index is None:
             return self._exact_search(q, k, mask)
-        self._sync_index_deaths(now)
         spare = 2  # a few ids (the turn itself) may be masked without being a filter
         allowed = np.nonzero(mask)[0] if filtered else None
         labels, scores, _ = self.index.search(q, k + spare, fetch=self._fetch_vectors,
@@ -1411,8 +1416,8 @@ class Store:
 
     def _sync_index_deaths(self, now: int) -> None:
         """Mark engrams whose lifespan ran out as deleted in the index (O(1) unless one did)."""
-        dead = self.hot.deaths_due(now)
-        if dead is not None and len(dead):
+        dead = self.hot.deaths_due(now)  # also moves the visibility mask's next recompute
+        if dead is not None and len(dead) and self.index is not None:
             self.index.mark_deleted(dead)
 
     def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -1630,10 +1635,13 @@ def _check_bool(value: Any, what: str) -> bool:
     return bool(value)
 
 
+def _is_id(ident: object) -> bool:
+    return isinstance(ident, str) and len(ident) == 64 and all(
+        c in "0123456789abcdef" for c in ident)
+
+
 def _check_id(ident: object) -> None:
-    if not isinstance(ident, str) or len(ident) != 64 or not all(
-        c in "0123456789abcdef" for c in ident
-    ):
+    if not _is_id(ident):
         raise InvalidInput(f"not an engram id: {ident!r}",
                            hint="ids are the 64-hex-digit strings ingest() returns")
 
