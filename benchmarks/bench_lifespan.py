@@ -40,7 +40,6 @@ import datetime as dt
 import gc
 import hashlib
 import json
-import os
 import platform
 import shlex
 import shutil
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine_info import describe  # noqa: E402 - benchmarks/ is on sys.path
 
 import engramdb
 from engramdb.encoders import FunctionEncoder
@@ -299,27 +299,6 @@ def profile_integrate(b: Built, turns: int, html: Path | None) -> str:
 # -- reporting ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """CPU model, core count and RAM of this machine, from /proc."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {ram} RAM"
-
-
 def _ms(xs: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(xs), q)) * 1e3 if xs else float("nan")
 
@@ -355,7 +334,7 @@ def report(built: list[Built], samples: dict[int, Samples], args: argparse.Names
     lines = [
         "## engramdb lifespan benchmark: tick and integrate vs store size",
         "",
-        f"- machine: {machine()}",
+        f"- machine: {describe()}",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- python {platform.python_version()}, numpy {np.__version__}, "
         f"engramdb {engramdb.__version__}",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import queue
 import random
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+from machine_info import describe  # noqa: E402 - benchmarks/ is on sys.path
 
 import engramdb
 from engramdb.encoders import HashingEncoder
@@ -41,18 +41,6 @@ from engramdb.pool import Pool
 LONG_LIFE = {"short_term_lifespan": 1e9}
 TOPICS = ["my guinea pig Oscar", "the trip to Lisbon", "a sourdough recipe", "my sister's job",
           "the broken bike", "learning Rust", "the garden", "a job interview"]
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def _pct(a: np.ndarray, q: float) -> float:
@@ -139,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     lat = np.array(integrate_s) * 1000
     acq = np.array(acquire_s) * 1000
     cmd = "PYTHONPATH=. .venv/bin/python benchmarks/bench_pool.py " + " ".join(sys.argv[1:])
-    print(f"\nMachine: {_machine()}; Python {platform.python_version()}, duckdb "
+    print(f"\nMachine: {describe()}; Python {platform.python_version()}, duckdb "
           f"{duckdb.__version__}, engramdb {engramdb.__version__}")
     print(f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"Command: `{cmd}`\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import describe  # noqa: E402 - benchmarks/ is on sys.path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
@@ -198,19 +198,6 @@ def run_worker(args: argparse.Namespace) -> None:
 # -- driver ----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -269,7 +256,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     lines = [
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
+        f"Machine: {describe()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
         "",
         "| system | n | dim | ingest rows/s | recall p50 ms | p99 ms | recall@10 | open s "
         "| disk B/engram | peak RSS MB |",
