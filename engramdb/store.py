@@ -220,6 +220,8 @@ class Store:
         )
         self._check_pointers()
         self.lexical = self._load_lexical()
+        # Whether any link exists: a store without links skips the edge query on every recall.
+        self._has_links = bool(self.catalog.query("SELECT count(*) FROM edges")[0][0])
         self.index = self._load_index(index)
 
     def _create(self, encoder: Encoder | None, dim: int | None, settings: Settings) -> None:
@@ -822,7 +824,8 @@ class Store:
                      for b in eids[k + 1:]] if amount > 0 else []
             with self._tx() as con:
                 after = self._reward(con, {e: amount for e in eids}, now, count_recall=False)
-                lk.strengthen(con, pairs, now, self.settings)
+                if lk.strengthen(con, pairs, now, self.settings):
+                    self._has_links = True
                 cat.set_counters(con, {"generation": self._generation + 1})
             self._generation += 1
             after()
@@ -939,7 +942,8 @@ class Store:
                 pairs = [(turn, e, s.link_gain / (r + 1)) for r, e in enumerate(hit_eids)]
                 if prev is not None and prev != turn:
                     pairs.append((turn, prev, s.link_gain))
-                lk.strengthen(con, pairs, tick, s)
+                if lk.strengthen(con, pairs, tick, s):
+                    self._has_links = True
                 cat.set_counters(con, {"last_turn": turn})
 
                 def committed() -> None:
@@ -1313,7 +1317,7 @@ class Store:
             eids, scores = eids[:top_k], scores[:top_k]
             found = {int(e): (float(s), "vector", [], {"vector": float(s)})
                      for e, s in zip(eids, scores)}
-        if associative and len(eids):
+        if associative and len(eids) and self._has_links:
             self._associate(found, [int(e) for e in eids[:5]], mask, now, exclude)
         ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
         if not ranked:
