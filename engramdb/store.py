@@ -52,6 +52,7 @@ from engramdb.errors import (
     StorageError,
     StoreClosed,
 )
+from engramdb.filters import kind_codes, occurrence_filter
 from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
 from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
@@ -917,7 +918,7 @@ class Store:
         session = check_label(session, "session")
         meta = encode_metadata(metadata)
         q = self._encode([norm])[0]
-        occ_sql, occ_params = _occurrence_filter(where)
+        occ_sql, occ_params = occurrence_filter(where)
         with self._write_lock:
             self._check_open()
             now = self._clock + 1
@@ -1279,14 +1280,14 @@ class Store:
             q = self._encode([text])[0]
         now = self._clock
         mask = self.hot.visible(now)
-        kind_codes = _kind_codes(kinds)
-        if kind_codes is not None:
-            mask = mask & np.isin(effective_kind(self.hot.kind, self.hot.created, now), kind_codes)
-        occ_sql, occ_params = _occurrence_filter(where)
+        codes = kind_codes(kinds)
+        if codes is not None:
+            mask = mask & np.isin(effective_kind(self.hot.kind, self.hot.created, now), codes)
+        occ_sql, occ_params = occurrence_filter(where)
         if occ_sql:
             mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
         return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
-                            filtered=kind_codes is not None or bool(occ_sql))
+                            filtered=codes is not None or bool(occ_sql))
 
     def _recall(
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
@@ -1648,61 +1649,6 @@ def _check_id(ident: object) -> None:
     if not _is_id(ident):
         raise InvalidInput(f"not an engram id: {ident!r}",
                            hint="ids are the 64-hex-digit strings ingest() returns")
-
-
-def _kind_codes(kinds: Iterable[Kind | str] | None) -> list[int] | None:
-    if kinds is None:
-        return None
-    if isinstance(kinds, (str, Kind)):
-        kinds = [kinds]
-    codes = []
-    for k in kinds:
-        try:
-            name = Kind(k).value
-        except ValueError:
-            raise InvalidInput(
-                f"unknown kind {k!r}; use working, short_term or long_term"
-            ) from None
-        if name not in KIND_CODES:
-            raise InvalidInput("dead engrams are never recalled; list them with inspect")
-        codes.append(KIND_CODES[name])
-    return codes
-
-
-def _occurrence_filter(where: dict[str, Any] | None) -> tuple[str, list[Any]]:
-    """Translate a ``where`` dict into SQL over occurrences ``o``."""
-    if where is None:
-        return "", []
-    if not isinstance(where, dict):
-        raise InvalidInput("where must be a dict such as {'session': 's1', 'role': 'user'}")
-    clauses: list[str] = []
-    params: list[Any] = []
-    for key, value in where.items():
-        if key in ("session", "role"):
-            values = value if isinstance(value, (list, tuple, set)) else [value]
-            if not values or not all(isinstance(v, str) for v in values):
-                raise InvalidInput(f"where[{key!r}] must be a str or a list of str")
-            clauses.append(f"o.{key} IN (SELECT unnest(?::VARCHAR[]))")
-            params.append(list(values))
-        elif key in ("since", "until"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidInput(f"where[{key!r}] must be a tick (int)")
-            clauses.append("o.tick >= ?" if key == "since" else "o.tick <= ?")
-            params.append(value)
-        elif key == "metadata":
-            if not isinstance(value, dict) or not value:
-                raise InvalidInput("where['metadata'] must be a non-empty dict")
-            for mk, mv in value.items():
-                if not isinstance(mk, str):
-                    raise InvalidInput("metadata keys must be str")
-                encoded = encode_metadata({"v": mv})
-                clauses.append("json_extract(o.metadata, ?) = json_extract(?::JSON, '$.v')")
-                params.extend(["$." + json.dumps(mk), encoded])
-        else:
-            raise InvalidInput(
-                f"unknown filter {key!r}; use session, role, metadata, since, until"
-            )
-    return " AND ".join(clauses), params
 
 
 def _occurrence(o: dict[str, Any]) -> Occurrence:
