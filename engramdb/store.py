@@ -60,6 +60,7 @@ from engramdb.lexical import LexicalIndex
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
+from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
 from engramdb.segments import SEGMENT_DIR, SegmentStore
 from engramdb.settings import Settings
@@ -334,7 +335,7 @@ class Store:
 
     def _build_index(self, cfg: IndexConfig, live: np.ndarray,
                      progress: bool = False) -> VectorIndex:
-        bar = _progress(len(live), progress or len(live) > 50_000, "index")
+        bar = progress_bar(len(live), progress or len(live) > 50_000, "index")
         try:
             idx = VectorIndex.build(
                 live, self._fetch_vectors, cfg, dim=self.dim,
@@ -551,7 +552,7 @@ class Store:
         ids = [content_id(self.fingerprint, t) for t in norm]
         results: list[IngestResult] = []
         step = self.settings.batch_rows
-        bar = _progress(n, progress, "ingest")
+        bar = progress_bar(n, progress, "ingest")
         try:
             for start in range(0, n, step):
                 stop = min(n, start + step)
@@ -720,15 +721,12 @@ class Store:
         return {i: int(e) for i, e in rows}
 
     def _refresh_hot(self, eids: list[int]) -> None:
-        """Reload kind and expiry of some engrams from the catalog into the hot state."""
-        rows = self.catalog.query_arrow(
-            f"SELECT {HOT_COLUMNS} FROM engrams WHERE eid IN (SELECT unnest(?::BIGINT[]))",
-            [eids],
-        )
-        fresh = HotState.from_arrow(rows)
-        e = rows.column("eid").to_numpy().astype(np.int64)
-        self.hot.add(e, fresh.seg[e], fresh.row[e], fresh.kind[e], fresh.expires[e],
-                     fresh.created[e])
+        """Reload kind and expiry of engrams said again (their pointers do not change)."""
+        rows = self.catalog.query(
+            f"SELECT eid, kind, expires_at FROM engrams WHERE eid IN {lk.in_list(eids)}")
+        e = np.array([r[0] for r in rows], np.int64)
+        self.hot.set_life(e, np.array([r[1] for r in rows], np.int8),
+                          np.array([NEVER if r[2] is None else r[2] for r in rows], np.float64))
         if self.index is not None:  # content said again after it expired lives again
             back = np.array([x for x in e.tolist() if x not in self.index], np.int64)
             if len(back):
@@ -1708,11 +1706,3 @@ def _refresh_said_again(
             "WHERE eid IN (SELECT unnest(?::BIGINT[]))",
             [pin_eids],
         )
-
-
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled or total <= 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="engram")

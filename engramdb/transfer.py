@@ -58,6 +58,7 @@ from engramdb.errors import (
 )
 from engramdb.fsio import fsync_dir
 from engramdb.locking import StoreLock
+from engramdb.progress import progress_bar
 from engramdb.settings import Settings
 
 FORMAT = "engramdb-export"
@@ -115,7 +116,7 @@ def export_store(
             writer: _JsonlWriter | _ParquetWriter = _JsonlWriter(tmp, header)
         else:
             writer = _ParquetWriter(tmp, header, _column_types(store, "engrams"))
-        bar = _bar(header["counts"]["engrams"], progress, "export")
+        bar = progress_bar(header["counts"]["engrams"], progress, "export")
         try:
             for records in _engram_batches(store):
                 writer.engrams(records)
@@ -455,7 +456,7 @@ class _Importer:
     def run(self, reader: _Reader, progress: bool) -> None:
         """Import every batch, then the links, the log and the counters."""
         counts = self.header["counts"]
-        bar = _bar(counts["engrams"], progress, "import")
+        bar = progress_bar(counts["engrams"], progress, "import")
         try:
             for batch in reader.engram_batches():
                 self._engrams(batch)
@@ -835,11 +836,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled or total <= 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="engram")
