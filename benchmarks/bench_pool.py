@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import queue
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,12 +49,11 @@ def _pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q)) if len(a) else float("nan")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the load test described by ``args``; return a process exit code (0: all checks ok)."""
-    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench_pool_"))
+def shard(args: argparse.Namespace, root: Path) -> dict:
+    """Load and check this process's share of the users; return its raw figures."""
     enc = HashingEncoder(dim=args.dim)
-    rng = random.Random(args.seed)
-    users = [f"user-{u:05d}" for u in range(args.users)]
+    rng = random.Random(args.seed + args.shard)
+    users = [f"user-{u:05d}" for u in range(args.users) if u % args.processes == args.shard]
     items = [(u, start, min(args.turns, start + args.burst))
              for u in users for start in range(0, args.turns, args.burst)]
     rng.shuffle(items)
@@ -94,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
             for uid, ident in mine:
                 acked[uid].append(ident)
 
-    print(f"root {root}: {args.users} users x {args.turns} turns, {args.threads} threads, "
-          f"max_open {args.max_open}, burst {args.burst}", file=sys.stderr)
     start = time.perf_counter()
+    wall_start = time.time()
     with Pool(root, encoder=enc, max_open=args.max_open, settings=LONG_LIFE) as pool:
         threads = [threading.Thread(target=worker, args=(pool,)) for _ in range(args.threads)]
         for t in threads:
@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
             for t in threads:
                 t.join(timeout=10)
             if args.progress:
-                print(f"  {done[0]}/{len(items)} sessions, {time.perf_counter() - start:.0f} s",
-                      file=sys.stderr)
-        load_s = time.perf_counter() - start
+                print(f"  [{args.shard}] {done[0]}/{len(items)} sessions, "
+                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        wall_end = time.time()
     turns = sum(len(v) for v in acked.values())
 
     # The check: every store verifies clean and holds every acknowledged turn.
@@ -119,23 +119,64 @@ def run(args: argparse.Namespace) -> int:
                 if not mem.verify().ok:
                     bad_verify += 1
                 missing += sum(1 for i in acked[uid] if i not in mem)
-    check_s = time.perf_counter() - check_start
+    return {"users": len(users), "turns": turns, "errors": errors, "bad_verify": bad_verify,
+            "missing": missing, "check_s": time.perf_counter() - check_start,
+            "wall_start": wall_start, "wall_end": wall_end,
+            "integrate_ms": [x * 1000 for x in integrate_s],
+            "acquire_ms": [x * 1000 for x in acquire_s]}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the load test described by ``args``; return a process exit code (0: all checks ok).
+
+    With ``--processes P`` the users are split into P disjoint shards, each loaded by its own
+    process (its own Pool and ``--threads`` threads), the way a server runs several workers.
+    """
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench_pool_"))
+    print(f"root {root}: {args.users} users x {args.turns} turns, {args.processes} process(es) "
+          f"x {args.threads} threads, max_open {args.max_open}, burst {args.burst}",
+          file=sys.stderr)
+    if args.processes == 1:
+        args.shard = 0
+        parts = [shard(args, root)]
+    else:
+        procs, outs = [], []
+        for i in range(args.processes):
+            out = root / f".shard-{i}.json"
+            outs.append(out)
+            procs.append(subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--root",
+                                           str(root), "--shard", str(i), "--result", str(out)]))
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            print(f"a shard failed: exit codes {codes}", file=sys.stderr)
+            return 1
+        parts = [json.loads(o.read_text()) for o in outs]
+        for o in outs:
+            o.unlink()
+    turns = sum(p["turns"] for p in parts)
+    errors = [e for p in parts for e in p["errors"]]
+    bad_verify = sum(p["bad_verify"] for p in parts)
+    missing = sum(p["missing"] for p in parts)
+    check_s = max(p["check_s"] for p in parts)
+    load_s = max(p["wall_end"] for p in parts) - min(p["wall_start"] for p in parts)
     disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     if not args.keep and not args.root:
         shutil.rmtree(root, ignore_errors=True)
 
-    lat = np.array(integrate_s) * 1000
-    acq = np.array(acquire_s) * 1000
+    lat = np.array([x for p in parts for x in p["integrate_ms"]])
+    acq = np.array([x for p in parts for x in p["acquire_ms"]])
     cmd = "PYTHONPATH=. .venv/bin/python benchmarks/bench_pool.py " + " ".join(sys.argv[1:])
     print(f"\nMachine: {describe()}; Python {platform.python_version()}, duckdb "
           f"{duckdb.__version__}, engramdb {engramdb.__version__}")
     print(f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"Command: `{cmd}`\n")
-    print("| users | turns/user | threads | max_open | turns acked | errors | wall (s) "
-          "| turns/s | integrate p50 (ms) | integrate p99 (ms) | session acquire p50 / p99 (ms) "
-          "| verify clean | acked turns missing | check (s) | disk (MiB) |")
+    print("| users | turns/user | processes x threads | max_open (each) | turns acked | errors "
+          "| wall (s) | turns/s | integrate p50 (ms) | integrate p99 (ms) "
+          "| session acquire p50 / p99 (ms) | verify clean | acked turns missing | check (s) "
+          "| disk (MiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.users} | {args.turns} | {args.threads} | {args.max_open} | {turns} | "
+    print(f"| {args.users} | {args.turns} | {args.processes} x {args.threads} | "
+          f"{args.max_open} | {turns} | "
           f"{len(errors)} | {load_s:.1f} | {turns / load_s:.1f} | {_pct(lat, 50):.1f} | "
           f"{_pct(lat, 99):.1f} | {_pct(acq, 50):.1f} / {_pct(acq, 99):.1f} | "
           f"{args.users - bad_verify}/{args.users} | {missing} | {check_s:.1f} | "
@@ -161,11 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary pool directory")
     ap.add_argument("--progress", action="store_true", help="print progress every 10 s")
     ap.add_argument("--quick", action="store_true", help="50 users x 20 turns")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="worker processes, each with its own Pool over a disjoint user shard")
+    ap.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.users, args.turns = 50, 20
-    if min(args.users, args.turns, args.threads, args.max_open, args.burst, args.dim) < 1:
+    if min(args.users, args.turns, args.threads, args.max_open, args.burst, args.dim,
+           args.processes) < 1:
         ap.error("every count must be >= 1")
+    if args.shard is not None:  # one worker process of a multi-process run
+        args.result.write_text(json.dumps(shard(args, Path(args.root))))
+        return 0
     return run(args)
 
 

@@ -1,8 +1,11 @@
 """Recall benchmark: engramdb side by side with raw hnswlib, exact numpy and chromadb.
 
 Run by hand (not in CI). Every system runs in its own subprocess on the same clustered unit
-vectors, so each one's peak RSS is its own. For each size it reports: ingest rows/s (durable,
-encode excluded), recall p50/p99 for top-10 (for engramdb: the whole ``recall(vector=...)``
+vectors, so each one's peak RSS is its own. For each size it reports: ingest rows/s (durable
+and acknowledged, encode excluded; engramdb indexes in the background and searches its backlog
+exactly, so every acknowledged row is already searchable), indexed rows/s (until every row is
+in the vector index and it is saved: for engramdb the close, for the others the same as
+ingest), recall p50/p99 for top-10 (for engramdb: the whole ``recall(vector=...)``
 call, including the text and metadata fetch), recall@10 against exact search, time to reopen,
 disk bytes per engram and peak RSS.
 
@@ -92,7 +95,8 @@ def worker_engramdb(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> 
     with engramdb.open(path, dim=x.shape[1], settings=settings) as mem:
         for start in range(0, len(x), 50_000):
             mem.ingest_many(texts[start:start + 50_000], vectors=x[start:start + 50_000])
-    ingest_s = time.perf_counter() - t0  # includes the index save on close
+        ingest_s = time.perf_counter() - t0  # every row durable and acknowledged (searchable)
+    indexed_s = time.perf_counter() - t0  # close drains the background indexer and saves
     t0 = time.perf_counter()
     mem = engramdb.open(path)
     open_s = time.perf_counter() - t0
@@ -103,8 +107,8 @@ def worker_engramdb(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> 
         lambda q: [ids[h.id] for h in mem.recall(vector=q, top_k=K, associative=False)], qs)
     mem.close()
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return {"ingest_s": ingest_s, "open_s": open_s, "results": results, "times": times,
-            "bytes": size}
+    return {"ingest_s": ingest_s, "indexed_s": indexed_s, "open_s": open_s,
+            "results": results, "times": times, "bytes": size}
 
 
 def worker_hnswlib(args: argparse.Namespace, x: np.ndarray, qs: np.ndarray) -> dict:
@@ -248,7 +252,9 @@ def main() -> None:
             t = np.array(res["times"])
             rows.append({
                 "system": system, "n": n, "dim": args.dim,
-                "ingest_per_s": n / res["ingest_s"], "p50_ms": float(np.median(t)),
+                "ingest_per_s": n / res["ingest_s"],
+                "indexed_per_s": n / res.get("indexed_s", res["ingest_s"]),
+                "p50_ms": float(np.median(t)),
                 "p99_ms": float(np.percentile(t, 99)), "recall10": float(recall),
                 "open_s": res["open_s"], "bytes_per": res["bytes"] / n,
                 "rss_mb": res["peak_rss_mb"],
@@ -258,13 +264,14 @@ def main() -> None:
     lines = [
         f"Machine: {describe()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
         "",
-        "| system | n | dim | ingest rows/s | recall p50 ms | p99 ms | recall@10 | open s "
-        "| disk B/engram | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | n | dim | ingest rows/s | indexed rows/s | recall p50 ms | p99 ms "
+        "| recall@10 | open s | disk B/engram | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['n']:,} | {r['dim']} | {r['ingest_per_s']:,.0f} | "
+            f"{r['indexed_per_s']:,.0f} | "
             f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['recall10']:.3f} | {r['open_s']:.2f} | "
             f"{r['bytes_per']:,.0f} | {r['rss_mb']:,.0f} |")
     text = "\n".join(lines) + "\n"

@@ -11,8 +11,15 @@ turn order (temporal links between consecutive turns), dense and lexical scores.
 per-question tuning. The tuned pipeline's parameters are chosen by leave-one-conversation-out:
 fitted on two conversations, evaluated on the third; the report also shows fixed defaults.
 
-Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco]``. Dense embeddings (the
-packaged all-MiniLM-L6-v2, mean pooled) are cached under ``/tmp/engramdb_locomo_cache``.
+Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store]``. Dense
+embeddings (the packaged all-MiniLM-L6-v2, mean pooled) are cached under
+``/tmp/engramdb_locomo_cache``.
+
+``--store`` evaluates the store's own recall formula instead (:func:`store_items`: the
+store's candidate pool, ``engramdb.hybrid.context_mix`` and ``hybrid.spread``, the previous
+turn's *stored* vector instead of an encoding of "previous turn + turn"): a leave-one-
+conversation-out choice of its settings over ``STORE_GRID``, and ablations of the defaults in
+``engramdb.Settings``. ``benchmarks/locomo.py`` then measures the same through the public API.
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ import numpy as np
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engramdb import hybrid as hy  # noqa: E402
 from engramdb.lexical import STOPWORDS, LexicalIndex, tokenize  # noqa: E402
+from engramdb.settings import Settings  # noqa: E402
+from engramdb.temporal import date_affinity, parse_day, query_dates  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "locomo" / (
     "locomo-dev.json")
@@ -265,6 +275,105 @@ GRID = {"wl": [0.4, 0.5, 0.6], "prev": [0.25, 0.5, 0.75], "next": [0.0], "sess":
         "dctx": [0.0, 0.5], "spk": [0.0, 0.5], "seeds": [0, 5], "w": [0.9]}
 
 
+# ------------------------------------------------------------------ the store's formula
+STORE_POOL = 100  # Settings().hybrid_pool
+STORE_KEYS = ("lexical_weight", "context_lexical", "context_dense", "session_prior",
+              "speaker_prior", "date_prior", "neighbour_seeds", "neighbour_weight")
+STORE_GRID = {"lexical_weight": [0.4, 0.5, 0.6], "context_lexical": [0.25, 0.5],
+              "context_dense": [0.5, 1.0], "session_prior": [0.5, 1.0],
+              "speaker_prior": [0.0, 0.5, 1.0], "date_prior": [0.0, 1.0, 2.0, 3.0],
+              "neighbour_seeds": [0, 5], "neighbour_weight": [0.8, 0.9]}
+
+
+def store_items(f: Feats) -> list[tuple]:
+    """Per question, what ``Store._fuse_context`` sees: the candidates (dense and BM25 top
+    ``STORE_POOL`` plus the turns right after them), their evidence, and their neighbours."""
+    conv = f.conv
+    n = len(conv.text)
+    qtok = [tokenize(q["q"]) for q in conv.questions]
+    bm = bm25_matrix(conv.text, qtok)  # the store indexes the text as given, query as is
+    prev = np.where(f.same_sess_prev, np.arange(n) - 1, -1)
+    nxt = np.where(f.same_sess_next, np.arange(n) + 1, -1)
+    sess_ids = sorted(set(conv.session))
+    col = np.array([sess_ids.index(s) for s in conv.session])
+    sess_doc = [" ".join(conv.text[i] for i in range(n) if conv.session[i] == s)
+                for s in sess_ids]
+    sess = bm25_matrix(sess_doc, qtok)[:, col]
+    roles = [set(tokenize(sp)) for sp in conv.speaker]
+    days = np.array([parse_day(d) or -1 for d in conv.date])
+    items = []
+    for qi, q in enumerate(conv.questions):
+        cos, lex = f.dense[qi], bm[qi]
+        matched = np.flatnonzero(lex > 0)
+        base = np.union1d(np.argsort(-cos, kind="stable")[:STORE_POOL],
+                          matched[np.argsort(-lex[matched], kind="stable")[:STORE_POOL]])
+        after = nxt[base]
+        c = np.union1d(base, after[after >= 0])
+        p = prev[c]
+        terms = set(qtok[qi])
+        ev = hy.ContextEvidence(
+            cos=cos[c], cos_prev=np.where(p >= 0, cos[np.maximum(p, 0)], cos[c]),
+            bm25=lex[c], bm25_prev=np.where(p >= 0, lex[np.maximum(p, 0)], 0.0),
+            bm25_session=sess[qi, c],
+            speaker=np.array([1.0 if roles[i] & terms else 0.0 for i in c]),
+            date=date_affinity(days[c], query_dates(q["q"])))
+        items.append((c, ev, p, nxt[c], set(q["ev"]), q["cat"]))
+    return items
+
+
+def store_rows(items: list[tuple], p: dict) -> list[dict]:
+    """Recall@k rows of the store's formula with settings ``p`` (keys ``STORE_KEYS``)."""
+    w = hy.ContextWeights(**{k: p[k] for k in STORE_KEYS[:6]})
+    rows = []
+    for c, ev, prev, nxt, evidence, cat in items:
+        mixed = hy.context_mix(ev, w)
+        score = dict(zip(c.tolist(), mixed.tolist()))
+        for e, (m, _) in hy.spread(c, mixed, prev, nxt, p["neighbour_seeds"],
+                                   p["neighbour_weight"]).items():
+            score[e] = m
+        ranked = [e for e, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:20]]
+        r = {f"R@{k}": len(evidence & set(ranked[:k])) / len(evidence) for k in KS}
+        r["all@10"] = float(evidence <= set(ranked[:10]))
+        r["cat"] = cat
+        rows.append(r)
+    return rows
+
+
+def store_lab(feats: list[Feats], report: dict[str, object]) -> None:
+    """LOCO choice of the store's settings, then ablations of ``Settings()``'s defaults."""
+    items = [store_items(f) for f in feats]
+    defaults = {k: getattr(Settings(), k) for k in STORE_KEYS}
+    keys = list(STORE_GRID)
+    combos = [dict(zip(keys, v, strict=True)) for v in itertools.product(*STORE_GRID.values())]
+    print(f"store formula: {len(combos)} settings x {len(feats)} conversations", flush=True)
+    rows = [[store_rows(it, p) for p in combos] for it in items]
+    held_rows = []
+    for held in range(len(feats)):
+        best = max(range(len(combos)), key=lambda c: objective(
+            [r for i in range(len(feats)) if i != held for r in rows[i][c]]))
+        print(f"store LOCO held-out {feats[held].conv.sample_id}: {combos[best]}")
+        s = summarize(rows[held][best])
+        print_table(f"  {feats[held].conv.sample_id} alone (held out)", s)
+        held_rows += rows[held][best]
+    s = summarize(held_rows)
+    report["store formula (leave-one-conversation-out)"] = s
+    print_table("store formula (LOCO)", s)
+    variants = {"store defaults (Settings())": {},
+                "  without previous-turn lexical": {"context_lexical": 0.0},
+                "  without previous-turn dense": {"context_dense": 0.0},
+                "  without session prior": {"session_prior": 0.0},
+                "  without speaker prior": {"speaker_prior": 0.0},
+                "  without date prior": {"date_prior": 0.0},
+                "  without neighbour step": {"neighbour_seeds": 0},
+                "  plain z-fusion (no context)": {
+                    "context_lexical": 0.0, "context_dense": 0.0, "session_prior": 0.0,
+                    "speaker_prior": 0.0, "date_prior": 0.0, "neighbour_seeds": 0}}
+    for name, change in variants.items():
+        s = summarize([r for it in items for r in store_rows(it, defaults | change)])
+        report[name.strip()] = s
+        print_table(name, s)
+
+
 # -------------------------------------------------------------------------------- metrics
 def per_question(f: Feats, scores: np.ndarray) -> list[dict]:
     """Recall@k and all-evidence-hit@10 of each question given its score row."""
@@ -310,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--no-loco", action="store_true", help="skip the grid search")
     ap.add_argument("--json", type=Path, help="write all summaries here")
+    ap.add_argument("--store", action="store_true",
+                    help="evaluate the store's formula (LOCO settings, ablations) only")
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(f"LoCoMo data not found at {args.data}; skipping (see its README).")
@@ -320,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(f.conv.questions) for f in feats)} questions, features in "
           f"{time.time() - t0:.1f}s")
     report: dict[str, object] = {}
+    if args.store:
+        store_lab(feats, report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        print(f"total {time.time() - t0:.1f}s")
+        return 0
     for name, fn in PIPELINES.items():
         s = summarize([r for f in feats for r in per_question(f, fn(f))])
         report[name] = s

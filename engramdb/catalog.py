@@ -75,13 +75,26 @@ CREATE INDEX IF NOT EXISTS edges_a ON edges(a);
 CREATE INDEX IF NOT EXISTS edges_b ON edges(b);
 """
 
-COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn")
+# synced_eid: every engram with a smaller eid has its vector bytes fsynced (the sync point of
+# "fast" durability; "full" advances it in every commit). Engrams at or past it are checked
+# against their vec_sum on open.
+COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn", "synced_eid")
+
+# DuckDB settings of "fast" durability. fsync_mode NONE skips every fsync, the checkpoint's
+# too, so checkpoints and optimistic writes (large appends written to the database file
+# before COMMIT) are kept out of it: commits then only append to the WAL, whose replay stops
+# at the first torn record. Checkpoints run inside durable() with the defaults restored.
+# Ordered so that a failure halfway leaves a safe mix (fsyncs off only once the rest is set).
+_FAST = ("SET enable_optimistic_write = false", "SET checkpoint_threshold = '1TB'",
+         "SET fsync_mode = 'NONE'")
+_DURABLE = ("SET fsync_mode = 'STANDARD'", "SET enable_optimistic_write = true",
+            "RESET checkpoint_threshold")
 
 
 class Catalog:
     """One DuckDB database file plus a cursor per reading thread."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, fast: bool = False) -> None:
         self.path = path
         try:
             self.con = duckdb.connect(str(path), read_only=read_only)
@@ -90,6 +103,14 @@ class Catalog:
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursors_lock = threading.Lock()
+        self.fast = False  # commits skip DuckDB's WAL fsync ("fast" durability)
+        self.pending = False  # a commit since the last durable one may not be on disk yet
+        if fast:
+            try:
+                self.set_fast(True)
+            except BaseException:
+                self.close()
+                raise
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -101,11 +122,23 @@ class Catalog:
                 con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
                 for name in COUNTERS:
-                    start = {"next_eid": 1, "next_seq": 1, "last_turn": -1}.get(name, 0)
+                    start = {"next_eid": 1, "next_seq": 1, "last_turn": -1,
+                             "synced_eid": 1}.get(name, 0)
                     con.execute("INSERT INTO counters VALUES (?, ?)", [name, start])
 
     def close(self) -> None:
-        """Close every cursor and the connection (idempotent)."""
+        """Close every cursor and the connection (idempotent).
+
+        DuckDB checkpoints on close; in "fast" mode the fsyncs are switched back on first, so
+        that checkpoint cannot leave a torn database file behind.
+        """
+        if self.fast:
+            try:
+                self.set_fast(False)
+            except StorageError:
+                # SET does no I/O, so only an injected fault gets here. The checkpoint on
+                # close then runs without fsyncs: a power cut during it could tear the file.
+                pass
         with self._cursors_lock:
             cursors, self._cursors = self._cursors, []
         for cur in cursors:
@@ -124,6 +157,39 @@ class Catalog:
             self.con.execute("FORCE CHECKPOINT")
         except duckdb.Error as exc:
             raise StorageError(f"catalog checkpoint failed: {exc}") from exc
+
+    def set_fast(self, on: bool) -> None:
+        """Switch DuckDB's fsyncs off (``on``) or back on; StorageError if DuckDB refuses.
+
+        Off, COMMIT only appends to the WAL and may be lost on power loss; on again, the next
+        COMMIT fsyncs the WAL and with it every earlier commit.
+        """
+        try:
+            for sql in _FAST if on else _DURABLE:
+                self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise StorageError(f"catalog settings failed: {exc}") from exc
+        self.fast = on
+
+    @contextmanager
+    def durable(self) -> Iterator[None]:
+        """Within the block, commits and checkpoints fsync as in "full" mode.
+
+        In "fast" mode the first durable COMMIT also makes every earlier commit durable (one
+        fsync of the WAL covers them all), and may checkpoint a WAL that grew past DuckDB's
+        threshold. A no-op for a catalog that is not in "fast" mode.
+        """
+        if not self.fast:
+            yield
+            return
+        self.set_fast(False)
+        try:
+            yield
+        finally:
+            try:
+                self.set_fast(True)
+            except StorageError:
+                pass  # staying durable is safe, only slower
 
     # -- transactions and reads ---------------------------------------------------------------
 
@@ -148,6 +214,7 @@ class Catalog:
         try:
             con.execute("COMMIT")
         except duckdb.Error as exc:
+            self.pending = True
             try:
                 con.execute("ROLLBACK")
             except duckdb.Error:
@@ -155,6 +222,8 @@ class Catalog:
             # The WAL may already hold the commit (a failed fsync after the write): the
             # caller cannot know whether it happened and must not undo its side effects.
             raise CommitUncertain(f"catalog commit failed: {exc}") from exc
+        # A durable COMMIT fsyncs the WAL, which holds every earlier commit too.
+        self.pending = self.fast
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A cursor private to the calling thread (DuckDB connections are not shareable)."""

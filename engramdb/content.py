@@ -117,15 +117,18 @@ def check_finite(value: object, what: str) -> float:
     return float(value)
 
 
-_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+# One zstd context per thread: python-zstandard's compressors and decompressors are not
+# thread safe, and two stores written from two threads (a Pool) shared one module-level
+# compressor and crashed the process with a segfault in the 1,000-user load test.
+_local = threading.local()
 
 
 def compress_text(text: str) -> bytes:
     """zstd-compress UTF-8 text for the catalog."""
-    return _compressor.compress(text.encode("utf-8"))
-
-
-_local = threading.local()
+    cctx = getattr(_local, "cctx", None)
+    if cctx is None:
+        cctx = _local.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return cctx.compress(text.encode("utf-8"))
 
 
 def decompress_text(blob: bytes) -> str:

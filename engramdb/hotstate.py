@@ -20,6 +20,18 @@ HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick, id, text'  # fro
 _TAIL_FLUSH = 4096  # payloads kept as Python objects before they are packed into Arrow
 
 
+
+def grown_capacity(need: int, capacity: int) -> int:
+    """The capacity a per-eid array grows to: doubling, at least 1,024 and ``need``."""
+    return max(need, 2 * capacity, 1024)
+
+
+def grow_array(arr: np.ndarray, cap: int, fill: object) -> np.ndarray:
+    """A copy of ``arr`` extended to ``cap`` entries, the new ones set to ``fill``."""
+    out = np.full(cap, fill, arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
 class HotState:
     """Per-eid arrays: pointer, kind, expiry, liveness; and per-segment row -> eid maps."""
 
@@ -48,12 +60,10 @@ class HotState:
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
             return
-        cap = max(need, 2 * self.capacity, 1024)
+        cap = grown_capacity(need, self.capacity)
 
         def grown(arr: np.ndarray, fill: object) -> np.ndarray:
-            out = np.full(cap, fill, arr.dtype)
-            out[: len(arr)] = arr
-            return out
+            return grow_array(arr, cap, fill)
 
         self.seg = grown(self.seg, -1)
         self.row = grown(self.row, -1)

@@ -6,9 +6,19 @@ two lifted it to 0.67 (benchmarks/locomo_lab.py). So each candidate's dense cosi
 are standardised over the candidate pool (the union of both top lists) and mixed with
 ``lexical_weight``; the mix is squashed into (0, 1) with a logistic so that associative recall
 can scale it by a link weight.
+
+Conversations add evidence that a lone turn lacks (:func:`context_mix`, measured in
+``benchmarks/locomo_lab.py`` and ``docs/quality.md``): an answer often completes the question
+asked in the turn before it, so a turn's lexical and dense scores are raised by its previous
+turn's; a question about a topic usually matches the session where it was discussed, so each
+turn gets its session's BM25 as a prior; the speaker a question names and the date it names
+are priors too. Finally the best hits pass a share of their score to the turns right before and
+after them (:func:`spread`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,3 +44,87 @@ def via(in_dense: bool, in_lexical: bool) -> str:
     if in_dense and in_lexical:
         return "hybrid"
     return "vector" if in_dense else "lexical"
+
+
+@dataclass(frozen=True)
+class ContextEvidence:
+    """Per-candidate evidence for one query; every array has one entry per candidate.
+
+    ``cos_prev`` is the cosine of the candidate's previous turn (its own cosine when it has
+    none); ``bm25_prev`` and ``bm25_session`` are 0 where there is no previous turn or
+    session; ``speaker`` is 1 where the candidate's speaker is named in the query; ``date`` is
+    the date affinity of :func:`engramdb.temporal.date_affinity`.
+    """
+
+    cos: np.ndarray
+    cos_prev: np.ndarray
+    bm25: np.ndarray
+    bm25_prev: np.ndarray
+    bm25_session: np.ndarray
+    speaker: np.ndarray
+    date: np.ndarray
+
+
+@dataclass(frozen=True)
+class ContextWeights:
+    """How much each kind of evidence counts (the recall settings of the same names)."""
+
+    lexical_weight: float = 0.5
+    context_lexical: float = 0.5  # share of the previous turn's BM25 in a turn's lexical score
+    context_dense: float = 0.5  # share of the previous turn's cosine in a turn's dense score
+    session_prior: float = 1.0  # share of the session's BM25 in a turn's lexical score
+    speaker_prior: float = 0.5  # added where the turn's speaker is named in the query
+    date_prior: float = 3.0  # times the date affinity
+
+
+def context_mix(ev: ContextEvidence, w: ContextWeights) -> np.ndarray:
+    """Unsquashed scores of the candidates: z-scored lexical and dense evidence (each with
+    its context) mixed by ``lexical_weight``, plus the speaker and date priors."""
+    lex = (ev.bm25.astype(np.float64) + w.context_lexical * ev.bm25_prev
+           + w.session_prior * ev.bm25_session)
+    dense = ev.cos.astype(np.float64) + w.context_dense * ev.cos_prev
+    mixed = w.lexical_weight * zscore(lex) + (1.0 - w.lexical_weight) * zscore(dense)
+    if w.speaker_prior:
+        mixed = mixed + w.speaker_prior * ev.speaker
+    if w.date_prior:
+        mixed = mixed + w.date_prior * ev.date
+    return mixed
+
+
+def spread(eids: np.ndarray, mixed: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
+           seeds: int, weight: float) -> dict[int, tuple[float, int]]:
+    """Neighbour step: each of the ``seeds`` best candidates passes ``weight`` times its score
+    (measured from the lowest score of the pool) to the turns right before and after it.
+
+    ``prev``/``nxt`` give each candidate's neighbours as eids (-1: none, or not visible).
+    Returns ``{eid: (new unsquashed score, seed eid)}`` for every neighbour whose score rises;
+    a neighbour outside the pool starts from the pool's lowest score.
+    """
+    if seeds <= 0 or weight <= 0 or len(mixed) == 0:
+        return {}
+    floor = float(mixed.min())
+    sorted_eids = np.all(eids[1:] >= eids[:-1])
+    position = {} if sorted_eids else {int(e): i for i, e in enumerate(eids.tolist())}
+
+    def own(nb: int) -> float:
+        if not sorted_eids:
+            return float(mixed[position[nb]]) if nb in position else floor
+        i = int(np.searchsorted(eids, nb))
+        return float(mixed[i]) if i < len(eids) and eids[i] == nb else floor
+
+    order = np.lexsort((eids, -mixed))[:seeds]
+    out: dict[int, tuple[float, int]] = {}
+    for i in order:
+        passed = floor + weight * (float(mixed[i]) - floor)
+        for nb in (int(prev[i]), int(nxt[i])):
+            if nb < 0:
+                continue
+            best = out[nb][0] if nb in out else own(nb)
+            if passed > best:
+                out[nb] = (passed, int(eids[i]))
+    return out
+
+
+def squash(mixed: np.ndarray | float) -> np.ndarray | float:
+    """Map unsquashed scores into (0, 1) with the logistic (monotone)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(mixed, np.float64)))

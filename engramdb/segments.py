@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engramdb.content import vector_checksum
 from engramdb.errors import CorruptStore, StorageError
 from engramdb.fsio import fsync_dir
 
@@ -55,7 +56,8 @@ class SegmentStore:
 
     Not a transaction manager: the caller appends (data durable, not yet committed), commits
     the new lengths in the catalog, then calls :meth:`set_committed`. Reads see only committed
-    rows.
+    rows. With ``durable=False`` ("fast" durability) appends are not fsynced; the files written
+    since are listed in ``dirty`` until :meth:`sync`.
     """
 
     def __init__(
@@ -67,6 +69,8 @@ class SegmentStore:
         self.row_bytes = dim * self.dtype.itemsize
         self.rows_per_segment = max(1, rows_per_segment)
         self.durable = durable
+        self.dirty: set[int] = set()  # segments appended to without an fsync since
+        self._dir_dirty = False  # a segment file was created without fsyncing the directory
         self._committed: dict[int, int] = {}
         self._maps: dict[int, tuple[int, np.memmap]] = {}
         self._maps_lock = threading.Lock()
@@ -134,8 +138,13 @@ class SegmentStore:
             left -= take
         return AppendPlan(tuple(pieces))
 
-    def write(self, plan: AppendPlan, vectors: np.ndarray) -> None:
-        """Write ``vectors`` where ``plan`` says and make them durable (not yet committed)."""
+    def write(self, plan: AppendPlan, vectors: np.ndarray, *, durable: bool | None = None) -> None:
+        """Write ``vectors`` where ``plan`` says (not yet committed).
+
+        They are fsynced when the store is durable (or ``durable=True``: compaction, whose
+        commit is followed by deleting the old files); otherwise the files are left ``dirty``.
+        """
+        durable = self.durable if durable is None else durable
         data = np.ascontiguousarray(vectors, dtype=self.dtype)
         created = False
         offset = 0
@@ -149,15 +158,78 @@ class SegmentStore:
                     os.ftruncate(fd, row * self.row_bytes)
                     os.lseek(fd, row * self.row_bytes, os.SEEK_SET)
                     _write_all(fd, data[offset : offset + n].tobytes())
-                    if self.durable:
+                    if durable:
                         os.fsync(fd)
+                    else:
+                        self.dirty.add(seg)
                 finally:
                     os.close(fd)
                 offset += n
         except OSError as exc:
             raise StorageError(f"writing vectors failed: {exc}") from exc
-        if created and self.durable:
+        if created and durable:
             fsync_dir(self.directory)
+        elif created:
+            self._dir_dirty = True
+
+    def sync(self, segs: set[int] | None = None) -> None:
+        """fsync the files appended to without one (or ``segs``), and the directory if needed.
+
+        The sync point of "fast" durability; a no-op when nothing is pending. Raises
+        StorageError and keeps them pending if an fsync fails.
+        """
+        todo = sorted(self.dirty if segs is None else set(segs) | self.dirty)
+        try:
+            for seg in todo:
+                path = self.directory / segment_name(seg)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    self.dirty.discard(seg)  # removed since (compaction): nothing to keep
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self.dirty.discard(seg)
+        except OSError as exc:
+            raise StorageError(f"syncing vectors failed: {exc}") from exc
+        if self._dir_dirty or (segs and todo):
+            fsync_dir(self.directory)
+            self._dir_dirty = False
+
+    def verify_rows(self, segs: np.ndarray, rows: np.ndarray, sums: list[int]) -> np.ndarray:
+        """Which pointers hold a row whose checksum is ``sums[i]``, read from the files.
+
+        Reads past the end of a file or from a missing file count as lost. Used on open for
+        the rows written after the last sync point of "fast" durability.
+        """
+        ok = np.zeros(len(segs), bool)
+        for seg in np.unique(segs):
+            sel = np.nonzero(segs == seg)[0]
+            try:
+                fd = os.open(self.directory / segment_name(int(seg)), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot read segment {seg}: {exc}") from exc
+            try:
+                for i in sel:
+                    data = os.pread(fd, self.row_bytes, int(rows[i]) * self.row_bytes)
+                    if len(data) == self.row_bytes:
+                        ok[i] = vector_checksum(np.frombuffer(data, self.dtype)) == sums[i]
+            except OSError as exc:
+                raise StorageError(f"cannot read segment {seg}: {exc}") from exc
+            finally:
+                os.close(fd)
+        return ok
+
+    def rows_on_disk(self, seg: int) -> int:
+        """Whole rows segment ``seg`` holds on disk now (0 if the file is missing)."""
+        try:
+            return (self.directory / segment_name(seg)).stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0
 
     def set_committed(self, committed: dict[int, int]) -> None:
         """Record lengths the catalog has just committed, making those rows readable."""
@@ -178,6 +250,7 @@ class SegmentStore:
         with self._maps_lock:
             for seg in segs:
                 self._maps.pop(seg, None)
+        self.dirty -= set(segs)
         for seg in segs:
             try:
                 (self.directory / segment_name(seg)).unlink(missing_ok=True)

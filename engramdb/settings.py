@@ -7,10 +7,13 @@ the same behaviour.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from engramdb.errors import InvalidInput
+
+DURABILITY_MODES = ("full", "fast")
 
 
 @dataclass
@@ -18,14 +21,33 @@ class Settings:
     """Store settings. Lifespans and ages are in ticks of the store's logical clock."""
 
     # -- storage --
-    durability: str = "full"  # "full": fsync vectors + catalog before acknowledging a batch
+    # "full": vectors and catalog are fsynced before a write is acknowledged. "fast": no fsync
+    # per write; everything is made durable at sync points (Store.sync(), close, gc, rebuild,
+    # and the first write after sync_interval). A power cut may lose the writes since the
+    # last sync point, never corrupt the store (docs/reliability.md, "Durability").
+    durability: str = "full"
+    sync_interval: float = 1.0  # "fast" only: seconds after which a write first syncs
     segment_bytes: int = 256 * 2**20  # 256 MiB per vector segment file
     vector_dtype: str = "float32"  # or "float16": half the disk, ~1e-3 relative error
     batch_rows: int = 4096  # ingest_many commits at most this many rows per transaction
 
     # -- recall --
-    lexical_weight: float = 0.4  # share of BM25 in hybrid recall (0: dense only); see hybrid.py
+    lexical_weight: float = 0.5  # share of BM25 in hybrid recall (0: dense only); see hybrid.py
     hybrid_pool: int = 100  # candidates taken from each of the dense and lexical rankings
+    # Conversation context in hybrid recall (docs/recall.md; engramdb/context.py, hybrid.py).
+    # Values chosen leave-one-conversation-out on LoCoMo (docs/quality.md).
+    context: bool = True  # use turn order, sessions, speakers and dates (recall(context=...))
+    context_lexical: float = 0.5  # share of the previous turn's BM25 added to a turn's BM25
+    context_dense: float = 0.5  # share of the previous turn's cosine added to a turn's cosine
+    session_prior: float = 1.0  # share of the session's BM25 (as one document) added too
+    speaker_prior: float = 0.5  # added (in z units) when a turn's role is named in the query
+    date_prior: float = 3.0  # added (in z units) x date affinity: 1 same day, 0.5 same month
+    date_key: str = "date"  # metadata key holding an occurrence's date ("" : no dates)
+    neighbour_seeds: int = 5  # best hits that pass score to the turns before and after them
+    neighbour_weight: float = 0.8  # share of a seed's score (above the pool's lowest) passed
+    # Acknowledged vectors wait at most this many MiB for the background indexer (searches scan
+    # them exactly meanwhile); past it, ingest waits for the indexer. 0: index before returning.
+    index_backlog_mb: float = 128.0
 
     # -- lifespan engine (DESIGN section 4) --
     # A tick is usually one chatbot turn. 64 (Memoria-like) lost half of what LoCoMo asks
@@ -45,8 +67,11 @@ class Settings:
     associative_fanout: int = 3  # strongest links followed per engram
 
     def __post_init__(self) -> None:
-        if self.durability not in ("full",):
-            raise InvalidInput(f"durability must be 'full', got {self.durability!r}")
+        if self.durability not in DURABILITY_MODES:
+            raise InvalidInput(
+                f"durability must be 'full' or 'fast', got {self.durability!r}",
+                hint="'full' (the default) fsyncs every write; 'fast' syncs at sync points",
+            )
         if self.vector_dtype not in ("float32", "float16"):
             raise InvalidInput(
                 f"vector_dtype must be float32 or float16, got {self.vector_dtype!r}"
@@ -57,6 +82,18 @@ class Settings:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
             ):
                 raise InvalidInput(f"setting {f.name} must be a non-negative number, got {value!r}")
+        if not math.isfinite(self.sync_interval):  # exported as JSON, which has no inf/NaN
+            raise InvalidInput(
+                f"sync_interval must be a finite number of seconds, got {self.sync_interval!r}",
+                hint="a large value (e.g. 3600) leaves syncing to sync(), close() and gc()",
+            )
+        if not isinstance(self.context, bool):
+            raise InvalidInput(f"context must be True or False, got {self.context!r}")
+        if not isinstance(self.date_key, str):
+            raise InvalidInput(f"date_key must be a str, got {self.date_key!r}")
+        if self.neighbour_weight > 1.0:
+            raise InvalidInput(
+                f"neighbour_weight must be in [0, 1], got {self.neighbour_weight!r}")
         if not 0.0 <= self.lexical_weight <= 1.0:
             raise InvalidInput(f"lexical_weight must be in [0, 1], got {self.lexical_weight!r}")
         if self.segment_bytes < 4096 or self.batch_rows < 1:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from engramdb.content import (
     normalize_text,
     vector_checksum,
 )
+from engramdb.context import TurnContext
 from engramdb.encoders import Encoder, from_spec
 from engramdb.errors import (
     CommitUncertain,
@@ -56,7 +58,8 @@ from engramdb.filters import kind_codes, occurrence_filter
 from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
 from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
-from engramdb.lexical import LexicalIndex
+from engramdb.indexer import BackgroundIndexer
+from engramdb.lexical import TOKENIZER_ID, LexicalIndex
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
@@ -64,13 +67,16 @@ from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
 from engramdb.segments import SEGMENT_DIR, SegmentStore
 from engramdb.settings import Settings
+from engramdb.temporal import date_affinity, query_dates
 from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, Turn, VerifyReport
 
 INDEX_DIR = "index"
+# BM25 postings as of the last close (derived; see Store._load_lexical).
+LEXICAL_SNAPSHOT = "lexical.snapshot"
 
 # Files a half-created store may hold before its manifest (written last) exists.
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
-                   "." + MANIFEST_NAME + ".tmp"}
+                   "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT}
 
 
 def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
@@ -105,6 +111,39 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     )
 
 
+class _Background:
+    """``fn(*args)`` running on a thread; :meth:`result` waits for it, returns or raises.
+
+    Open runs reads on these (the vector index files, the catalog scan of the in-memory state)
+    beside its other work; an open that fails waits for them (:meth:`wait`) before closing
+    the catalog.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._out: Any = None
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
+                                        name="engramdb-open")
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._out = fn(*args)
+        except BaseException as exc:  # handed to the caller of result()
+            self._exc = exc
+
+    def result(self) -> Any:
+        """Wait for ``fn`` and return what it returned (or raise what it raised)."""
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+    def wait(self) -> None:
+        """Wait for ``fn`` to end, ignoring its outcome (an open that failed elsewhere)."""
+        self._thread.join()
+
+
 class Store:
     """A persistent memory. Use :func:`engramdb.open` to get one; thread-safe within a process."""
 
@@ -133,10 +172,15 @@ class Store:
         self._lock.acquire(lock_timeout)
         self.catalog: Catalog | None = None
         self.index: VectorIndex | None = None
+        self._indexer: BackgroundIndexer | None = None
         self._index_unsaved = 0
+        self._lexical_saved: int | None = None  # generation of lexical.snapshot, if current
+        self._open_jobs: list[_Background] = []  # reads that open runs on threads
         try:
             self._open_locked(encoder, dim, settings, index)
         except BaseException:
+            for job in self._open_jobs:  # no work of a failed open outlives it
+                job.wait()
             if self.catalog is not None:
                 self.catalog.close()
             self._lock.release()
@@ -192,10 +236,19 @@ class Store:
         self.dim = manifest.dim
         self.fingerprint = manifest.fingerprint
         self._encoder = encoder
+        # The vector index files are read and checked on a thread while the catalog is opened
+        # and queried below: the index's CRC pass and DuckDB's queries run without the GIL, so
+        # on 2 cores they overlap (_load_index waits for it).
+        index_files = None
+        if (path / INDEX_DIR / "index.json").exists():
+            index_files = _Background(VectorIndex.load, path / INDEX_DIR, manifest.dim)
+            self._open_jobs.append(index_files)
         durable = self.settings.durability == "full"
+        self._fast = not durable  # "fast" durability: writes are synced at sync points
+        self._last_sync = time.monotonic()
         # A catalog rewrite that died before its rename leaves this behind (collect.py).
         (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
-        self.catalog = Catalog(path / CATALOG_NAME)
+        self.catalog = Catalog(path / CATALOG_NAME, fast=self._fast)
         counters = self.catalog.counters()
         if not {"generation", "clock", "next_eid", "next_seq"} <= set(counters):
             raise CorruptStore(f"{path}: catalog counters are incomplete ({sorted(counters)})")
@@ -203,6 +256,11 @@ class Store:
             with self.catalog.transaction() as con:
                 con.execute("INSERT INTO counters VALUES ('last_turn', -1)")
             counters["last_turn"] = -1
+        if "synced_eid" not in counters:  # stores written before "fast" durability: all synced
+            with self.catalog.durable(), self.catalog.transaction() as con:
+                con.execute("INSERT INTO counters VALUES ('synced_eid', ?)",
+                            [counters["next_eid"]])
+            counters["synced_eid"] = counters["next_eid"]
         self._generation = counters["generation"]
         self._clock = counters["clock"]
         self._next_eid = counters["next_eid"]
@@ -216,15 +274,22 @@ class Store:
             self.settings.segment_bytes // (manifest.dim * itemsize),
             durable,
         )
-        self.recovered = self.segments.recover(self.catalog.segment_lengths())
-        self.hot = HotState.from_arrow(
-            self.catalog.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")
-        )
-        self._check_pointers()
+        self.recovered = self._settle_unsynced(counters["synced_eid"])
+        self.recovered += self.segments.recover(self.catalog.segment_lengths())
+        # The in-memory state is one DuckDB scan (GIL-free, on its own cursor): it runs beside
+        # the BM25 load, which needs no part of it.
+        hot = _Background(lambda: HotState.from_arrow(
+            self.catalog.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")))
+        self._open_jobs.append(hot)
         self.lexical = self._load_lexical()
+        self.context = self._load_context()
         # Whether any link exists: a store without links skips the edge query on every recall.
         self._has_links = bool(self.catalog.query("SELECT count(*) FROM edges")[0][0])
-        self.index = self._load_index(index)
+        self.hot = hot.result()
+        self._check_pointers()
+        self.index = self._load_index(index, index_files)
+        self._indexer = BackgroundIndexer(
+            self.index, max_pending_bytes=int(self.settings.index_backlog_mb * 2**20))
 
     def _create(self, encoder: Encoder | None, dim: int | None, settings: Settings) -> None:
         if encoder is not None:
@@ -244,7 +309,8 @@ class Store:
         # The catalog and segments come first and the manifest last: a store without a
         # manifest is an unfinished creation, which the next open may safely redo.
         catalog_path = self.path / CATALOG_NAME
-        for stale in (catalog_path, self.path / (CATALOG_NAME + ".wal")):
+        for stale in (catalog_path, self.path / (CATALOG_NAME + ".wal"),
+                      self.path / LEXICAL_SNAPSHOT):
             stale.unlink(missing_ok=True)
         shutil.rmtree(self.path / SEGMENT_DIR, ignore_errors=True)
         shutil.rmtree(self.path / INDEX_DIR, ignore_errors=True)
@@ -264,15 +330,34 @@ class Store:
 
         The lexical tables are derived from the texts, so a store imported or written without
         them (or with another tokenizer) is repaired here rather than refused.
+
+        The tables stay the truth, but reading them costs a sort of every posting (4 s at 1M
+        engrams), so close() leaves a snapshot of the in-memory index (``lexical.snapshot``,
+        :meth:`LexicalIndex.save_snapshot`). It is used only if it was written at the catalog's
+        current generation, with this tokenizer, and holds as many documents, postings, eids
+        and tokens as the tables; anything else (a crash, a damaged file) falls back to them.
         """
         con = self.catalog.con
-        for statement in LexicalIndex.schema_sql():
-            con.execute(statement)
-        docs, engrams = self.catalog.query(
-            "SELECT (SELECT count(*) FROM lex_docs), (SELECT count(*) FROM engrams)")[0]
+        try:
+            for statement in LexicalIndex.schema_sql():
+                con.execute(statement)
+        except duckdb.Error as exc:  # a failed write; never a raw DuckDB error (issue 8)
+            raise StorageError(f"cannot create the lexical tables: {exc}") from exc
+        self._lexical_saved = None
+        docs, engrams, eid_sum, len_sum, postings = self.catalog.query(
+            "SELECT (SELECT count(*) FROM lex_docs), (SELECT count(*) FROM engrams), "
+            "(SELECT coalesce(sum(eid), 0) FROM lex_docs), "
+            "(SELECT coalesce(sum(len), 0) FROM lex_docs), (SELECT count(*) FROM lex_postings)"
+        )[0]
+        if docs == engrams:
+            lex = self._lexical_snapshot({"docs": docs, "postings": postings,
+                                          "eid_sum": int(eid_sum), "len_sum": int(len_sum)})
+            if lex is not None:
+                return lex
         stale = docs != engrams or self.catalog.query(
             "SELECT count(*) FROM engrams e ANTI JOIN lex_docs d ON d.eid = e.eid")[0][0]
         if stale:
+            (self.path / LEXICAL_SNAPSHOT).unlink(missing_ok=True)
             lex = LexicalIndex()
             rows = self.catalog.query("SELECT eid, text FROM engrams ORDER BY eid")
             batch = lex.add_rows([r[0] for r in rows], [decompress_text(r[1]) for r in rows])
@@ -286,7 +371,67 @@ class Store:
         except duckdb.Error as exc:
             raise CorruptStore(f"lexical index tables are unreadable: {exc}") from exc
 
-    def _load_index(self, override: dict[str, Any] | None) -> VectorIndex:
+    def _lexical_snapshot(self, tables: dict[str, int]) -> LexicalIndex | None:
+        """The BM25 index from ``lexical.snapshot`` if it matches the catalog (``tables``: what
+        ``lex_docs``/``lex_postings`` hold), else None; a stale or damaged file is removed."""
+        snap = self.path / LEXICAL_SNAPSHOT
+        try:
+            lex, info = LexicalIndex.load_snapshot(snap)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.recovered.append(f"ignored a damaged lexical snapshot ({exc})")
+            snap.unlink(missing_ok=True)
+            return None
+        if info.get("meta") != {"generation": self._generation, "tokenizer": TOKENIZER_ID} \
+                or info.get("stats") != tables:
+            snap.unlink(missing_ok=True)
+            return None
+        self._lexical_saved = self._generation
+        return lex
+
+    def _save_lexical(self) -> None:
+        """Snapshot the BM25 index for the next open (derived state: a failure is ignored,
+        and only costs that open the slower read of the tables)."""
+        for stale in self.path.glob(LEXICAL_SNAPSHOT + ".tmp-*"):  # left by a crash
+            stale.unlink(missing_ok=True)
+        try:
+            self.lexical.save_snapshot(self.path / LEXICAL_SNAPSHOT,
+                                       {"generation": self._generation, "tokenizer": TOKENIZER_ID})
+        except (OSError, ValueError):
+            return
+        self._lexical_saved = self._generation
+
+    def _load_context(self, derive: bool = False) -> TurnContext:
+        """Load the conversation context (``engramdb/context.py``); derive its tables from the
+        occurrences when the store has none yet (written before they existed) or ``derive``."""
+        con = self.catalog.con
+        existed = self.catalog.query(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'turns'")[0][0]
+        try:
+            for statement in TurnContext.schema_sql():
+                con.execute(statement)
+        except duckdb.Error as exc:  # a failed write; never a raw DuckDB error (issue 8)
+            raise StorageError(f"cannot create the context tables: {exc}") from exc
+        if derive or not existed:
+            try:
+                rows = TurnContext(self.lexical.tokenizer).derive(con, self.settings.date_key)
+            except duckdb.Error as exc:  # as Catalog.query: never a raw DuckDB error
+                raise CorruptStore(f"catalog read failed: {exc}") from exc
+            with self._tx() as tx:
+                tx.execute("DELETE FROM turns")
+                tx.execute("DELETE FROM labels")
+                TurnContext.insert(tx, rows)
+            if rows.turns.num_rows and not derive:
+                self.recovered.append(
+                    f"derived the conversation context of {rows.turns.num_rows} engrams")
+        try:
+            return TurnContext.load(con, self.lexical.tokenizer, self.lexical.doc_lengths())
+        except duckdb.Error as exc:
+            raise CorruptStore(f"context tables are unreadable: {exc}") from exc
+
+    def _load_index(self, override: dict[str, Any] | None,
+                    index_files: _Background | None = None) -> VectorIndex:
         """Load the vector index and bring it up to date with the catalog, or rebuild it.
 
         The index is derived state: a missing, damaged or ahead-of-catalog index is rebuilt,
@@ -310,7 +455,9 @@ class Store:
             self.manifest.write(self.path)
         live = self.hot.live_eids(self._clock)
         try:
-            idx, generation = VectorIndex.load(self.path / INDEX_DIR, self.dim)
+            if index_files is None:
+                raise IndexDamaged(f"no {INDEX_DIR}/index.json")
+            idx, generation = index_files.result()
             if idx.config != cfg:
                 raise IndexDamaged("its configuration differs from the manifest's")
             if generation > self._generation:
@@ -318,9 +465,14 @@ class Store:
         except IndexDamaged as exc:
             self.recovered.append(f"rebuilt the vector index ({exc})")
             return self._build_index(cfg, live)
+        if idx.stale_format:  # saved by an older engramdb: close() saves it in today's format
+            self._index_unsaved += 1
         have = idx.labels()
-        missing = np.setdiff1d(live, have, assume_unique=True)
-        extra = np.setdiff1d(have, live, assume_unique=True)
+        if np.array_equal(have, live):  # after a clean close: nothing to replay (no sorts)
+            missing = extra = have[:0]
+        else:
+            missing = np.setdiff1d(live, have, assume_unique=True)
+            extra = np.setdiff1d(have, live, assume_unique=True)
         if len(missing):
             for start in range(0, len(missing), 50_000):
                 part = missing[start:start + 50_000]
@@ -344,6 +496,8 @@ class Store:
         finally:
             if bar is not None:
                 bar.close()
+        if self._indexer is not None:
+            self._indexer.reset(idx)
         self.index = idx
         self._save_index()
         self.hot.next_death = float(self.hot.expires[live].min()) if len(live) else NEVER
@@ -351,11 +505,38 @@ class Store:
 
     def _save_index(self) -> None:
         """Persist the vector index (derived state) with the generation it covers."""
+        # "fast": the index must not cover writes a power cut could still take back (their
+        # eids would be handed out again, and the saved graph would hold the old vectors).
+        self._sync_locked()
+        if self._indexer is not None:
+            self._indexer.drain()  # a saved index must hold every row its generation covers
         try:
             self.index.save(self.path / INDEX_DIR, self._generation)
         except OSError as exc:
             raise StorageError(f"saving the vector index failed: {exc}") from exc
         self._index_unsaved = 0
+
+    def drain_index(self, *, save: bool = True) -> int:
+        """Wait until every acknowledged engram is in the vector index; return how many were
+        waited for. ``save`` then persists the index, so a reopen replays nothing.
+
+        Writes return once durable and are indexed on a background thread (searches scan the
+        backlog exactly meanwhile); call this after a bulk load before timing searches, or to
+        bound the work of the next open. Raises ``StorageError`` if background indexing failed
+        (``rebuild()`` recovers).
+
+        >>> mem.ingest_many(texts); mem.drain_index()  # doctest: +SKIP
+        """
+        self._check_open()
+        waiting = len(self._indexer) if self._indexer is not None else 0
+        if self._indexer is not None:
+            self._indexer.drain()
+        if save:
+            with self._write_lock:
+                self._check_open()
+                if self._index_unsaved:
+                    self._save_index()
+        return waiting
 
     def rebuild(self, *, progress: bool = False) -> dict[str, Any]:
         """Rebuild every derived structure from the catalog and the segments.
@@ -382,6 +563,7 @@ class Store:
                 tx.execute("DELETE FROM lex_postings")
                 tx.execute("DELETE FROM lex_docs")
             self.lexical = self._load_lexical()
+            self.context = self._load_context(derive=True)
             return {"indexed": len(live), "levels": list(cfg.levels), "lexical": len(self.lexical)}
 
     def _check_pointers(self) -> None:
@@ -391,12 +573,75 @@ class Store:
         if len(alive) == 0:
             return
         segs, rows = self.hot.seg[alive], self.hot.row[alive]
-        limits = np.array([committed.get(int(s), 0) for s in segs], np.int64)
+        # One lookup table over segment numbers, not a dict lookup per engram (2 s at 1M).
+        known = np.array(sorted(committed), np.int64)
+        lengths = np.array([committed[s] for s in known.tolist()], np.int64)
+        pos = np.minimum(np.searchsorted(known, segs), max(len(known) - 1, 0))
+        hit = (known[pos] == segs) if len(known) else np.zeros(len(segs), bool)
+        limits = np.where(hit, lengths[pos] if len(known) else 0, 0)
         bad = rows >= limits
         if bad.any():
             raise CorruptStore(
                 f"{self.path}: {int(bad.sum())} engrams point past the committed vectors"
             )
+
+    def _settle_unsynced(self, mark: int) -> list[str]:
+        """Check the vectors written after the last sync point; drop the engrams they lost.
+
+        In "fast" durability a power cut can keep catalog rows whose vector bytes never
+        reached the disk. Every engram from ``mark`` (the ``synced_eid`` counter) on is checked
+        against its checksum, read from the file. In one durable transaction the engrams that
+        fail are removed (logged with reason ``lost``), segments shorter on disk than their
+        committed length are cut back, and the mark is advanced once the survivors are
+        fsynced. A no-op after a clean close and in "full" mode, which keep the mark current.
+        """
+        if mark > self._next_eid:
+            # Not a mark of this store's eids (an import by an engramdb that copied counters
+            # it did not know): every engram here was written with fsyncs, so all are synced.
+            with self.catalog.durable(), self.catalog.transaction() as con:
+                cat.set_counters(con, {"synced_eid": self._next_eid})
+        if mark >= self._next_eid:
+            return []
+        rows = self.catalog.query_arrow(
+            'SELECT eid, seg, "row", vec_sum FROM engrams WHERE eid >= ? ORDER BY eid', [mark])
+        segs = rows.column("seg").to_numpy()
+        ok = self.segments.verify_rows(segs, rows.column("row").to_numpy(),
+                                       rows.column("vec_sum").to_pylist())
+        lost = rows.column("eid").to_numpy()[~ok]
+        committed = self.catalog.segment_lengths()
+        lengths = {s: min(n, self.segments.rows_on_disk(s)) for s, n in committed.items()}
+        lengths = {s: n for s, n in lengths.items() if n}  # a file that never reached the disk
+        self.segments.sync({int(s) for s in np.unique(segs[ok])})
+        counters = {"synced_eid": self._next_eid}
+        with self.catalog.durable(), self.catalog.transaction() as con:
+            if len(lost):
+                ids = lk.in_list(lost)
+                con.execute("INSERT INTO forgotten SELECT eid, id, ?, 'lost', kind, false "
+                            f"FROM engrams WHERE eid IN {ids}", [self._clock])
+                con.execute(f"DELETE FROM occurrences WHERE eid IN {ids}")
+                con.execute(f"DELETE FROM edges WHERE a IN {ids} OR b IN {ids}")
+                con.execute(f"DELETE FROM engrams WHERE eid IN {ids}")
+                for sql, params in [*LexicalIndex.delete_sql(lost), *TurnContext.delete_sql(lost)]:
+                    con.execute(sql, params)
+                counters["generation"] = self._generation + 1
+                if self._last_turn in set(lost.tolist()):
+                    counters["last_turn"] = -1
+            if lengths != committed:
+                cat.set_segment_lengths(con, lengths, committed)
+            cat.set_counters(con, counters)
+        self._generation = counters.get("generation", self._generation)
+        self._last_turn = counters.get("last_turn", self._last_turn)
+        actions = [f"checked {len(ok)} engrams written after the last sync point"] if len(ok) \
+            else []
+        if len(lost):
+            actions.append(
+                f"lost {len(lost)} engrams written after the last sync point: their vectors "
+                "were not on disk (power loss or OS crash with durability 'fast'); the "
+                "forgetting log lists them with reason 'lost'")
+        for seg in sorted(s for s in committed if lengths.get(s, 0) != committed[s]):
+            actions.append(f"cut segment {seg} from {committed[seg]} to {lengths.get(seg, 0)} "
+                           "committed rows (the rest of it was not on disk)")
+        return actions
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -410,16 +655,67 @@ class Store:
                 return
             self._closed = True
             try:
-                if self.index is not None and self._index_unsaved:
-                    self._save_index()
+                self._sync_locked()  # "fast": this handle's writes become durable
+                if self.index is not None and self._index_unsaved and not (
+                        self._indexer is not None and self._indexer.failed):
+                    self._save_index()  # a failed indexer's rows are replayed on next open
+                if self._lexical_saved != self._generation:
+                    self._save_lexical()  # the next open reads it instead of the tables
             finally:
+                if self._indexer is not None:
+                    self._indexer.close()
                 if self.catalog is not None:
                     self.catalog.close()
                 self._lock.release()
 
+    def sync(self) -> None:
+        """Make every acknowledged write durable now: the sync point of "fast" durability.
+
+        With ``durability="fast"`` writes are acknowledged before anything is fsynced; this
+        fsyncs the vector segments written since the last sync point, then commits the new
+        sync mark with an fsync of the catalog's WAL (which makes every earlier commit durable
+        too). ``close()``, ``gc()``, ``rebuild()`` and the first write after
+        ``settings.sync_interval`` seconds sync as well. A no-op with ``durability="full"``,
+        where every write is durable on return. Raises StorageError if an fsync fails; the
+        handle is closed then, and opening the store again keeps what reached the disk.
+
+        >>> mem.ingest_many(texts); mem.sync()  # doctest: +SKIP
+        """
+        self._check_open()
+        with self._write_lock:
+            self._check_open()
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        """:meth:`sync` under the write lock (no-op when nothing is pending)."""
+        if not self._fast or not (self.catalog.pending or self.segments.dirty):
+            return
+        try:
+            self.segments.sync()  # vectors first: the mark below promises they are on disk
+        except StorageError:
+            # Linux may drop pages whose writeback failed and call the next fsync clean, so
+            # retrying here proves nothing. The reopen checks every engram past the mark.
+            self._abandon()
+            raise
+        try:
+            with self.catalog.durable(), self.catalog.transaction() as con:
+                con.execute("UPDATE counters SET value = (SELECT value FROM counters "
+                            "WHERE name = 'next_eid') WHERE name = 'synced_eid'")
+        except CommitUncertain:
+            self._abandon()
+            raise
+        self._last_sync = time.monotonic()
+
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        """A catalog transaction; an uncertain commit abandons this handle (see _abandon)."""
+        """A catalog transaction; an uncertain commit abandons this handle (see _abandon).
+
+        With "fast" durability, the first transaction after ``settings.sync_interval`` seconds
+        first syncs what came before it (the in-memory state matches the catalog here).
+        """
+        if self._fast and self.catalog.pending and (
+                time.monotonic() - self._last_sync >= self.settings.sync_interval):
+            self._sync_locked()
         try:
             with self.catalog.transaction() as con:
                 yield con
@@ -435,6 +731,8 @@ class Store:
         """
         self._closed = True
         try:
+            if self._indexer is not None:
+                self._indexer.close()
             if self.catalog is not None:
                 self.catalog.close()
         finally:
@@ -593,6 +891,8 @@ class Store:
         inside the transaction (rewards, links) and may return a function to run once the
         commit is acknowledged.
         """
+        if self._indexer is not None:
+            self._indexer.check()  # before anything is written: a failed indexer refuses
         existing = self._lookup_ids(sorted(set(ids)))
         # First occurrence in the batch of each new id becomes the engram; the rest are refs.
         new_first: dict[str, int] = {}
@@ -654,6 +954,10 @@ class Store:
         )
         revive = sorted({eid_of[i] for i in ids if i in existing})
         lex_rows = self.lexical.add_rows(new_eids, [texts[i] for i in new_idx]) if plan else None
+        home = [new_first.get(i) == k for k, i in enumerate(ids)]
+        ctx_rows = self.context.plan(
+            [eid_of[i] for i in ids], home, sessions, roles,
+            _metadata_dates(metas, home, self.settings.date_key), self._stored)
         committed = self.segments.committed
         if plan is not None:
             self.segments.write(plan, stored)  # durable before the commit that points at it
@@ -663,6 +967,8 @@ class Store:
             "next_eid": self._next_eid + len(new_idx),
             "next_seq": self._next_seq + len(ids),
         }
+        if not self._fast:  # the vectors were fsynced above: the sync mark moves with them
+            counters["synced_eid"] = counters["next_eid"]
         if advance:
             counters["clock"] = now
         after = None
@@ -672,6 +978,7 @@ class Store:
                     cat.insert_arrow(con, "engrams", engram_rows)
                     LexicalIndex.insert(con, lex_rows)
                 cat.insert_arrow(con, "occurrences", occ_rows)
+                TurnContext.insert(con, ctx_rows)
                 _update_for_occurrences(
                     con, [eid_of[i] for i in ids], revive,
                     sorted(existing[i] for i in pinned_ids & set(existing)), now, life,
@@ -698,13 +1005,20 @@ class Store:
             self.hot.add_payload(new_eids, engram_rows.column("id").to_pylist(),
                                  engram_rows.column("text").to_pylist())
             self.lexical.apply_add(lex_rows)
-            self._on_vectors_added(new_eids, vecs)
+            self._on_vectors_added(new_eids, stored)
+        self.context.apply(ctx_rows, (
+            (lex_rows.docs.column("eid").to_numpy(), lex_rows.docs.column("len").to_numpy())
+            if lex_rows is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))))
         if revive:
             self._refresh_hot(revive)
         if after is not None:
             after()
         return [IngestResult(id=i, is_new=i not in existing and new_first.get(i) == k)
                 for k, i in enumerate(ids)]
+
+    def _stored(self, eid: int) -> bool:
+        """Whether an engram is stored (not forgotten or collected; it may have expired)."""
+        return 0 <= eid < self.hot.capacity and bool(self.hot.alive[eid])
 
     def _lookup_ids(self, ids: list[str]) -> dict[str, int]:
         """Map the ids that are stored (alive or expired, not forgotten) to their eids."""
@@ -728,7 +1042,9 @@ class Store:
         self.hot.set_life(e, np.array([r[1] for r in rows], np.int8),
                           np.array([NEVER if r[2] is None else r[2] for r in rows], np.float64))
         if self.index is not None:  # content said again after it expired lives again
-            back = np.array([x for x in e.tolist() if x not in self.index], np.int64)
+            ix = self._indexer
+            back = np.array([x for x in e.tolist() if x not in self.index
+                             and not (ix is not None and ix.is_pending(x))], np.int64)
             if len(back):
                 self.index.add(back, self._fetch_vectors(back))
 
@@ -764,12 +1080,13 @@ class Store:
                                 "(SELECT unnest(?::BIGINT[]))", [eids])
                 con.execute("DELETE FROM edges WHERE a IN (SELECT unnest(?::BIGINT[])) "
                             "OR b IN (SELECT unnest(?::BIGINT[]))", [eids, eids])
-                for sql, params in LexicalIndex.delete_sql(eids):
+                for sql, params in [*LexicalIndex.delete_sql(eids), *TurnContext.delete_sql(eids)]:
                     con.execute(sql, params)
                 cat.set_counters(con, {"generation": self._generation + 1})
             self._generation += 1
             self.hot.remove(np.array(eids, np.int64))
             self.lexical.apply_delete(eids)
+            self.context.apply_delete(np.array(eids, np.int64))
             self._on_removed(np.array(eids, np.int64))
             return len(eids)
 
@@ -778,9 +1095,14 @@ class Store:
     def _on_vectors_added(self, eids: np.ndarray, vectors: np.ndarray) -> None:
         """Keep the vector index in step once new vectors are committed."""
         if self.index is not None:
-            self.index.add(eids, vectors)
+            if self._indexer is not None:
+                self._indexer.submit(eids, vectors)  # acknowledged already; indexed behind
+            else:
+                self.index.add(eids, vectors)
             self._index_unsaved += len(eids)
-            if self._index_unsaved >= max(50_000, len(self.index) // 4):
+            # Saving drains the backlog first: only save when that costs no waiting.
+            if self._index_unsaved >= max(50_000, len(self.index) // 4) and (
+                    self._indexer is None or self._indexer.idle()):
                 self._save_index()
 
     def tick(self, n: int = 1) -> int:
@@ -928,7 +1250,8 @@ class Store:
             # A repeated turn must not recall itself: excluded by eid, not by copying the
             # O(N) mask (0.8 ms at 1M engrams).
             recalled = self._recall(q, norm, top_k, mask, occ_sql, occ_params, True, now,
-                                    filtered=bool(occ_sql), exclude=own.get(ident))
+                                    filtered=bool(occ_sql), exclude=own.get(ident),
+                                    visible=self.hot.visible(now))
             # The hits' eids, as the recall found them (no second catalog lookup).
             hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
             prev = self._previous_turn()
@@ -1085,6 +1408,9 @@ class Store:
             if dry_run:
                 report["bytes_after"] = before
                 return report
+            # "fast": gc deletes files that older commits refer to, so everything before it
+            # becomes durable first, and its own writes are fsynced as in "full" mode.
+            self._sync_locked()
             if len(dead) or pending_erase:
                 with self._tx() as con:
                     ids = lk.in_list(dead)
@@ -1095,13 +1421,21 @@ class Store:
                         con.execute(f"DELETE FROM occurrences WHERE eid IN {ids}")
                         con.execute(f"DELETE FROM edges WHERE a IN {ids} OR b IN {ids}")
                         con.execute(f"DELETE FROM engrams WHERE eid IN {ids}")
-                        for sql, params in LexicalIndex.delete_sql(dead):
+                        for sql, params in [*LexicalIndex.delete_sql(dead),
+                                            *TurnContext.delete_sql(dead)]:
                             con.execute(sql, params)
+                    # Labels (session and role names) that no occurrence uses are content too.
+                    unused = [r[0] for r in con.execute(
+                        TurnContext.unused_labels_sql()).fetchall()]
+                    if unused:
+                        con.execute(f"DELETE FROM labels WHERE code IN {lk.in_list(unused)}")
                     con.execute("UPDATE forgotten SET collected = true WHERE NOT collected")
                     cat.set_counters(con, {"generation": self._generation + 1})
                 self._generation += 1
                 self.hot.remove(dead.astype(np.int64))
                 self.lexical.apply_delete(dead)
+                self.context.apply_delete(dead.astype(np.int64))
+                self.context.drop_labels(unused)
                 self._on_removed(dead.astype(np.int64))
             if erase:
                 self.lexical.compact()
@@ -1118,6 +1452,8 @@ class Store:
     def _on_removed(self, eids: np.ndarray) -> None:
         """Keep the vector index in step once engrams are removed."""
         if self.index is not None and len(eids):
+            if self._indexer is not None:
+                self._indexer.discard(eids)
             self.index.mark_deleted(eids)
             self._index_unsaved += len(eids)
 
@@ -1134,10 +1470,10 @@ class Store:
             vecs = self.segments.read(self.hot.seg[eids], self.hot.row[eids])
             start = max(self.segments.committed, default=0) + 1
             plan = self.segments.plan(len(eids), first_new=start)
-            self.segments.write(plan, vecs)
+            self.segments.write(plan, vecs, durable=True)  # the old files go after the commit
             new_segs, new_rows = plan.pointers()
             committed = plan.committed_after(committed)
-        with self._tx() as con:
+        with self.catalog.durable(), self._tx() as con:
             if len(eids):
                 moved = pa.table({"eid": pa.array(eids), "seg": pa.array(new_segs, pa.int32()),
                                   "row": pa.array(new_rows)})
@@ -1155,14 +1491,19 @@ class Store:
         self.segments.remove(segs)  # only now: the commit no longer references them
 
     def _rewrite_catalog(self) -> None:
+        # Erasure: the snapshot of the BM25 index may still hold a forgotten engram's words;
+        # close() writes a fresh one.
+        (self.path / LEXICAL_SNAPSHOT).unlink(missing_ok=True)
+        self._lexical_saved = None
         path = self.catalog.path
         try:
-            collect.rewrite_catalog(self.catalog.con, path)
+            with self.catalog.durable():  # the checkpoint and the copy are fsynced
+                collect.rewrite_catalog(self.catalog.con, path)
         finally:
             # Reopen by name whether or not the swap happened: after a rename that was
             # reported as failed, the old handle would write into an unlinked file.
             self.catalog.close()
-            self.catalog = Catalog(path)
+            self.catalog = Catalog(path, fast=self._fast)
 
     def _file_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -1248,8 +1589,15 @@ class Store:
         where: dict[str, Any] | None = None,
         kinds: Iterable[Kind | str] | None = None,
         associative: bool = True,
+        context: bool | None = None,
     ) -> list[Recall]:
         """Return the ``top_k`` live engrams most similar to ``query`` (or to ``vector``).
+
+        A text query is answered by hybrid recall (dense + BM25). With ``context`` (default:
+        ``settings.context``, on) each turn's score also uses its conversation: its previous
+        turn in the same session, its session as a whole, the speaker and the date a query
+        names; and the best hits lift the turns right before and after them, which come back
+        with ``via="context"`` (see docs/recall.md).
 
         With ``associative`` (the default) the strongest Hebbian links of the top hits are
         followed (``settings.associative_depth`` hops, ``associative_fanout`` links each); an
@@ -1284,18 +1632,24 @@ class Store:
         occ_sql, occ_params = occurrence_filter(where)
         if occ_sql:
             mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
+        if context is not None:
+            context = _check_bool(context, "context")
         return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
-                            filtered=codes is not None or bool(occ_sql))
+                            filtered=codes is not None or bool(occ_sql), context=context,
+                            visible=self.hot.visible(now))
 
     def _recall(
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
         occ_params: list[Any], associative: bool, now: int, *, filtered: bool,
-        exclude: int | None = None,
+        exclude: int | None = None, context: bool | None = None,
+        visible: np.ndarray | None = None,
     ) -> list[Recall]:
         """Search (hybrid when there is query text), expand over links, fetch, rank.
 
         ``mask`` says which eids may be returned; ``filtered`` says it excludes more than
-        expiry and a handful of ids, so the vector index must search inside it.
+        expiry and a handful of ids, so the vector index must search inside it. ``visible``
+        (default ``mask``) says which engrams may lend context (a previous turn, a session)
+        to those returned; ``context`` overrides ``settings.context``.
         """
         weight = self.settings.lexical_weight if text is not None else 0.0
         pool = max(top_k, self.settings.hybrid_pool) if weight > 0 else top_k
@@ -1304,15 +1658,21 @@ class Store:
             keep = eids != exclude
             eids, scores = eids[keep], scores[keep]
         found: dict[int, tuple[float, str, list[int], dict[str, float]]]
-        lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
-                                else (np.zeros(0, np.int64), None))
+        if weight > 0 and (self.settings.context if context is None else context):
+            found = self._fuse_context(q, text, eids, scores, pool, weight, mask,
+                                       mask if visible is None else visible, exclude, top_k)
+            lex_eids = np.zeros(0, np.int64)
+            eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
+        else:
+            lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
+                                    else (np.zeros(0, np.int64), None))
         if exclude is not None and len(lex_eids):
             keep = lex_eids != exclude
             lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
         if len(lex_eids):
             found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
             eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
-        else:
+        elif not (weight > 0 and (self.settings.context if context is None else context)):
             eids, scores = eids[:top_k], scores[:top_k]
             found = {int(e): (float(s), "vector", [], {"vector": float(s)})
                      for e, s in zip(eids, scores)}
@@ -1341,9 +1701,12 @@ class Store:
             )
         return hits
 
-    def _lexical_scores(self, text: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 scores of every visible engram matching the query's terms, sorted by eid."""
-        slots, scores = self.lexical.score_terms(self.lexical.tokenizer(text))
+    def _lexical_scores(self, text: str | list[str],
+                        mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores of every engram in ``mask`` matching the query's terms (a text, or its
+        terms already tokenized), sorted by eid."""
+        terms = self.lexical.tokenizer(text) if isinstance(text, str) else text
+        slots, scores = self.lexical.score_terms(terms)
         if len(slots) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         eids = self.lexical.eids_of(slots)
@@ -1378,6 +1741,118 @@ class Store:
             for e, c, b, f in zip(cands, cos, bm25, fused)
         }
 
+    def _fuse_context(self, q: np.ndarray, text: str, dense_eids: np.ndarray,
+                      dense_scores: np.ndarray, pool: int, weight: float, mask: np.ndarray,
+                      visible: np.ndarray, exclude: int | None, top_k: int) -> dict:
+        """Hybrid scores with conversation context (:func:`hybrid.context_mix`), then the
+        neighbour step (:func:`hybrid.spread`). Reads memory only: no catalog query.
+
+        Candidates are the dense and lexical top lists plus the turns right after them (an
+        answer follows its question). Only ``mask`` engrams are returned; any ``visible`` one
+        may lend context. Returns the best ``top_k`` candidates (no lower one can reach the
+        top k later: association only adds scores below its seeds') and the lifted turns.
+        """
+        s = self.settings
+        ctx = self.context
+        terms = self.lexical.tokenizer(text)
+        lex_eids, lex_scores = self._lexical_scores(terms, visible)
+
+        def allowed(x: np.ndarray) -> np.ndarray:
+            ok = (x >= 0) & (x < len(mask))
+            ok[ok] = mask[x[ok]]
+            return ok & (x != (-1 if exclude is None else exclude))
+
+        ok = allowed(lex_eids)
+        top, top_scores = lex_eids[ok], lex_scores[ok]
+        if len(top) > pool:
+            top = top[np.argpartition(-top_scores, pool - 1)[:pool]]
+        base = np.union1d(dense_eids, top).astype(np.int64)
+        _, after = ctx.neighbours(base, visible)
+        after = after[after >= 0]
+        cands = np.union1d(base, after[allowed(after)]).astype(np.int64)
+        if len(cands) == 0:
+            return {}
+        prev, nxt = ctx.neighbours(cands, visible)
+        # Cosines of the candidates and of their previous turns (vectors read from the memmap
+        # for those the dense search did not score).
+        need = np.union1d(cands, prev[prev >= 0])
+        cos_need = np.zeros(len(need), np.float64)
+        known = np.zeros(len(need), bool)
+        if len(dense_eids):
+            order = np.argsort(dense_eids)
+            de, ds = dense_eids[order], dense_scores[order]
+            pos = np.minimum(np.searchsorted(de, need), len(de) - 1)
+            known = de[pos] == need
+            cos_need[known] = ds[pos[known]]
+        missing = need[~known]
+        if len(missing):
+            vecs = self.segments.read(self.hot.seg[missing], self.hot.row[missing])
+            cos_need[~known] = vecs @ q
+        cos = cos_need[np.searchsorted(need, cands)]
+        cos_prev = np.where(prev >= 0, cos_need[np.minimum(np.searchsorted(need, prev),
+                                                           len(need) - 1)], cos)
+
+        def bm25(x: np.ndarray) -> np.ndarray:
+            if len(lex_eids) == 0:
+                return np.zeros(len(x), np.float64)
+            pos = np.minimum(np.searchsorted(lex_eids, x), len(lex_eids) - 1)
+            return np.where(lex_eids[pos] == x, lex_scores[pos], 0.0).astype(np.float64)
+
+        inside = cands < ctx.capacity
+        at = np.where(inside, cands, 0)
+        sess = np.where(inside, ctx.session[at], -1)
+        session = np.zeros(len(cands), np.float64)
+        if s.session_prior and (sess >= 0).any():
+            by_code = ctx.session_scores(self.lexical.term_postings(terms), visible,
+                                         self.lexical.k1, self.lexical.b)
+            known = (sess >= 0) & (sess < len(by_code))  # a code added since is not scored
+            session = np.where(known, by_code[np.clip(sess, 0, len(by_code) - 1)], 0.0)
+        speaker = np.zeros(len(cands), np.float64)
+        if s.speaker_prior:
+            named = ctx.named_roles(terms)
+            if named:
+                role = np.where(inside, ctx.role[at], -1)
+                speaker = np.isin(role, list(named)).astype(np.float64)
+        date = np.zeros(len(cands), np.float64)
+        if s.date_prior and s.date_key:
+            asked = query_dates(text)
+            if asked:
+                date = date_affinity(np.where(inside, ctx.day[at], -1), asked)
+        ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25(cands),
+                                    bm25_prev=np.where(prev >= 0, bm25(prev), 0.0),
+                                    bm25_session=session, speaker=speaker, date=date)
+        mixed = hybrid.context_mix(ev, hybrid.ContextWeights(
+            lexical_weight=weight, context_lexical=s.context_lexical,
+            context_dense=s.context_dense, session_prior=s.session_prior,
+            speaker_prior=s.speaker_prior, date_prior=s.date_prior))
+        fused = hybrid.squash(mixed)
+        in_dense = set(dense_eids.tolist())
+        in_lex = set(top.tolist())
+        found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {}
+
+        def parts(i: int) -> dict[str, float]:
+            return {"vector": float(cos[i]), "lexical": float(ev.bm25[i]),
+                    "context_vector": float(cos_prev[i]),
+                    "context_lexical": float(ev.bm25_prev[i]), "session": float(session[i]),
+                    "speaker": float(speaker[i]), "date": float(date[i]),
+                    "fused": float(fused[i])}
+
+        best = np.lexsort((cands, -mixed))[:max(top_k, s.neighbour_seeds)]
+        for i in best.tolist():
+            e = int(cands[i])
+            via = hybrid.via(e in in_dense, e in in_lex) if (
+                e in in_dense or e in in_lex) else "context"
+            found[e] = (float(fused[i]), via, [], parts(i))
+        lifted = hybrid.spread(cands, mixed, np.where(allowed(prev), prev, -1),
+                               np.where(allowed(nxt), nxt, -1), s.neighbour_seeds,
+                               s.neighbour_weight)
+        for e, (m, seed) in lifted.items():
+            score = float(hybrid.squash(m))
+            i = int(np.searchsorted(cands, e))
+            own = parts(i) if i < len(cands) and cands[i] == e else {}
+            found[e] = (score, "context", [seed, e], {**own, "context": score, "fused": score})
+        return found
+
     def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int,
                    exclude: int | None = None) -> None:
         """Follow the strongest links from ``seeds``, adding what they reach to ``found``."""
@@ -1411,16 +1886,43 @@ class Store:
         if self.index is None:
             return self._exact_search(q, k, mask)
         spare = 2  # a few ids (the turn itself) may be masked without being a filter
+        # Acknowledged rows the background indexer has not inserted yet are scanned exactly.
+        # The snapshot comes first: a row leaving the backlog meanwhile is in the graph.
+        pend_e, pend_v = (self._indexer.snapshot() if self._indexer is not None
+                          else (np.zeros(0, np.int64), None))
         allowed = np.nonzero(mask)[0] if filtered else None
         labels, scores, _ = self.index.search(q, k + spare, fetch=self._fetch_vectors,
                                               allowed=allowed)
         keep = (labels < len(mask)) & mask[np.minimum(labels, len(mask) - 1)]
-        return labels[keep][:k], scores[keep][:k]
+        labels = labels[keep]
+        if len(pend_e):
+            ok = (pend_e < len(mask)) & mask[np.minimum(pend_e, len(mask) - 1)]
+            if ok.any():
+                pe = pend_e[ok]
+                ps = pend_v[ok] @ q
+                if len(pe) > k + spare:
+                    pe = pe[np.argpartition(-ps, k + spare - 1)[:k + spare]]
+                labels = np.union1d(labels, pe)
+        # Final scores are computed row by row from the stored vectors, so a hit scores the
+        # same bits whichever path found it (graph, exact scan, backlog) and however many rows
+        # a product covered: the same query on the same store gives the same answer.
+        scores = self._exact_scores(labels, q)
+        order = np.lexsort((labels, -scores))[:k]
+        return labels[order], scores[order]
+
+    def _exact_scores(self, eids: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Cosine of each stored vector with the unit query ``q``, one row at a time."""
+        if len(eids) == 0:
+            return np.zeros(0, np.float32)
+        vecs = np.asarray(self._fetch_vectors(eids), np.float32)
+        return (vecs * q.astype(np.float32)).sum(axis=1, dtype=np.float32)
 
     def _sync_index_deaths(self, now: int) -> None:
         """Mark engrams whose lifespan ran out as deleted in the index (O(1) unless one did)."""
         dead = self.hot.deaths_due(now)  # also moves the visibility mask's next recompute
         if dead is not None and len(dead) and self.index is not None:
+            if self._indexer is not None:
+                self._indexer.discard(dead)
             self.index.mark_deleted(dead)
 
     def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -1578,6 +2080,10 @@ class Store:
         )[0][0]
         if dangling_edges:
             problems.append(f"{dangling_edges} links to no engram")
+        dangling_turns = self.catalog.query(
+            "SELECT count(*) FROM turns WHERE eid NOT IN (SELECT eid FROM engrams)")[0][0]
+        if dangling_turns:
+            problems.append(f"{dangling_turns} conversation-context rows of no engram")
         dup = self.catalog.query("SELECT count(*) - count(DISTINCT id) FROM engrams")[0][0]
         if dup:
             problems.append(f"{dup} duplicate engram ids")
@@ -1618,6 +2124,19 @@ class _OccurrenceLoader:
                 self._loaded = loaded
         return self._loaded.get(self.eid_of.get(ident, -1), [])
 
+
+
+def _metadata_dates(metas: list[str | None], home: list[bool], key: str) -> list[Any]:
+    """The ``key`` value of each home occurrence's metadata (None elsewhere)."""
+    out: list[Any] = []
+    for meta, first in zip(metas, home, strict=True):
+        value = None
+        if first and meta is not None and key:
+            decoded = json.loads(meta)
+            if isinstance(decoded, dict):
+                value = decoded.get(key)
+        out.append(value)
+    return out
 
 
 def _per_item(values: Any, n: int, what: str, check: Any) -> list[Any]:

@@ -152,6 +152,8 @@ def _header(store: Any) -> dict[str, Any]:
     from engramdb import __version__
 
     counters = store.catalog.counters()
+    # The sync mark is an eid of this store (eids are not exported); the import sets its own.
+    counters.pop("synced_eid", None)
     # The last integrate() turn is an eid (links chain consecutive turns): name it by content.
     last_turn = counters.pop("last_turn", None)
     turn_id = None
@@ -423,10 +425,19 @@ def import_store(
         if dest.is_dir():
             dest.rmdir()  # empty (checked above); rename cannot replace a directory otherwise
         os.rename(tmp, dest)
-        fsync_dir(dest.parent)
+        try:
+            fsync_dir(dest.parent)
+        except BaseException:
+            # The caller is told the import failed: then nothing may be left at dest (the
+            # rename may not be durable, and a retry would find dest "not empty").
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
     except BaseException as exc:
         if store is not None:
-            store.close()
+            try:
+                store.close()
+            except EngramError:
+                pass  # its directory is removed next; what matters is the first error
         _remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, EngramError):
             raise StorageError(f"import into {dest} failed: {exc}") from exc
@@ -544,7 +555,10 @@ class _Importer:
                 cat.insert_arrow(con, "engrams", engram_rows)
                 cat.insert_arrow(con, "occurrences", occ_rows)
                 cat.set_segment_lengths(con, committed)
-                cat.set_counters(con, {"next_eid": self.next_eid})
+                counters = {"next_eid": self.next_eid}
+                if store.segments.durable:  # fsynced above: the sync mark moves with them
+                    counters["synced_eid"] = self.next_eid
+                cat.set_counters(con, counters)
         except BaseException:
             store.segments.rollback()
             raise
@@ -578,9 +592,12 @@ class _Importer:
                       "kind": KIND_CODES[kind]}
             for c in log_cols:
                 log_cols[c].append(values.get(c))
-        counters = {k: int(v) for k, v in self.header["counters"].items()}
+        counters = {k: int(v) for k, v in self.header["counters"].items()
+                    if k != "synced_eid"}  # an eid of the exporting store, if a file has it
         counters["next_eid"] = next_eid
         counters["next_seq"] = max(counters.get("next_seq", 1), self.max_seq + 1)
+        if self.store.segments.durable:
+            counters["synced_eid"] = next_eid
         known = set(self.store.catalog.counters())
         turn = self.header.get("last_turn")
         if turn is not None and turn not in self.eid_of:

@@ -59,9 +59,11 @@ class Engram:
 class Recall:
     """One recalled engram, with why it came back.
 
-    ``via`` is "vector" (dense similarity), "lexical" (word overlap), "hybrid" (both) or
-    "association" (reached over Hebbian links from another hit; ``path`` lists the ids
-    walked). ``scores`` holds the per-source and per-level scores behind ``score``.
+    ``via`` is "vector" (dense similarity), "lexical" (word overlap), "hybrid" (both),
+    "context" (the turn right before or after a better hit, or found through its previous
+    turn; ``path`` is ``[seed id, own id]`` when a hit lifted it) or "association" (reached
+    over Hebbian links from another hit; ``path`` lists the ids walked). ``scores`` holds the
+    per-source and per-level scores behind ``score``.
     """
 
     id: str

@@ -3,7 +3,7 @@
 Faults are injected in-process: the ``os`` module seen by engramdb's storage modules is
 replaced by a proxy, and every Catalog's DuckDB connection by a proxy, each of which raises
 ``OSError(EIO)`` / ``duckdb.IOException`` at the n-th matching call (once, or from then on).
-For every fault during ``ingest_many`` and ``gc`` (after ``forget``) we check that:
+For every fault during ``ingest_many``, ``gc`` (after ``forget``) and ``rebuild`` we check that:
 
 - the caller gets an :class:`engramdb.errors.EngramError`, never a raw OSError/duckdb error;
 - nothing was acknowledged that was not stored, and the same handle keeps working once the
@@ -11,7 +11,13 @@ For every fault during ``ingest_many`` and ``gc`` (after ``forget``) we check th
 - closing and reopening the store ``verify()``s clean with every acknowledged write intact
   (id, text, vector) and nothing forgotten come back.
 
+For ``import_store`` the caller must get an EngramError too, and the destination must be
+either absent or a complete store that verifies with every exported engram, with no work
+directory left next to it once the next import has run. Writes through Python file objects
+(index files, manifests) fail as ``file.write``; the final rename of an import as ``os.rename``.
+
 The default run is short; ``ENGRAMDB_FAULT_LONG=1`` tries more call positions and kinds.
+Figures for docs/reliability.md are printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ import pytest
 
 import engramdb
 from engramdb import catalog as catalog_mod
-from engramdb import collect, fsio, segments
+from engramdb import collect, fsio, segments, transfer
 from engramdb.content import check_vectors, normalize_text
 from engramdb.encoders import HashingEncoder
 from engramdb.errors import CommitUncertain, EngramError, StoreClosed
+from engramdb.transfer import export_store, import_store
 
 LONG = os.environ.get("ENGRAMDB_FAULT_LONG") == "1"
 DIM = 16
@@ -133,6 +140,43 @@ class FaultyOs:
         self._check("os.open")
         return os.open(path, flags, mode, **kw)
 
+    def rename(self, src: Any, dst: Any) -> None:
+        self._check("os.rename")
+        os.rename(src, dst)
+
+
+class FaultyFile:
+    """A file object from the built-in ``open`` whose ``write`` fails on demand."""
+
+    def __init__(self, fh: Any, inj: Injector) -> None:
+        self._fh = fh
+        self._inj = inj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> FaultyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def write(self, data: Any) -> int:
+        if self._inj.hit("file.write"):
+            raise OSError(errno.EIO, f"injected I/O error (file.write #{self._inj.calls})")
+        return self._fh.write(data)
+
+
+def _faulty_open(inj: Injector) -> Callable[..., Any]:
+    """Stands in for the built-in ``open`` inside engramdb's modules (files written by name)."""
+    import builtins
+
+    def faulty(file: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        fh = builtins.open(file, mode, *args, **kw)
+        return FaultyFile(fh, inj) if any(c in mode for c in "wax+") else fh
+
+    return faulty
+
 
 class FaultyConnection:
     """Wraps a Catalog's DuckDB connection: fails COMMIT or any other statement on demand.
@@ -169,11 +213,14 @@ def inj(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
     """Install the proxies (disarmed); every store opened in the test goes through them."""
     injector = Injector()
     proxy = FaultyOs(injector)
-    for module in (segments, fsio, collect):
+    opener = _faulty_open(injector)
+    for module in (segments, fsio, collect, transfer):
         monkeypatch.setattr(module, "os", proxy)
+        monkeypatch.setattr(module, "open", opener, raising=False)
     try:
         from engramdb import index as index_mod  # derived index files, when present
         monkeypatch.setattr(index_mod, "os", proxy)
+        monkeypatch.setattr(index_mod, "open", opener, raising=False)
     except ImportError:
         pass
     real_init = catalog_mod.Catalog.__init__
@@ -403,3 +450,141 @@ def test_gc_dir_fsync_failure_after_catalog_rename_keeps_later_writes(
         after = _texts("after", 5, rng, ledger)
         ledger.ack(mem.ingest_many(after), after)  # acknowledged ...
     ledger.check(path)  # ... and must survive the reopen
+
+
+# -- rebuild and import -------------------------------------------------------------------------
+
+# What each campaign did, printed for docs/reliability.md (``pytest -s``).
+FIGURES: dict[str, dict[str, int]] = {}
+
+
+def _figure(op: str, kind: str, **add: int) -> None:
+    row = FIGURES.setdefault(f"{op} {kind}", {})
+    for key, value in add.items():
+        row[key] = row.get(key, 0) + value
+
+
+def _print_figures(op: str, kind: str) -> None:
+    print(f"\nFAULTS {op} {kind}: {FIGURES.get(f'{op} {kind}', {})}")
+
+
+def _new_positions(count: int) -> list[tuple[int, bool]]:
+    """Call positions for the rebuild and import campaigns: every one (and persistent from a
+    few) in the long run; the last once and persistent from the middle otherwise."""
+    if LONG:
+        return _positions(count)
+    return sorted({(count, False), (max(1, (count + 1) // 2), True)})
+
+
+REBUILD_KINDS = ["file.write", "os.fsync", "os.replace", "os.open", "duckdb.commit",
+                 "duckdb.stmt"]
+REBUILD_SHORT = {"os.fsync"}
+
+
+def _run_rebuild_faults(inj: Injector, path: Path, kind: str) -> None:
+    rng = random.Random(zlib.crc32(b"rebuild" + kind.encode()))
+    ledger = Ledger()
+    with engramdb.open(path, encoder=ENC, settings=SETTINGS) as mem:
+        base = _texts("base", 60, rng, ledger)
+        ledger.ack(mem.ingest_many(base), base)
+        mem.integrate("a turn about base memory 3", top_k=3)  # links, a working engram
+        ledger.texts[mem.integrate("and memory 4", top_k=2).id] = "and memory 4"
+        victims = rng.sample(sorted(ledger.texts), 4)
+        mem.forget(victims)
+        ledger.forget(victims)
+        # A fault-free pass counts the matching calls a rebuild makes.
+        inj.arm(kind, 0, False)
+        mem.rebuild()
+        count = inj.calls
+        inj.disarm()
+    assert count, f"rebuild makes no {kind} call: nothing to inject"
+    for step, (nth, persistent) in enumerate(_new_positions(count)):
+        with engramdb.open(path, encoder=ENC) as mem:
+            texts = _texts(f"r{step}", 10, rng, ledger)
+            ledger.ack(mem.ingest_many(texts), texts)
+            _, exc = _attempt(inj, kind, nth, persistent, mem.rebuild)
+            _figure("rebuild", kind, iterations=1, faults=inj.fired, errors=exc is not None)
+            after = _texts(f"after{step}", 5, rng, ledger)
+            with _usable(mem, exc, path) as live:
+                ledger.ack(live.ingest_many(after), after)
+                if exc is not None:
+                    live.rebuild()  # a retry without faults must finish the job
+        ledger.check(path)
+        _figure("rebuild", kind, checked=len(ledger.texts))
+
+
+@pytest.mark.parametrize("kind", REBUILD_KINDS)
+def test_faults_during_rebuild(inj: Injector, tmp_path: Path, kind: str) -> None:
+    """A fault at the n-th call of a rebuild: an EngramError, and a store that reopens clean
+    with every acknowledged write (the retry rebuilds it all)."""
+    if not LONG and kind not in REBUILD_SHORT:
+        pytest.skip("ENGRAMDB_FAULT_LONG=1")
+    _run_rebuild_faults(inj, tmp_path / "rb.engram", kind)
+    _print_figures("rebuild", kind)
+    assert FIGURES[f"rebuild {kind}"].get("faults"), f"no {kind} fault ever fired"
+
+
+IMPORT_KINDS = ["os.write", "file.write", "os.fsync", "os.replace", "os.open", "os.rename",
+                "duckdb.commit", "duckdb.stmt"]
+IMPORT_SHORT = {"os.fsync"}
+
+
+def _export_source(root: Path) -> tuple[Path, Ledger]:
+    """A small store with links, forgotten engrams and several segments, exported to JSONL."""
+    rng = random.Random(11)
+    ledger = Ledger()
+    src = root / "src.engram"
+    with engramdb.open(src, encoder=ENC, settings=SETTINGS) as mem:
+        base = _texts("src", 70, rng, ledger)
+        ledger.ack(mem.ingest_many(base), base)
+        ledger.texts[mem.integrate("a turn about src memory 5", top_k=3).id] = \
+            "a turn about src memory 5"
+        victims = rng.sample(sorted(ledger.texts), 5)
+        mem.forget(victims)
+        ledger.forget(victims)
+        dump = root / "src.jsonl"
+        export_store(mem, dump)
+    return dump, ledger
+
+
+def _work_dirs(dest: Path) -> list[str]:
+    return sorted(p.name for p in dest.parent.glob(f".{dest.name}.import-*"))
+
+
+def _run_import_faults(inj: Injector, root: Path, kind: str) -> None:
+    dump, ledger = _export_source(root)
+    out = root / "imports"
+    out.mkdir()
+    inj.arm(kind, 0, False)
+    import_store(out / "count.engram", dump)
+    count = inj.calls
+    inj.disarm()
+    ledger.check(out / "count.engram")
+    assert count, f"import makes no {kind} call: nothing to inject"
+    for step, (nth, persistent) in enumerate(_new_positions(count)):
+        dest = out / f"dest{step}.engram"
+        _, exc = _attempt(inj, kind, nth, persistent, partial(import_store, dest, dump))
+        left = _work_dirs(dest)
+        _figure("import", kind, iterations=1, faults=inj.fired, errors=exc is not None,
+                left_behind=len(left))
+        if exc is None:
+            ledger.check(dest)  # a complete store ...
+        else:
+            assert not dest.exists(), f"{kind} #{nth}: a failed import left {dest.name}"
+            # ... or nothing; and a retry without faults (which also clears any abandoned
+            # work directory of this destination) gives the complete store.
+            import_store(dest, dump)
+            ledger.check(dest)
+        assert not _work_dirs(dest), _work_dirs(dest)
+        _figure("import", kind, checked=len(ledger.texts))
+
+
+@pytest.mark.parametrize("kind", IMPORT_KINDS)
+def test_faults_during_import(inj: Injector, tmp_path: Path, kind: str) -> None:
+    """A fault at the n-th call of import_store: an EngramError, and the destination is
+    absent or complete; no work directory survives the next import."""
+    if not LONG and kind not in IMPORT_SHORT:
+        pytest.skip("ENGRAMDB_FAULT_LONG=1")
+    _run_import_faults(inj, tmp_path, kind)
+    _print_figures("import", kind)
+    assert FIGURES[f"import {kind}"].get("faults"), f"no {kind} fault ever fired"

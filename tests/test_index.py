@@ -307,15 +307,63 @@ def test_a_damaged_file_raises_index_damaged(saved: Path, tmp_path: Path, damage
     elif damage == "garbage-with-checksum":
         # A file whose checksum matches but whose contents are not what the level needs: the
         # header check must refuse it before hnswlib reads (and trusts) its sizes.
-        import hashlib
+        import zlib
 
         junk = np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes()
         f.write_bytes(junk)
         man = json.loads((d / "index.json").read_text())
-        man["files"]["level1"]["sha256"] = hashlib.sha256(junk).hexdigest()
+        man["files"]["level1"]["crc32"] = f"{zlib.crc32(junk):08x}"
         (d / "index.json").write_text(json.dumps(man))
     else:
         f.unlink()
+    assert _load_in_subprocess(d).startswith("DAMAGED")
+
+
+def test_mapped_load_equals_hnswlib_load_index(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs rebuilt from the mapped file (hnswlib's unpickling path) answer, delete and grow
+    exactly like graphs read by hnswlib's own load_index (the fallback)."""
+    import engramdb.index as index_module
+
+    cfg = IndexConfig(levels=[24, 64], candidate_multiplier=20, exact_threshold=0, M=12,
+                      ef_construction=48)
+    VectorIndex.build(np.arange(5000), X[:5000], cfg).save(tmp_path, generation=3)
+    assert index_module._hnswlib_state_template() is not None  # the fast path is the one used
+    mapped, _ = VectorIndex.load(tmp_path, DIM)
+    monkeypatch.setattr(index_module, "_hnswlib_state_template", lambda: None)
+    plain, _ = VectorIndex.load(tmp_path, DIM)
+    assert mapped.capacity == plain.capacity
+    for idx in (mapped, plain):
+        idx.mark_deleted(np.arange(0, 5000, 7))
+        # Grow the graphs after the load, 4 rows per call: hnswlib inserts that few on one
+        # thread, so both graphs grow deterministically.
+        for start in range(5000, 6000, 4):
+            idx.add(np.arange(start, start + 4), X[start:start + 4])
+    for q in Q[:30]:
+        for got, want in zip(mapped.search(q, K, fetch=fetch), plain.search(q, K, fetch=fetch)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_format_1_index_with_sha256_still_loads(saved: Path, tmp_path: Path) -> None:
+    """Stores saved before CRC-32 checksums (index format 1, sha256) open without a rebuild;
+    the loaded index says it should be saved again, and a damaged file is still caught."""
+    import hashlib
+
+    d = _copy(saved, tmp_path / "v1")
+    man = json.loads((d / "index.json").read_text())
+    man["version"] = 1
+    for info in man["files"].values():
+        del info["crc32"]
+        info["sha256"] = hashlib.sha256((d / info["name"]).read_bytes()).hexdigest()
+    (d / "index.json").write_text(json.dumps(man))
+    old, _ = VectorIndex.load(d, DIM)
+    new, _ = VectorIndex.load(saved, DIM)
+    assert old.stale_format and not new.stale_format
+    np.testing.assert_array_equal(old.labels(), new.labels())
+    f = _level_file(d, 0)
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0x01
+    f.write_bytes(bytes(data))
     assert _load_in_subprocess(d).startswith("DAMAGED")
 
 

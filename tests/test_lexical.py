@@ -164,6 +164,60 @@ def test_round_trip_through_duckdb(tmp_path) -> None:
     assert loaded.search("garden cat", k=1)[0].tolist() == [50]
 
 
+def test_snapshot_round_trip_gives_identical_scores(tmp_path) -> None:
+    """save_snapshot / load_snapshot: the same scores bit for bit, before and after more adds
+    and deletes on both sides; a deleted document's words are not in the file."""
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(300)] + ["café", "naïve", "日本"]
+    texts = [" ".join(rng.choice(words, 8)) for _ in range(3000)]
+    live = LexicalIndex()
+    live.add(np.arange(3000), texts)  # bulk (CSC) ...
+    live.add([5000], ["a forgettable zyzzyva"])  # ... then the delta and a tombstone
+    live.apply_delete([5000, 7, 8])
+    path = tmp_path / "lexical.snapshot"
+    live.save_snapshot(path, {"generation": 3})
+    assert b"zyzzyva" not in path.read_bytes() and live._delta  # the original is untouched
+    loaded, info = LexicalIndex.load_snapshot(path)
+    assert info["meta"] == {"generation": 3}
+    assert info["stats"]["docs"] == len(live) == len(loaded)
+    queries = ["w1 w2", "w7", "w3 w30 w299", "café naïve", "日本 w5", "nothing here"]
+
+    def same() -> None:
+        for q in queries:
+            a, sa = live.search(q, k=25)
+            b, sb = loaded.search(q, k=25)
+            assert a.tolist() == b.tolist() and sa.tolist() == sb.tolist()
+
+    same()
+    assert "w1" in loaded._vocab and "nope" not in loaded._vocab
+    for idx in (live, loaded):
+        idx.add(np.arange(6000, 6100), [f"fresh w1 term{i % 7}" for i in range(100)])
+        idx.apply_delete(np.arange(10, 400, 5))
+    queries += ["fresh term3", "term6 w1"]
+    same()
+    again = tmp_path / "again.snapshot"
+    loaded.save_snapshot(again, {"generation": 4})  # a snapshot of a snapshot-loaded index
+    reloaded, _ = LexicalIndex.load_snapshot(again)
+    loaded = reloaded
+    same()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "magic"])
+def test_a_damaged_snapshot_raises_value_error(tmp_path, damage: str) -> None:
+    path = tmp_path / "lexical.snapshot"
+    _index().save_snapshot(path, {})
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-40] ^= 0x01
+    elif damage == "truncate":
+        del data[len(data) // 2:]
+    else:
+        data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        LexicalIndex.load_snapshot(path)
+
+
 def test_bulk_merge_path_matches_delta_path() -> None:
     rng = np.random.default_rng(1)
     words = [f"w{i}" for i in range(50)]

@@ -135,6 +135,7 @@ def test_gc_after_forgetting_half_shrinks_files(tmp_path: Path) -> None:
         vecs = rng.standard_normal((n, 64)).astype(np.float32)
         res = mem.ingest_many([f"engram number {i} with some words" for i in range(n)],
                               vectors=vecs)
+        mem.drain_index()  # the background indexer's graph is saved: settled files
         mem.catalog.checkpoint()  # measure settled files, not a WAL
         before = mem.stats()["bytes"]
         gone = [r.id for r in res[::2]]

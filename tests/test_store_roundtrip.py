@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import engramdb
 from engramdb.encoders import HashingEncoder
 from tests.conftest import HELPERS, PYTHON, python_env
@@ -13,9 +15,11 @@ from tests.conftest import HELPERS, PYTHON, python_env
 TOPICS = ["guinea pig", "piano lessons", "trip to Paris", "coffee", "marathon", "sister"]
 
 
-def test_thousand_engrams_survive_reopen_in_new_process(store_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["full", "fast"])
+def test_thousand_engrams_survive_reopen_in_new_process(store_path: Path, durability: str) -> None:
     texts = [f"memory {i}: something about {TOPICS[i % len(TOPICS)]} #{i * 7}" for i in range(1000)]
-    with engramdb.open(store_path, encoder=HashingEncoder(dim=64)) as mem:
+    with engramdb.open(store_path, encoder=HashingEncoder(dim=64),
+                       settings={"durability": durability}) as mem:
         results = mem.ingest_many(texts, sessions=[f"s{i % 10}" for i in range(1000)])
         assert all(r.is_new for r in results)
         again = mem.ingest_many(texts[:100])  # dedup: same ids, refs grow
