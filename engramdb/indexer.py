@@ -65,6 +65,9 @@ class BackgroundIndexer:
         self._snap: tuple[np.ndarray, np.ndarray] | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._start_worker()
+
+    def _start_worker(self) -> None:
         self._thread = threading.Thread(target=self._run, name="engramdb-indexer", daemon=True)
         self._thread.start()
 
@@ -189,9 +192,7 @@ class BackgroundIndexer:
             self._error = None
             self._cond.notify_all()
             if not self._thread.is_alive() and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="engramdb-indexer",
-                                                daemon=True)
-                self._thread.start()
+                self._start_worker()
 
     def close(self) -> None:
         """Stop the worker without draining (pending rows are replayed on the next open)."""
