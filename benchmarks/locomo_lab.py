@@ -11,9 +11,10 @@ turn order (temporal links between consecutive turns), dense and lexical scores.
 per-question tuning. The tuned pipeline's parameters are chosen by leave-one-conversation-out:
 fitted on two conversations, evaluated on the third; the report also shows fixed defaults.
 
-Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store]``. Dense
-embeddings (the packaged all-MiniLM-L6-v2, mean pooled) are cached under
-``/tmp/engramdb_locomo_cache``.
+Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store] [--diversify]``.
+Dense embeddings (the packaged all-MiniLM-L6-v2, mean pooled) are cached under
+``/tmp/engramdb_locomo_cache``. ``--diversify`` measures session diversification of the
+store's ranking (:func:`diversity_lab`; not adopted, docs/quality.md).
 
 ``--store`` evaluates the store's own recall formula instead (:func:`store_items`: the
 store's candidate pool, ``engramdb.hybrid.context_mix`` and ``hybrid.spread``, the previous
@@ -374,6 +375,71 @@ def store_lab(feats: list[Feats], report: dict[str, object]) -> None:
         print_table(name, s)
 
 
+def diversified(score: dict[int, float], session: np.ndarray, penalty: float, free: int,
+                keep: int, depth: int = 20) -> list[int]:
+    """The ``depth`` best of ``score`` (turn -> unsquashed score), re-ranked greedily so that
+    each hit beyond the first ``free`` from one session loses ``penalty`` per extra hit; the
+    best ``keep`` stay as they are."""
+    ids = sorted(score, key=lambda e: (-score[e], e))
+    out = ids[:keep]
+    count: dict[int, int] = {}
+    for e in out:
+        count[session[e]] = count.get(session[e], 0) + 1
+    left = ids[keep:200]
+    while left and len(out) < depth:
+        at = max(range(len(left)), key=lambda i: (
+            score[left[i]] - penalty * max(0, count.get(session[left[i]], 0) - free + 1), -i))
+        e = left.pop(at)
+        out.append(e)
+        count[session[e]] = count.get(session[e], 0) + 1
+    return out
+
+
+DIVERSITY_GRID = [(0.0, 1, 0)] + [(p, m, 0) for p in (0.1, 0.25, 0.5, 1.0, 2.0)
+                                  for m in (1, 2, 3, 4)] + [
+    (p, m, k) for p in (0.1, 0.25, 0.5) for m in (2, 3) for k in (3, 5)]
+
+
+def diversity_lab(feats: list[Feats]) -> None:
+    """Session diversification of the store's ranking (``Settings()`` defaults), over
+    ``DIVERSITY_GRID`` (penalty, free hits per session, best hits kept), in sample and
+    leave-one-conversation-out. Measured, not adopted (docs/quality.md)."""
+    p = {k: getattr(Settings(), k) for k in STORE_KEYS}
+    w = hy.ContextWeights(**{k: p[k] for k in STORE_KEYS[:6]})
+    scored = []
+    for f in feats:
+        per_q = []
+        for c, ev, prev, nxt, evidence, cat in store_items(f):
+            mixed = hy.context_mix(ev, w)
+            score = dict(zip(c.tolist(), mixed.tolist(), strict=True))
+            for e, (m, _) in hy.spread(c, mixed, prev, nxt, p["neighbour_seeds"],
+                                       p["neighbour_weight"]).items():
+                score[e] = m
+            per_q.append((score, evidence, cat))
+        scored.append((np.array(f.conv.session), per_q))
+    rows: dict[tuple, list[list[dict]]] = {}
+    for g in DIVERSITY_GRID:
+        rows[g] = []
+        for session, per_q in scored:
+            conv_rows = []
+            for score, evidence, cat in per_q:
+                ranked = diversified(score, session, *g)
+                r = {f"R@{k}": len(evidence & set(ranked[:k])) / len(evidence) for k in KS}
+                r["all@10"] = float(evidence <= set(ranked[:10]))
+                r["cat"] = cat
+                conv_rows.append(r)
+            rows[g].append(conv_rows)
+        print_table(f"diversify penalty {g[0]} free {g[1]} keep {g[2]}",
+                    summarize([r for cr in rows[g] for r in cr]))
+    held = []
+    for h in range(len(feats)):
+        best = max(DIVERSITY_GRID, key=lambda g: objective(
+            [r for i in range(len(feats)) if i != h for r in rows[g][i]]))
+        print(f"diversify LOCO held-out {feats[h].conv.sample_id}: {best}")
+        held += rows[best][h]
+    print_table("diversify (LOCO)", summarize(held))
+
+
 # -------------------------------------------------------------------------------- metrics
 def per_question(f: Feats, scores: np.ndarray) -> list[dict]:
     """Recall@k and all-evidence-hit@10 of each question given its score row."""
@@ -421,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write all summaries here")
     ap.add_argument("--store", action="store_true",
                     help="evaluate the store's formula (LOCO settings, ablations) only")
+    ap.add_argument("--diversify", action="store_true",
+                    help="evaluate session diversification of the store's ranking only")
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(f"LoCoMo data not found at {args.data}; skipping (see its README).")
@@ -431,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(f.conv.questions) for f in feats)} questions, features in "
           f"{time.time() - t0:.1f}s")
     report: dict[str, object] = {}
+    if args.diversify:
+        diversity_lab(feats)
+        print(f"total {time.time() - t0:.1f}s")
+        return 0
     if args.store:
         store_lab(feats, report)
         if args.json:

@@ -76,6 +76,8 @@ class TurnContext:
         self.last: dict[int, int] = {}  # session code -> eid of the occurrence said last in it
         self.session_len = np.zeros(0, np.float64)  # per code: summed length of its turns
         self.session_turns = np.zeros(0, np.int64)  # per code: its turns
+        # (k1, b, sessions with turns, BM25 length norm per code) while the sessions stand.
+        self._session_norm: tuple[float, float, int, np.ndarray] | None = None
         self.role_words: dict[str, set[int]] = {}  # a word of a role label -> role codes
         self._next_code = 0
 
@@ -210,6 +212,7 @@ class TurnContext:
 
     def _grow_codes(self, need: int) -> None:
         if need > len(self.session_len):
+            self._session_norm = None
             size = max(need, 2 * len(self.session_len), 64)
             for name in ("session_len", "session_turns"):
                 old = getattr(self, name)
@@ -265,6 +268,7 @@ class TurnContext:
         has = sess_i >= 0
         if has.any():
             self._grow_codes(int(sess_i.max()) + 1)
+            self._session_norm = None
             np.add.at(self.session_len, sess_i[has], self.length[eids[has]].astype(np.float64))
             np.add.at(self.session_turns, sess_i[has], 1)
 
@@ -287,6 +291,7 @@ class TurnContext:
         sess = self.session[eids]
         has = sess >= 0
         if has.any():
+            self._session_norm = None
             np.subtract.at(self.session_len, sess[has], self.length[eids[has]].astype(np.float64))
             np.subtract.at(self.session_turns, sess[has], 1)
         parents = self.prev[eids]
@@ -373,41 +378,69 @@ class TurnContext:
 
     def neighbours(self, eids: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(prev, next) of each eid; -1 where there is none or it is not ``visible``."""
-        def vis(x: np.ndarray) -> np.ndarray:
+        return self.neighbour(eids, visible, self.prev), self.neighbour(eids, visible, self.next)
+
+    def neighbour(self, eids: np.ndarray, visible: np.ndarray, link: np.ndarray, *,
+                  ascending: bool = False) -> np.ndarray:
+        """``link`` (:attr:`prev` or :attr:`next`) of each eid (non-negative; ``ascending``
+        says they are sorted); -1 where there is none or it is not ``visible``."""
+        if len(eids) == 0:
+            return np.zeros(0, np.int64)
+        if int(eids[-1] if ascending else eids.max()) < self.capacity:
+            x = link[eids]
+        else:
+            inside = eids < self.capacity
+            x = np.where(inside, link[np.where(inside, eids, 0)], -1)
+        if len(visible) == 0:
+            return np.full(len(eids), -1, np.int64)
+        if self.capacity <= len(visible):  # every link is below capacity
+            ok = visible[x]  # -1 (no link) reads the last entry: cleared below
+            ok &= x >= 0
+        else:
             ok = (x >= 0) & (x < len(visible))
-            ok[ok] = visible[x[ok]]
-            return np.where(ok, x, -1)
+            ok &= visible[np.where(ok, x, 0)]
+        return np.where(ok, x, -1)
 
-        inside = eids < self.capacity
-        e = np.where(inside, eids, 0)
-        prev = np.where(inside, self.prev[e], -1)
-        nxt = np.where(inside, self.next[e], -1)
-        return vis(prev), vis(nxt)
-
-    def session_scores(self, postings: Sequence[tuple[np.ndarray, np.ndarray]],
+    def session_scores(self, eids: np.ndarray, tfs: np.ndarray, counts: Sequence[int],
                        visible: np.ndarray, k1: float, b: float) -> np.ndarray:
         """BM25 of each session (indexed by code) as one document made of its turns.
 
-        ``postings`` are the query terms' (eids, term frequencies) over the engrams; a
-        session's term frequency is the sum over its visible turns.
+        ``eids``/``tfs`` are the query terms' postings over the engrams, term after term,
+        ``counts[t]`` of them for term ``t`` (:class:`engramdb.lexical.QueryPostings`, slots
+        mapped to eids); a session's term frequency is the sum over its visible turns. All
+        terms are gathered in one ``bincount`` over term x session; each session's sum runs
+        term after term, as a loop over the terms would.
         """
         n_codes = len(self.session_len)
-        scores = np.zeros(n_codes, np.float64)
+        n, norm = self._session_lengths(k1, b)
+        if n == 0 or not counts:
+            return np.zeros(n_codes, np.float64)
+        term = np.arange(len(counts)).repeat(counts)
+        if len(eids) and int(eids.max()) >= min(self.capacity, len(visible)):
+            ok = eids < min(self.capacity, len(visible))
+            eids, term, tfs = eids[ok], term[ok], tfs[ok]
+        sess = self.session[eids]
+        keep = visible[eids]
+        keep &= sess >= 0
+        key = term[keep] * n_codes + sess[keep]
+        tf = np.bincount(key, tfs[keep].astype(np.float64), minlength=len(counts) * n_codes)
+        nz = tf.nonzero()[0]
+        tf_nz = tf[nz]
+        rows, cols = np.divmod(nz, n_codes)
+        df = np.bincount(rows, minlength=len(counts)).tolist()
+        idf = np.array([math.log1p((n - d + 0.5) / (d + 0.5)) for d in df])
+        # bincount adds each session's terms in term order, from 0: as a loop over terms would.
+        return np.bincount(cols, idf[rows] * tf_nz * (k1 + 1.0) / (tf_nz + norm[cols]),
+                           minlength=n_codes)
+
+    def _session_lengths(self, k1: float, b: float) -> tuple[int, np.ndarray]:
+        """(sessions with turns, BM25 length norm ``k1 (1 - b + b len / avglen)`` per code),
+        kept until a write changes the sessions."""
+        cached = self._session_norm
+        if cached is not None and cached[0] == k1 and cached[1] == b:
+            return cached[2], cached[3]
         n = int(np.count_nonzero(self.session_turns > 0))
-        if n == 0:
-            return scores
-        avglen = max(float(self.session_len.sum()) / n, 1e-9)
-        for eids, tfs in postings:
-            ok = (eids < self.capacity) & (eids < len(visible))
-            e = eids[ok]
-            s = self.session[e]
-            keep = (s >= 0) & visible[e]
-            if not keep.any():
-                continue
-            tf = np.bincount(s[keep], tfs[ok][keep].astype(np.float64), minlength=n_codes)
-            nz = np.flatnonzero(tf)
-            df = len(nz)
-            idf = math.log1p((n - df + 0.5) / (df + 0.5))
-            norm = k1 * (1.0 - b + b * self.session_len[nz] / avglen)
-            scores[nz] += idf * tf[nz] * (k1 + 1.0) / (tf[nz] + norm)
-        return scores
+        avglen = max(float(self.session_len.sum()) / n, 1e-9) if n else 1.0
+        norm = k1 * (1.0 - b + b * self.session_len / avglen)
+        self._session_norm = (k1, b, n, norm)
+        return n, norm

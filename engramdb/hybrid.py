@@ -18,15 +18,25 @@ after them (:func:`spread`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
-    """Standardise; a constant vector maps to zeros."""
-    std = float(x.std())
-    return np.zeros_like(x) if std == 0.0 else (x - float(x.mean())) / std
+    """Standardise; a constant vector maps to zeros.
+
+    The same arithmetic as ``(x - x.mean()) / x.std()`` (one pairwise sum for the mean, one
+    for the squared deviations), without numpy's per-call Python layers: recall calls this on
+    a few hundred candidates, where those layers cost more than the sums.
+    """
+    n = x.size
+    if n == 0:
+        return np.zeros_like(x)
+    dev = x - np.add.reduce(x) / n
+    std = math.sqrt(np.add.reduce(dev * dev) / n)
+    return np.zeros_like(x) if std == 0.0 else dev / std
 
 
 def fuse(
@@ -80,9 +90,9 @@ class ContextWeights:
 def context_mix(ev: ContextEvidence, w: ContextWeights) -> np.ndarray:
     """Unsquashed scores of the candidates: z-scored lexical and dense evidence (each with
     its context) mixed by ``lexical_weight``, plus the speaker and date priors."""
-    lex = (ev.bm25.astype(np.float64) + w.context_lexical * ev.bm25_prev
+    lex = (np.asarray(ev.bm25, np.float64) + w.context_lexical * ev.bm25_prev
            + w.session_prior * ev.bm25_session)
-    dense = ev.cos.astype(np.float64) + w.context_dense * ev.cos_prev
+    dense = np.asarray(ev.cos, np.float64) + w.context_dense * ev.cos_prev
     mixed = w.lexical_weight * zscore(lex) + (1.0 - w.lexical_weight) * zscore(dense)
     if w.speaker_prior:
         mixed = mixed + w.speaker_prior * ev.speaker
@@ -103,25 +113,36 @@ def spread(eids: np.ndarray, mixed: np.ndarray, prev: np.ndarray, nxt: np.ndarra
     if seeds <= 0 or weight <= 0 or len(mixed) == 0:
         return {}
     floor = float(mixed.min())
-    sorted_eids = np.all(eids[1:] >= eids[:-1])
-    position = {} if sorted_eids else {int(e): i for i, e in enumerate(eids.tolist())}
-
-    def own(nb: int) -> float:
-        if not sorted_eids:
-            return float(mixed[position[nb]]) if nb in position else floor
-        i = int(np.searchsorted(eids, nb))
-        return float(mixed[i]) if i < len(eids) and eids[i] == nb else floor
-
     order = np.lexsort((eids, -mixed))[:seeds]
+    # Each seed's neighbours, before then after, and the score each of them has.
+    nbs = np.empty(2 * len(order), np.int64)
+    nbs[0::2] = prev[order]
+    nbs[1::2] = nxt[order]
+    if (eids[1:] >= eids[:-1]).all():
+        pos = np.minimum(eids.searchsorted(nbs), len(eids) - 1)
+        own = np.where(eids[pos] == nbs, mixed[pos], floor).tolist()
+    else:
+        position = {int(e): i for i, e in enumerate(eids.tolist())}
+        own = [float(mixed[position[nb]]) if nb in position else floor for nb in nbs.tolist()]
+    return lift(eids[order].tolist(), mixed[order].tolist(), nbs.tolist(), own, floor, weight)
+
+
+def lift(seeds: list[int], scores: list[float], neighbours: list[int], own: list[float],
+         floor: float, weight: float) -> dict[int, tuple[float, int]]:
+    """The neighbour step of :func:`spread` for seeds already chosen, best first: ``seeds``
+    (eids) with their ``scores``; ``neighbours[2 j]`` and ``neighbours[2 j + 1]`` are the
+    turns before and after seed ``j`` (-1: none), ``own`` their scores (``floor`` for a turn
+    outside the pool). Returns ``{eid: (new unsquashed score, seed eid)}``."""
     out: dict[int, tuple[float, int]] = {}
-    for i in order:
-        passed = floor + weight * (float(mixed[i]) - floor)
-        for nb in (int(prev[i]), int(nxt[i])):
+    for j, (seed, score) in enumerate(zip(seeds, scores, strict=True)):
+        passed = floor + weight * (score - floor)
+        for k in (2 * j, 2 * j + 1):
+            nb = neighbours[k]
             if nb < 0:
                 continue
-            best = out[nb][0] if nb in out else own(nb)
+            best = out[nb][0] if nb in out else own[k]
             if passed > best:
-                out[nb] = (passed, int(eids[i]))
+                out[nb] = (passed, seed)
     return out
 
 

@@ -214,6 +214,18 @@ class IndexConfig:
         if not float(self.filter_crossover) >= 0.0:  # also refuses NaN
             raise InvalidInput(f"filter_crossover must be >= 0, got {self.filter_crossover!r}")
 
+    def same_graphs(self, other: IndexConfig) -> bool:
+        """Whether graphs built under ``other`` are the graphs this configuration builds.
+
+        Only ``levels``, ``M``, ``ef_construction`` and ``seed`` shape a graph; the search
+        fields (``ef_search``, ``candidate_multiplier``, ``exact_threshold``,
+        ``filter_crossover``) can change on a saved index without rebuilding it.
+
+        Example: ``cfg.same_graphs(IndexConfig.from_dict({**cfg.to_dict(), "ef_search": 200}))``
+        """
+        return (list(self.levels), self.M, self.ef_construction, self.seed) == (
+            list(other.levels), other.M, other.ef_construction, other.seed)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (unknown fields read by :meth:`from_dict` included).
 
@@ -308,6 +320,12 @@ class _RWLock:
                 self._cond.notify_all()
 
 
+def _block_rows(dim: int) -> int:
+    """Rows per ~8 MiB float32 block: the unit of work of checks that must not copy a whole
+    batch at once."""
+    return max(1, (8 << 20) // (4 * max(1, dim)))
+
+
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (a zero row stays zero)."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -338,8 +356,15 @@ def _crc32(data: Any) -> str:
 
 
 def _file_crc32(path: Path) -> str:
-    with open(path, "rb") as f:
-        return _crc32(f.read())
+    """CRC-32 of a file, read 16 MiB at a time into one buffer (a whole-file read cost a
+    transient copy of the graph at every save: 1.7 GB at 1M x 384-d)."""
+    crc = 0
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
 
 
 def _check_sum(path: Path, info: dict[str, Any], data: Any = None) -> None:
@@ -402,6 +427,7 @@ class VectorIndex:
         rotation: Rotation | None = None,
         *,
         capacity: int = 1024,
+        fitted_on: int | None = None,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
             raise InvalidInput(f"dim must be a positive integer, got {dim!r}")
@@ -417,12 +443,21 @@ class VectorIndex:
         # dot product, so skipping it saves a dim x dim product per vector and keeps the graph's
         # scores bit-identical to a plain dot product.
         if self._levels[0] < dim:
-            rotation = rotation if rotation is not None else Rotation.random(dim, config.seed)
+            if rotation is None:
+                rotation = Rotation.random(dim, config.seed, keep=self._levels[-1])
+                fitted_on = 0
             if rotation.dim != dim:
                 raise DimensionMismatch(f"rotation is {rotation.dim}-d, index is {dim}-d")
+            if rotation.rows < self._levels[-1]:
+                raise InvalidInput(f"the rotation keeps {rotation.rows} components, level "
+                                   f"{self._levels[-1]} needs that many")
         else:
-            rotation = None
+            rotation = fitted_on = None
         self._rotation = rotation
+        # How many vectors the rotation's PCA was fitted on: 0 for a random rotation (an index
+        # built before there was data), None when unknown (a caller's rotation, an index saved
+        # by engramdb before this was recorded) or when there is no rotation.
+        self._fitted_on = None if fitted_on is None else int(fitted_on)
         self._threads = _cpu_count()
         self._capacity = max(1, int(capacity))
         self._graphs = [self._new_graph(lv, self._capacity) for lv in self._levels]
@@ -455,6 +490,44 @@ class VectorIndex:
     def rotation(self) -> Rotation | None:
         """The rotation that orders components, or ``None`` for a single full-dim level."""
         return self._rotation
+
+    @property
+    def rotation_fitted_on(self) -> int | None:
+        """How many vectors the rotation was fitted on (PCA); 0: still the random rotation an
+        empty index starts with; None: unknown, or no rotation (a single full-dim level)."""
+        return self._fitted_on
+
+    @property
+    def fit_size(self) -> int:
+        """How many vectors a PCA fit samples: 8x the finest prefix level, at least 2,048
+        (0 without a prefix level).
+
+        PCA only has to find the top ``levels[-1]`` (< dim) directions well, and a sample of 8x
+        that many vectors does while keeping the fit to about a second at 4,096-d. A random
+        rotation's prefix is only a random projection (at 4,096-d a 256-d prefix keeps 1/16 of
+        the variance: recall@10 0.92 at 250k vectors against 1.00 with the PCA prefix,
+        ``benchmarks/bench_highdim.py``), so the store refits once it holds this many vectors.
+        """
+        prefixes = [lv for lv in self._levels if lv < self._dim]
+        return max(2048, 8 * max(prefixes)) if prefixes else 0
+
+    def set_search_config(self, config: IndexConfig) -> None:
+        """Adopt ``config``'s search fields (ef, candidate multiplier, thresholds) at run time.
+
+        Raises ``InvalidInput`` unless ``config`` builds the same graphs (:meth:`IndexConfig.
+        same_graphs`): changing a graph field needs a rebuild.
+
+        Example: ``idx.set_search_config(IndexConfig.from_dict({**cfg, "ef_search": 128}))``
+        """
+        config.validate(self._dim)
+        if not self._config.same_graphs(config):
+            raise InvalidInput("levels, M, ef_construction and seed need a rebuild")
+        with self._lock.write():
+            for name in ("candidate_multiplier", "exact_threshold", "filter_crossover"):
+                setattr(self._config, name, getattr(config, name))
+            self._config.ef_search = int(config.ef_search)
+            for g in self._graphs:
+                g.set_ef(int(config.ef_search))
 
     @property
     def capacity(self) -> int:
@@ -514,6 +587,8 @@ class VectorIndex:
         return [np.ascontiguousarray(_normalise_rows(z[..., :lv])) for lv in self._levels]
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        """Check ``vectors`` (shape, finite, non-zero) block by block without copying them
+        whole; returns them as an array (rows are normalised later, per insert block)."""
         v = np.asarray(vectors)
         if v.ndim != 2 or v.shape[1] != self._dim:
             raise DimensionMismatch(
@@ -521,13 +596,13 @@ class VectorIndex:
             )
         if v.shape[0] != n:
             raise InvalidInput(f"{n} labels but {v.shape[0]} vectors")
-        v = v.astype(np.float32, copy=False)
-        if not np.isfinite(v).all():
-            raise InvalidInput("vectors must be finite (no NaN or inf)")
-        norms = np.linalg.norm(v, axis=1)
-        if (norms == 0).any():
-            raise InvalidInput("a zero vector has no direction: it cannot be indexed")
-        return np.ascontiguousarray(v / norms[:, None])
+        for start in range(0, n, _block_rows(self._dim)):
+            block = v[start:start + _block_rows(self._dim)].astype(np.float32, copy=False)
+            if not np.isfinite(block).all():
+                raise InvalidInput("vectors must be finite (no NaN or inf)")
+            if (np.linalg.norm(block, axis=1) == 0).any():
+                raise InvalidInput("a zero vector has no direction: it cannot be indexed")
+        return v
 
     @staticmethod
     def _check_labels(labels: Any) -> np.ndarray:
@@ -569,7 +644,8 @@ class VectorIndex:
             raise InvalidInput("labels within one add() must be distinct")
         for start in range(0, len(lab), max(1, batch_size)):
             part = lab[start:start + batch_size]
-            per_level = self._level_vectors(vec[start:start + batch_size])  # outside the lock
+            block = _normalise_rows(vec[start:start + batch_size].astype(np.float32, copy=False))
+            per_level = self._level_vectors(np.ascontiguousarray(block))  # outside the lock
             with self._lock.write():
                 self._insert_locked(part, per_level)
 
@@ -826,7 +902,7 @@ class VectorIndex:
         *,
         dim: int | None = None,
         progress: Callable[[int, int], None] | None = None,
-        batch_size: int = 10_000,
+        batch_size: int | None = None,
         fit_sample: int | None = None,
     ) -> VectorIndex:
         """A new index over ``labels``, with vectors given as an array or gathered by a fetch.
@@ -865,16 +941,21 @@ class VectorIndex:
 
         config = config if config is not None else IndexConfig.choose(dim, len(lab))
         config.validate(dim)
+        fitted_on = None
         if rotation is None and config.levels[0] < dim and len(lab):
-            # PCA only has to find the top levels[-1] (< dim) directions well: a sample of 8x
-            # that many vectors does, and keeps the fit to seconds at 4096-d.
             finest = max(lv for lv in config.levels if lv < dim)
-            size = min(len(lab), fit_sample if fit_sample else max(2048, 8 * finest))
+            size = min(len(lab), fit_sample if fit_sample else max(2048, 8 * finest))  # fit_size
             pick = np.sort(np.random.default_rng(config.seed).choice(len(lab), size, replace=False))
             sample = take(pick)
-            rotation = Rotation.fit(_normalise_rows(sample.astype(np.float32)), seed=config.seed)
+            rotation = Rotation.fit(_normalise_rows(sample.astype(np.float32)), seed=config.seed,
+                                    keep=max(config.levels))
+            fitted_on = size
         # Allocate once for the whole build (plus 1/8 headroom), so it never resizes.
-        idx = cls(dim, config, rotation, capacity=len(lab) + len(lab) // 8 + 1)
+        idx = cls(dim, config, rotation, capacity=len(lab) + len(lab) // 8 + 1,
+                  fitted_on=fitted_on)
+        # Batches of ~32 MiB of float32 (10,000 at 384-d, 2,048 at 4,096-d): the build's
+        # memory stays flat whatever the dimension.
+        batch_size = batch_size or max(1, min(10_000, (32 << 20) // (4 * dim)))
         for start in range(0, len(lab), batch_size):
             stop = min(start + batch_size, len(lab))
             idx.add(lab[start:stop], take(slice(start, stop)), batch_size=batch_size)
@@ -928,6 +1009,7 @@ class VectorIndex:
                         files[key] = name
                     count, n_dead, capacity = len(self._live), len(self._dead), self._capacity
                     config = self._config.to_dict()
+                    fitted_on = self._fitted_on
                 manifest = {
                     "format": FORMAT,
                     "version": FORMAT_VERSION,
@@ -940,6 +1022,8 @@ class VectorIndex:
                     "capacity": capacity,
                     "files": {},
                 }
+                if fitted_on is not None:
+                    manifest["rotation_fitted_on"] = fitted_on
                 for key, name in files.items():
                     _fsync_file(d / name)
                     manifest["files"][key] = {
@@ -1051,14 +1135,19 @@ class VectorIndex:
                 rotation = Rotation.load(paths["rotation"])
             except ValueError as exc:
                 raise IndexDamaged(f"bad rotation: {exc}") from exc
-            if rotation.dim != dim:
-                raise IndexDamaged(f"rotation is {rotation.dim}-d, expected {dim}")
+            if rotation.dim != dim or rotation.rows < levels[-1]:
+                raise IndexDamaged(f"rotation is {rotation.rows} x {rotation.dim}, expected "
+                                   f"at least {levels[-1]} x {dim}")
 
         n_total = len(live) + len(dead)
         all_labels = np.sort(np.concatenate([live, dead]))
         if n_total and (all_labels[0] < 0 or (np.diff(all_labels) == 0).any()):
             raise IndexDamaged("label files overlap or hold negative labels")
-        idx = cls(dim, config, rotation, capacity=1)  # placeholder graphs, replaced below
+        fitted_on = man.get("rotation_fitted_on") if rotation is not None else None
+        if fitted_on is not None and (not isinstance(fitted_on, int) or fitted_on < 0):
+            raise IndexDamaged(f"bad rotation_fitted_on {fitted_on!r}")
+        # placeholder graphs, replaced below
+        idx = cls(dim, config, rotation, capacity=1, fitted_on=fitted_on)
         graphs = []
         for j, lv in enumerate(levels):
             g, ids = _load_graph(paths[f"level{j}"], files[f"level{j}"], lv, config.M, n_total,

@@ -84,7 +84,10 @@ class BackgroundIndexer:
         eids = np.asarray(eids, np.int64).reshape(-1)
         if len(eids) == 0:
             return
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        # The store's own array (float16 in a float16 store) is queued as it is, in views: no
+        # float32 copy of a whole batch; the worker and snapshot() convert a chunk at a time.
+        vecs = vectors if isinstance(vectors, np.ndarray) and vectors.dtype in (
+            np.float16, np.float32) else np.asarray(vectors, dtype=np.float32)
         with self._cond:
             for start in range(0, len(eids), self._chunk_rows):
                 e = eids[start:start + self._chunk_rows]
@@ -120,7 +123,7 @@ class BackgroundIndexer:
                 es = ([] if self._inflight is None else [self._inflight]) + self._eids
                 vs = ([] if self._inflight_vecs is None else [self._inflight_vecs]) + self._vecs
                 if es:
-                    self._snap = (np.concatenate(es), np.concatenate(vs))
+                    self._snap = (np.concatenate(es), np.concatenate(vs, dtype=np.float32))
                 else:
                     self._snap = (np.zeros(0, np.int64), np.zeros((0, self._index.dim),
                                                                   np.float32))

@@ -65,6 +65,7 @@ __all__ = [
     "TOKENIZER_ID",
     "LexicalIndex",
     "LexicalRows",
+    "QueryPostings",
     "stem",
     "tokenize",
 ]
@@ -174,6 +175,17 @@ class LexicalRows:
     postings: pa.Table
 
 
+@dataclass(frozen=True)
+class QueryPostings:
+    """The postings a query scores (:meth:`LexicalIndex.query_postings`): its terms' live
+    documents, term after term. ``slots`` and ``tfs`` hold all terms' postings one after the
+    other; ``counts[t]`` is how many belong to term ``t`` (its document frequency)."""
+
+    slots: np.ndarray
+    tfs: np.ndarray
+    counts: list[int]
+
+
 _SNAPSHOT_MAGIC = b"engramdb-lexical-snapshot\n"
 
 
@@ -212,6 +224,10 @@ class _SnapshotVocab:
         self._by_hash = by_hash
         self._n = len(by_hash)
         self._extra: dict[str, int] = {}
+        # Lookups of snapshot terms (hit or miss), so a query pays the search once per term.
+        # A term the snapshot lacks stays absent from it: one added later goes to ``_extra``,
+        # which :meth:`get` consults first, so a cached miss never hides it.
+        self._seen: dict[str, int] = {}
 
     def _find(self, term: str) -> int:
         key = term.encode("utf-8", "surrogatepass")
@@ -230,7 +246,11 @@ class _SnapshotVocab:
         tid = self._extra.get(term)
         if tid is not None:
             return tid
-        tid = self._find(term) if isinstance(term, str) else -1
+        tid = self._seen.get(term) if isinstance(term, str) else -1
+        if tid is None:
+            if len(self._seen) >= _VOCAB_CACHE:
+                self._seen.clear()
+            tid = self._seen[term] = self._find(term)
         return default if tid < 0 else tid
 
     def setdefault(self, term: str, default: int) -> int:
@@ -263,6 +283,9 @@ class _SnapshotVocab:
     def __iter__(self) -> Iterator[str]:
         return (term for term, _ in self.items())
 
+
+#: Most snapshot term lookups :class:`_SnapshotVocab` remembers (then it starts over).
+_VOCAB_CACHE = 1 << 16
 
 _DOCS_SCHEMA = pa.schema([("eid", pa.int64()), ("len", pa.int32())])
 _POSTINGS_SCHEMA = pa.schema([("term", pa.string()), ("eid", pa.int64()), ("tf", pa.int32())])
@@ -658,35 +681,60 @@ class LexicalIndex:
         Returns only documents with a positive score, unordered. Slots map to eids through
         :meth:`eids_of`. Exposed for callers that fuse or re-rank (e.g. recall pipelines).
         """
-        if self._n_live == 0:
+        return self.score_postings(self.query_postings(terms))
+
+    def query_postings(self, terms: Sequence[str]) -> QueryPostings:
+        """The postings of the query terms that scoring uses, term after term: the live
+        documents holding each (terms no live document holds are left out). Pass them to
+        :meth:`score_postings`, or group them otherwise (a session as one document,
+        ``engramdb/context.py``) without looking the terms up twice."""
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        if self._n_live:
+            for tid in self._query_tids(terms):
+                slots, tfs = self._postings(tid)
+                if self._dead:
+                    live = self._live[slots]
+                    slots, tfs = slots[live], tfs[live]
+                if len(slots):
+                    parts.append((slots, tfs))
+        if len(parts) == 1:
+            return QueryPostings(parts[0][0], parts[0][1], [len(parts[0][0])])
+        if not parts:
+            return QueryPostings(np.empty(0, np.int32), np.empty(0, np.float32), [])
+        return QueryPostings(np.concatenate([sl for sl, _ in parts]),
+                             np.concatenate([tf for _, tf in parts]),
+                             [len(sl) for sl, _ in parts])
+
+    def score_postings(self, postings: QueryPostings) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 (slots, scores) of the documents in ``postings`` (from :meth:`query_postings`,
+        made at the index's current state); the same as :meth:`score_terms`."""
+        counts = postings.counts
+        if self._n_live == 0 or not counts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         n = float(self._n_live)
         avglen = max(self._total_len / n, 1e-9)
         k1, b = self.k1, self.b
-        parts_s: list[np.ndarray] = []
-        parts_w: list[np.ndarray] = []
-        for tid in self._query_tids(terms):
-            slots, tfs = self._postings(tid)
-            if self._dead:
-                live = self._live[slots]
-                slots, tfs = slots[live], tfs[live]
-            df = len(slots)
-            if df == 0:
-                continue
-            idf = math.log1p((n - df + 0.5) / (df + 0.5))
-            norm = k1 * (1.0 - b + b * (self._len[slots] / avglen))
-            parts_s.append(slots)
-            parts_w.append((idf * (k1 + 1.0)) * tfs / (tfs + norm))
-        if not parts_s:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        if len(parts_s) == 1:
-            return parts_s[0].astype(np.int64), parts_w[0].astype(np.float32)
-        slots = np.concatenate(parts_s)
-        weights = np.concatenate(parts_w)
+        # Per term: idf x (k1 + 1), in float32 like the term frequencies it multiplies.
+        lift = np.array([math.log1p((n - df + 0.5) / (df + 0.5)) * (k1 + 1.0) for df in counts],
+                        np.float32)
+        slots, tfs = postings.slots, postings.tfs
+        norm = k1 * (1.0 - b + b * (self._len[slots] / avglen))
+        if len(counts) == 1:
+            return slots.astype(np.int64), (lift[0] * tfs / (tfs + norm)).astype(np.float32)
+        weights = lift.repeat(counts) * tfs / (tfs + norm)
         if len(slots) * 8 < len(self._eids):
-            # Few candidates: aggregate them sparsely rather than touching every slot.
-            uniq, inv = np.unique(slots, return_inverse=True)
-            return uniq.astype(np.int64), np.bincount(inv, weights).astype(np.float32)
+            # Few candidates: aggregate them sparsely rather than touching every slot. (A
+            # stable sort keeps each document's terms in query order, so the sums are the
+            # same as the dense path's.)
+            order = slots.argsort(kind="stable")
+            ordered = slots[order]
+            first = np.empty(len(ordered), bool)
+            first[0] = True
+            np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+            inv = np.empty(len(slots), np.int64)
+            inv[order] = first.cumsum() - 1
+            return (ordered[first].astype(np.int64),
+                    np.bincount(inv, weights).astype(np.float32))
         acc = np.bincount(slots, weights, minlength=len(self._eids))
         nz = np.flatnonzero(acc)
         return nz, acc[nz].astype(np.float32)
@@ -708,15 +756,10 @@ class LexicalIndex:
         """For each query term that scoring uses: (eids, term frequencies) of the live
         documents holding it. Lets callers score other groupings of the same documents (a
         session as one document, ``engramdb/context.py``)."""
-        out = []
-        for tid in self._query_tids(terms):
-            slots, tfs = self._postings(tid)
-            if self._dead:
-                live = self._live[slots]
-                slots, tfs = slots[live], tfs[live]
-            if len(slots):
-                out.append((self._eids[slots], tfs))
-        return out
+        qp = self.query_postings(terms)
+        bounds = np.cumsum(qp.counts)[:-1]
+        return list(zip(np.split(self._eids[qp.slots], bounds), np.split(qp.tfs, bounds),
+                        strict=True)) if qp.counts else []
 
     def doc_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(eids, token counts) of the live documents."""

@@ -10,6 +10,7 @@ past the committed length, which the next open cuts off.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -37,6 +38,8 @@ from engramdb.content import (
     decompress_text,
     encode_metadata,
     normalize_text,
+    unit_rows,
+    validate_vectors,
     vector_checksum,
 )
 from engramdb.context import TurnContext
@@ -59,7 +62,7 @@ from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
 from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
 from engramdb.indexer import BackgroundIndexer
-from engramdb.lexical import TOKENIZER_ID, LexicalIndex
+from engramdb.lexical import TOKENIZER_ID, LexicalIndex, QueryPostings
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
@@ -290,6 +293,7 @@ class Store:
         self.index = self._load_index(index, index_files)
         self._indexer = BackgroundIndexer(
             self.index, max_pending_bytes=int(self.settings.index_backlog_mb * 2**20))
+        self._fit_rotation()  # a store closed (or crashed) between its first writes and the fit
 
     def _create(self, encoder: Encoder | None, dim: int | None, settings: Settings) -> None:
         if encoder is not None:
@@ -458,13 +462,15 @@ class Store:
             if index_files is None:
                 raise IndexDamaged(f"no {INDEX_DIR}/index.json")
             idx, generation = index_files.result()
-            if idx.config != cfg:
-                raise IndexDamaged("its configuration differs from the manifest's")
+            if not idx.config.same_graphs(cfg):
+                raise IndexDamaged("its graphs were built with another configuration")
             if generation > self._generation:
                 raise IndexDamaged("it is ahead of the catalog")
         except IndexDamaged as exc:
             self.recovered.append(f"rebuilt the vector index ({exc})")
             return self._build_index(cfg, live)
+        if idx.config != cfg:  # only search settings changed: no rebuild needed
+            idx.set_search_config(cfg)
         if idx.stale_format:  # saved by an older engramdb: close() saves it in today's format
             self._index_unsaved += 1
         have = idx.labels()
@@ -842,7 +848,9 @@ class Store:
         sessions_ = _per_item(sessions, n, "sessions", lambda v, w: check_label(v, w))
         metas = _per_item(metadatas, n, "metadatas", lambda v, w: encode_metadata(v))
         pins_ = _per_item(pins, n, "pins", _check_bool)
-        given = None if vectors is None else check_vectors(vectors, self.dim, n)
+        # Checked whole now (nothing is written if any is bad), normalised batch by batch: a
+        # bulk load holds one float32 batch at a time, not a normalised copy of its input.
+        given = None if vectors is None else validate_vectors(vectors, self.dim, n)
         if given is None and n and self.manifest.encoder_spec.get("kind") in ("vectors",):
             raise EncoderRequired("this store has no encoder: pass vectors=...")
         if kind not in (Kind.WORKING, Kind.SHORT_TERM, Kind.LONG_TERM):
@@ -860,7 +868,8 @@ class Store:
                         self._ingest_batch(
                             ids[start:stop], norm[start:stop], roles_[start:stop],
                             sessions_[start:stop], metas[start:stop], pins_[start:stop],
-                            None if given is None else given[start:stop], KIND_CODES[kind.value],
+                            None if given is None else unit_rows(given[start:stop]),
+                            KIND_CODES[kind.value],
                         )
                     )
                     self._settle_overflow()
@@ -901,8 +910,8 @@ class Store:
                 new_first[ident] = i
         new_idx = list(new_first.values())
         if new_idx:
-            if given is not None:
-                vecs = given[new_idx]
+            if given is not None:  # all new and distinct (a bulk load): no copy
+                vecs = given if len(new_idx) == len(given) else given[new_idx]
             else:
                 vecs = self._encode([texts[i] for i in new_idx])
         advance = now is not None
@@ -1100,10 +1109,31 @@ class Store:
             else:
                 self.index.add(eids, vectors)
             self._index_unsaved += len(eids)
+            if self._fit_rotation():
+                return
             # Saving drains the backlog first: only save when that costs no waiting.
             if self._index_unsaved >= max(50_000, len(self.index) // 4) and (
                     self._indexer is None or self._indexer.idle()):
                 self._save_index()
+
+    def _fit_rotation(self) -> bool:
+        """Rebuild the index with a PCA rotation once it has enough vectors to fit one.
+
+        An index built while the store was empty starts with a random rotation, whose prefix
+        levels are only random projections. When the store first holds ``index.fit_size``
+        live engrams (2,048 at the 4,096-d default), the rotation is fitted on them and every
+        level rebuilt, once: a rebuild of ~2k vectors, about a second at 4,096-d. Later drift
+        is the user's call (``rebuild()`` refits on the whole store). Returns whether it ran.
+        """
+        idx = self.index
+        fitted = idx.rotation_fitted_on
+        if fitted is None or fitted >= idx.fit_size:  # no prefix level, unknown, or done
+            return False
+        live = self.hot.live_eids(self._clock)
+        if len(live) < idx.fit_size:
+            return False
+        self._build_index(idx.config, live)
+        return True
 
     def tick(self, n: int = 1) -> int:
         """Advance the clock by ``n`` ticks and return the new tick. Costs O(1): no row is
@@ -1657,43 +1687,51 @@ class Store:
         if exclude is not None:
             keep = eids != exclude
             eids, scores = eids[keep], scores[keep]
-        found: dict[int, tuple[float, str, list[int], dict[str, float]]]
+        found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {}
+        fused = False
         if weight > 0 and (self.settings.context if context is None else context):
+            assert text is not None
             found = self._fuse_context(q, text, eids, scores, pool, weight, mask,
                                        mask if visible is None else visible, exclude, top_k)
-            lex_eids = np.zeros(0, np.int64)
-            eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
-        else:
-            lex_eids, lex_scores = (self._lexical_scores(text, mask) if weight > 0
-                                    else (np.zeros(0, np.int64), None))
-        if exclude is not None and len(lex_eids):
-            keep = lex_eids != exclude
-            lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
-        if len(lex_eids):
-            found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
-            eids = np.array(sorted(found, key=lambda e: (-found[e][0], e)), np.int64)
-        elif not (weight > 0 and (self.settings.context if context is None else context)):
-            eids, scores = eids[:top_k], scores[:top_k]
-            found = {int(e): (float(s), "vector", [], {"vector": float(s)})
-                     for e, s in zip(eids, scores)}
-        if associative and len(eids) and self._has_links:
-            self._associate(found, [int(e) for e in eids[:5]], mask, now, exclude)
-        ranked = sorted(found.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
+            fused = True
+        elif weight > 0:
+            assert text is not None
+            lex_eids, lex_scores = self._lexical_scores(text, mask)
+            if exclude is not None and len(lex_eids):
+                keep = lex_eids != exclude
+                lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
+            if len(lex_eids):
+                found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
+                fused = True
+        if not fused:
+            found = {e: (s, "vector", [], {"vector": s})
+                     for e, s in zip(eids[:top_k].tolist(), scores[:top_k].tolist())}
+
+        def rank(kv: tuple[int, tuple[float, str, list[int], dict[str, float]]]
+                 ) -> tuple[float, int]:
+            return -kv[1][0], kv[0]
+
+        if associative and found and self._has_links:
+            seeds = [e for e, _ in sorted(found.items(), key=rank)[:5]]
+            self._associate(found, seeds, mask, now, exclude)
+        ranked = sorted(found.items(), key=rank)[:top_k]
         if not ranked:
             return []
         hot = self.hot
-        ids = {e: hot.payload(e)[0] for e, _ in ranked}
-        loader = _OccurrenceLoader(self, {ids[e]: e for e in ids}, occ_sql, occ_params)
-        kinds = effective_kind(hot.kind[[e for e, _ in ranked]],
-                               hot.created[[e for e, _ in ranked]], now)
+        at = np.array([e for e, _ in ranked], np.int64)
+        payloads = [hot.payload(e) for e in at.tolist()]  # (id, compressed text)
+        ids = {e: p[0] for (e, _), p in zip(ranked, payloads)}
+        loader = _OccurrenceLoader(self, {ident: e for e, ident in ids.items()}, occ_sql,
+                                   occ_params)
+        kinds = effective_kind(hot.kind[at], hot.created[at], now).tolist()
         hits = []
-        for (eid, (score, via, path, parts)), kind in zip(ranked, kinds):
-            expires = float(hot.expires[eid])
+        for (_, (score, via, path, parts)), (ident, blob), kind, expires in zip(
+                ranked, payloads, kinds, hot.expires[at].tolist(), strict=True):
             hits.append(
                 Recall(
-                    id=ids[eid], text=decompress_text(hot.payload(eid)[1]), score=score,
-                    kind=Kind(KIND_NAMES[int(kind)]),
-                    lifespan_left=None if np.isinf(expires) else max(0.0, expires - now),
+                    id=ident, text=decompress_text(blob), score=score,
+                    kind=_KINDS[kind],
+                    lifespan_left=None if math.isinf(expires) else max(0.0, expires - now),
                     via=via, scores=parts,
                     path=[ids.get(p) or hot.payload(p)[0] for p in path],
                     _occurrences=loader,
@@ -1701,18 +1739,27 @@ class Store:
             )
         return hits
 
-    def _lexical_scores(self, text: str | list[str],
-                        mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _lexical_scores(self, text: str | list[str], mask: np.ndarray,
+                        postings: QueryPostings | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """BM25 scores of every engram in ``mask`` matching the query's terms (a text, or its
-        terms already tokenized), sorted by eid."""
-        terms = self.lexical.tokenizer(text) if isinstance(text, str) else text
-        slots, scores = self.lexical.score_terms(terms)
+        terms already tokenized), sorted by eid. ``postings`` (the terms'
+        :meth:`LexicalIndex.query_postings`, when the caller has them) saves their lookup."""
+        if postings is None:
+            terms = self.lexical.tokenizer(text) if isinstance(text, str) else text
+            postings = self.lexical.query_postings(terms)
+        slots, scores = self.lexical.score_postings(postings)
         if len(slots) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         eids = self.lexical.eids_of(slots)
-        keep = (eids < len(mask)) & mask[np.minimum(eids, len(mask) - 1)]
+        if int(eids.max()) < len(mask):
+            keep = mask[eids]
+        else:
+            keep = (eids < len(mask)) & mask[np.minimum(eids, len(mask) - 1)]
         eids, scores = eids[keep], scores[keep]
-        order = np.argsort(eids)
+        if (eids[1:] > eids[:-1]).all():  # slots usually follow eids: already sorted
+            return eids, scores
+        order = eids.argsort()
         return eids[order], scores[order]
 
     def _fuse(self, q: np.ndarray, dense_eids: np.ndarray, dense_scores: np.ndarray,
@@ -1751,107 +1798,168 @@ class Store:
         answer follows its question). Only ``mask`` engrams are returned; any ``visible`` one
         may lend context. Returns the best ``top_k`` candidates (no lower one can reach the
         top k later: association only adds scores below its seeds') and the lifted turns.
+
+        Everything is computed on sorted eid arrays of the few hundred candidates (no
+        per-candidate Python, no array the size of the store); the query's terms are looked
+        up once, for the turns' BM25 and the sessions' alike.
         """
         s = self.settings
         ctx = self.context
-        terms = self.lexical.tokenizer(text)
-        lex_eids, lex_scores = self._lexical_scores(terms, visible)
+        lex = self.lexical
+        terms = lex.tokenizer(text)
+        postings = lex.query_postings(terms)
+        lex_eids, lex_scores = self._lexical_scores(terms, visible, postings)
+        n_mask = len(mask)
 
         def allowed(x: np.ndarray) -> np.ndarray:
-            ok = (x >= 0) & (x < len(mask))
-            ok[ok] = mask[x[ok]]
-            return ok & (x != (-1 if exclude is None else exclude))
+            """Which of ``x`` (eids of visible engrams, or -1) may be returned."""
+            if n_mask == len(visible) and n_mask:
+                ok = mask[x]  # -1 reads the last entry: cleared below
+                ok &= x >= 0
+            else:
+                ok = (x >= 0) & (x < n_mask)
+                ok[ok] = mask[x[ok]]
+            if exclude is not None:
+                ok &= x != exclude
+            return ok
 
-        ok = allowed(lex_eids)
-        top, top_scores = lex_eids[ok], lex_scores[ok]
-        if len(top) > pool:
-            top = top[np.argpartition(-top_scores, pool - 1)[:pool]]
-        base = np.union1d(dense_eids, top).astype(np.int64)
-        _, after = ctx.neighbours(base, visible)
-        after = after[after >= 0]
-        cands = np.union1d(base, after[allowed(after)]).astype(np.int64)
+        # The lexical top list: the best ``pool`` allowed engrams (positions in lex_eids).
+        in_top = allowed(lex_eids)
+        top_at = in_top.nonzero()[0]
+        if len(top_at) > pool:
+            top_at = top_at[np.argpartition(-lex_scores[top_at], pool - 1)[:pool]]
+            in_top = np.zeros(len(lex_eids), bool)
+            in_top[top_at] = True
+        base = _union(dense_eids, lex_eids[top_at])
+        after = ctx.neighbour(base, visible, ctx.next, ascending=True)
+        cands = _union(base, after[allowed(after)])
         if len(cands) == 0:
             return {}
-        prev, nxt = ctx.neighbours(cands, visible)
-        # Cosines of the candidates and of their previous turns (vectors read from the memmap
-        # for those the dense search did not score).
-        need = np.union1d(cands, prev[prev >= 0])
+        prev = ctx.neighbour(cands, visible, ctx.prev, ascending=True)
+        has_prev = prev >= 0
+        # Cosines and BM25 of the candidates and of their previous turns (vectors read from
+        # the memmap for those the dense search did not score).
+        need = _union(cands, prev[has_prev])
         cos_need = np.zeros(len(need), np.float64)
-        known = np.zeros(len(need), bool)
-        if len(dense_eids):
-            order = np.argsort(dense_eids)
-            de, ds = dense_eids[order], dense_scores[order]
-            pos = np.minimum(np.searchsorted(de, need), len(de) - 1)
-            known = de[pos] == need
-            cos_need[known] = ds[pos[known]]
-        missing = need[~known]
-        if len(missing):
-            vecs = self.segments.read(self.hot.seg[missing], self.hot.row[missing])
-            cos_need[~known] = vecs @ q
-        cos = cos_need[np.searchsorted(need, cands)]
-        cos_prev = np.where(prev >= 0, cos_need[np.minimum(np.searchsorted(need, prev),
-                                                           len(need) - 1)], cos)
+        known = np.zeros(len(need), bool)  # scored by the dense search (all are in need)
+        at_d = need.searchsorted(dense_eids)
+        known[at_d] = True
+        cos_need[at_d] = dense_scores
+        if len(at_d) < len(need):
+            missing = ~known
+            cos_need[missing] = self._gather_vectors(need[missing]) @ q
+        if len(lex_eids):
+            pos = lex_eids.searchsorted(need)
+            np.minimum(pos, len(lex_eids) - 1, out=pos)
+            matched = lex_eids[pos] == need
+            bm_need = np.where(matched, lex_scores[pos], 0.0).astype(np.float64)
+            top_need = matched & in_top[pos]  # in the lexical top list
+        else:
+            bm_need = np.zeros(len(need), np.float64)
+            top_need = np.zeros(len(need), bool)
+        at_c = need.searchsorted(cands)
+        at_p = need.searchsorted(prev)
+        np.minimum(at_p, len(need) - 1, out=at_p)
+        cos = cos_need[at_c]
+        cos_prev = np.where(has_prev, cos_need[at_p], cos)
+        bm25 = bm_need[at_c]
+        bm25_prev = np.where(has_prev, bm_need[at_p], 0.0)
 
-        def bm25(x: np.ndarray) -> np.ndarray:
-            if len(lex_eids) == 0:
-                return np.zeros(len(x), np.float64)
-            pos = np.minimum(np.searchsorted(lex_eids, x), len(lex_eids) - 1)
-            return np.where(lex_eids[pos] == x, lex_scores[pos], 0.0).astype(np.float64)
+        inside = None if int(cands[-1]) < ctx.capacity else cands < ctx.capacity
+        at = cands if inside is None else np.where(inside, cands, 0)
 
-        inside = cands < ctx.capacity
-        at = np.where(inside, cands, 0)
-        sess = np.where(inside, ctx.session[at], -1)
-        session = np.zeros(len(cands), np.float64)
-        if s.session_prior and (sess >= 0).any():
-            by_code = ctx.session_scores(self.lexical.term_postings(terms), visible,
-                                         self.lexical.k1, self.lexical.b)
-            known = (sess >= 0) & (sess < len(by_code))  # a code added since is not scored
-            session = np.where(known, by_code[np.clip(sess, 0, len(by_code) - 1)], 0.0)
-        speaker = np.zeros(len(cands), np.float64)
+        def per_candidate(column: np.ndarray) -> np.ndarray:
+            """``column[eid]`` of each candidate; -1 past the context arrays."""
+            values = column[at]
+            return values if inside is None else np.where(inside, values, -1)
+
+        zeros = np.zeros(len(cands), np.float64)
+        session = speaker = date = zeros
+        # A prior with no evidence for this query adds nothing: leave its term out of the mix.
+        speaker_prior = date_prior = 0.0
+        if s.session_prior:
+            sess = per_candidate(ctx.session)
+            if (sess >= 0).any():
+                by_code = ctx.session_scores(lex.eids_of(postings.slots), postings.tfs,
+                                             postings.counts, visible, lex.k1, lex.b)
+                # No session (-1) and a code added since read the 0 appended.
+                session = np.concatenate((by_code, _NO_SCORE))[np.minimum(sess, len(by_code))]
         if s.speaker_prior:
             named = ctx.named_roles(terms)
             if named:
-                role = np.where(inside, ctx.role[at], -1)
-                speaker = np.isin(role, list(named)).astype(np.float64)
-        date = np.zeros(len(cands), np.float64)
+                role = per_candidate(ctx.role)
+                said = role == named.pop() if len(named) == 1 else np.isin(role, list(named))
+                speaker = said.astype(np.float64)
+                speaker_prior = s.speaker_prior
         if s.date_prior and s.date_key:
             asked = query_dates(text)
             if asked:
-                date = date_affinity(np.where(inside, ctx.day[at], -1), asked)
-        ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25(cands),
-                                    bm25_prev=np.where(prev >= 0, bm25(prev), 0.0),
-                                    bm25_session=session, speaker=speaker, date=date)
+                date = date_affinity(per_candidate(ctx.day), asked)
+                date_prior = s.date_prior
+        ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25,
+                                    bm25_prev=bm25_prev, bm25_session=session,
+                                    speaker=speaker, date=date)
         mixed = hybrid.context_mix(ev, hybrid.ContextWeights(
             lexical_weight=weight, context_lexical=s.context_lexical,
             context_dense=s.context_dense, session_prior=s.session_prior,
-            speaker_prior=s.speaker_prior, date_prior=s.date_prior))
-        fused = hybrid.squash(mixed)
-        in_dense = set(dense_eids.tolist())
-        in_lex = set(top.tolist())
+            speaker_prior=speaker_prior, date_prior=date_prior))
+        ranking = (-mixed).argsort(kind="stable")  # ties: the smaller eid (cands ascend)
+        best = ranking[:max(top_k, s.neighbour_seeds)]
+        lifted: dict[int, tuple[float, int]] = {}
+        if s.neighbour_seeds > 0 and s.neighbour_weight > 0:
+            # The seeds' neighbours that may be returned, and their own scores (a handful:
+            # Python is quicker than arrays here).
+            seeds = ranking[:s.neighbour_seeds]
+            seed_eids = cands[seeds].tolist()
+            nbs: list[int] = []
+            for e, preceding in zip(seed_eids, prev[seeds].tolist(), strict=True):
+                following = int(ctx.next[e]) if e < ctx.capacity else -1
+                if not (0 <= following < len(visible) and visible[following]):
+                    following = -1  # (``preceding`` is visible already)
+                for x in (preceding, following):
+                    nbs.append(x if 0 <= x < n_mask and x != exclude and mask[x] else -1)
+            floor = float(mixed.min())
+            pos = cands.searchsorted(nbs)
+            np.minimum(pos, len(cands) - 1, out=pos)
+            own = np.where(cands[pos] == nbs, mixed[pos], floor)
+            lifted = hybrid.lift(seed_eids, mixed[seeds].tolist(), nbs, own.tolist(), floor,
+                                 s.neighbour_weight)
+        # Score parts of the returned candidates (best and lifted), as Python floats.
+        lifted_eids = np.fromiter(lifted, np.int64, len(lifted))
+        lifted_at = cands.searchsorted(lifted_eids)
+        np.minimum(lifted_at, len(cands) - 1, out=lifted_at)
+        lifted_in = cands[lifted_at] == lifted_eids
+        rows = np.concatenate([best, lifted_at[lifted_in]])
+        fused = hybrid.squash(mixed[rows])
+        names = ("vector", "lexical", "context_vector", "context_lexical", "session",
+                 "speaker", "date")
+        table = np.array([cos, bm25, cos_prev, bm25_prev, session, speaker, date])[:, rows]
+        parts = [dict(zip(names, row), fused=f)
+                 for row, f in zip(table.T.tolist(), fused.tolist(), strict=True)]
+        rows_at = at_c[rows]
         found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {}
-
-        def parts(i: int) -> dict[str, float]:
-            return {"vector": float(cos[i]), "lexical": float(ev.bm25[i]),
-                    "context_vector": float(cos_prev[i]),
-                    "context_lexical": float(ev.bm25_prev[i]), "session": float(session[i]),
-                    "speaker": float(speaker[i]), "date": float(date[i]),
-                    "fused": float(fused[i])}
-
-        best = np.lexsort((cands, -mixed))[:max(top_k, s.neighbour_seeds)]
-        for i in best.tolist():
-            e = int(cands[i])
-            via = hybrid.via(e in in_dense, e in in_lex) if (
-                e in in_dense or e in in_lex) else "context"
-            found[e] = (float(fused[i]), via, [], parts(i))
-        lifted = hybrid.spread(cands, mixed, np.where(allowed(prev), prev, -1),
-                               np.where(allowed(nxt), nxt, -1), s.neighbour_seeds,
-                               s.neighbour_weight)
-        for e, (m, seed) in lifted.items():
-            score = float(hybrid.squash(m))
-            i = int(np.searchsorted(cands, e))
-            own = parts(i) if i < len(cands) and cands[i] == e else {}
-            found[e] = (score, "context", [seed, e], {**own, "context": score, "fused": score})
+        n_best = len(best)
+        for e, d, lx, f, p in zip(cands[best].tolist(), known[rows_at[:n_best]].tolist(),
+                                  top_need[rows_at[:n_best]].tolist(), fused[:n_best].tolist(),
+                                  parts[:n_best], strict=True):
+            found[e] = (f, hybrid.via(d, lx) if d or lx else "context", [], p)
+        if lifted:
+            own_parts = iter(parts[n_best:])
+            lifted_scores = hybrid.squash(np.array([m for m, _ in lifted.values()])).tolist()
+            for (e, (_, seed)), score, is_in in zip(lifted.items(), lifted_scores,
+                                                    lifted_in.tolist(), strict=True):
+                p = next(own_parts) if is_in else {}
+                found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score})
         return found
+
+    def _gather_vectors(self, eids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``eids`` as float32 rows (as ``segments.read``; from one segment,
+        straight from its map)."""
+        segs = self.hot.seg[eids]
+        if len(segs) and (segs == segs[0]).all():
+            view = np.asarray(self.segments.view(int(segs[0])))
+            return view[self.hot.row[eids]].astype(np.float32, copy=False)
+        return self.segments.read(segs, self.hot.row[eids])
 
     def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int,
                    exclude: int | None = None) -> None:
@@ -2094,6 +2202,22 @@ class Store:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+_KINDS = {code: Kind(name) for code, name in KIND_NAMES.items()}
+_NO_SCORE = np.zeros(1, np.float64)
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted distinct int64 values of two int arrays (``np.union1d`` without its layers)."""
+    both = np.concatenate([a, b]).astype(np.int64, copy=False)
+    both.sort()
+    if len(both) < 2:
+        return both
+    keep = np.empty(len(both), bool)
+    keep[0] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
 
 
 class _OccurrenceLoader:

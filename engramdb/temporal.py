@@ -38,6 +38,7 @@ _ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
 _DMY = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+" + _MON + r",?\s+(\d{4})\b")
 _MDY = re.compile(r"\b" + _MON + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b")
 _MY = re.compile(r"\b" + _MON + r",?\s+(\d{4})\b")
+_YEAR = re.compile(r"\d{4}")  # every pattern above names a four-digit year
 
 
 def _day(year: int, month: int, day: int) -> int | None:
@@ -84,6 +85,19 @@ def _month_of(day: int) -> int:
     return d.year * 12 + d.month - 1
 
 
+#: ``date.toordinal()`` of 1970-01-01, numpy's datetime64 epoch.
+_EPOCH_ORDINAL = 719163
+
+
+def _months_of(days: Any) -> Any:
+    """:func:`_month_of` of each ordinal in a numpy int array (vectorised: proleptic
+    Gregorian, like ``datetime``)."""
+    import numpy as np
+
+    month = (days - _EPOCH_ORDINAL).astype("datetime64[D]").astype("datetime64[M]")
+    return month.astype(np.int64) + 1970 * 12
+
+
 def query_dates(text: str) -> QueryDates:
     """Find the full dates and the month-year pairs a question names.
 
@@ -93,6 +107,8 @@ def query_dates(text: str) -> QueryDates:
     """
     low = text.lower()
     days: set[int] = set()
+    if not _YEAR.search(low):
+        return QueryDates(days, set())
     spans: list[tuple[int, int]] = []
     for pattern, order in ((_ISO, "ymd"), (_DMY, "dmy"), (_MDY, "mdy")):
         for m in pattern.finditer(low):
@@ -122,7 +138,7 @@ def date_affinity(days: Any, query: QueryDates) -> Any:
     if not query or not known.any():
         return out
     safe = np.where(known, days, 1)
-    months = np.array([_month_of(int(d)) for d in safe], np.int64)
+    months = _months_of(safe)
     near = {_month_of(d) for d in query.days}
     out = np.where(known & np.isin(months, list(near)), NEAR_MATCH, out)
     out = np.where(known & np.isin(months, list(query.months)), MONTH_MATCH, out)

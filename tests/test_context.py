@@ -240,3 +240,65 @@ def test_parse_dates() -> None:
     days = np.array([parse_day("7 July, 2023"), parse_day("9 July, 2023"),
                      parse_day("3 May, 2023"), parse_day("3 June, 2023"), -1])
     assert date_affinity(days, q).tolist() == [1.0, 0.25, 0.5, 0.0, 0.0]
+
+
+def test_session_scores_equal_a_loop_over_terms(mem: engramdb.Store) -> None:
+    """One bincount over term x session gives each session the per-term BM25 sums, summed
+    term after term (bit for bit what a loop over the terms gives)."""
+    import math
+
+    _conversation(mem)
+    lex, ctx = mem.lexical, mem.context
+    visible = mem.hot.visible(mem.clock)
+    qp = lex.query_postings(lex.tokenizer("name dog weather trains soup beagle"))
+    assert len(qp.counts) >= 3
+    got = ctx.session_scores(lex.eids_of(qp.slots), qp.tfs, qp.counts, visible, 1.2, 0.75)
+    n = int(np.count_nonzero(ctx.session_turns > 0))
+    avglen = float(ctx.session_len.sum()) / n
+    want = np.zeros(len(ctx.session_len))
+    for eids, tfs in lex.term_postings(lex.tokenizer("name dog weather trains soup beagle")):
+        tf = np.bincount(ctx.session[eids], tfs.astype(np.float64),
+                         minlength=len(ctx.session_len))
+        nz = np.flatnonzero(tf)
+        idf = math.log1p((n - len(nz) + 0.5) / (len(nz) + 0.5))
+        norm = 1.2 * (1.0 - 0.75 + 0.75 * ctx.session_len[nz] / avglen)
+        want[nz] += idf * tf[nz] * 2.2 / (tf[nz] + norm)
+    assert np.array_equal(got, want)
+
+
+def test_fast_zscore_and_spread_match_their_plain_versions() -> None:
+    from engramdb import hybrid
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 8, 9, 100, 257):
+        x = rng.standard_normal(n) * 3 + 1
+        std = float(x.std())
+        plain = np.zeros_like(x) if std == 0.0 else (x - float(x.mean())) / std
+        assert np.array_equal(hybrid.zscore(x), plain)
+    eids = np.arange(10, 30)
+    mixed = np.round(rng.standard_normal(20), 1)  # ties on purpose
+    prev = np.where(rng.random(20) < 0.3, -1, rng.integers(0, 40, 20))
+    nxt = np.where(rng.random(20) < 0.3, -1, rng.integers(0, 40, 20))
+    lifted = hybrid.spread(eids, mixed, prev, nxt, 5, 0.8)
+    floor = float(mixed.min())
+    order = np.lexsort((eids, -mixed))[:5]
+    want: dict[int, tuple[float, int]] = {}
+    for i in order:
+        passed = floor + 0.8 * (float(mixed[i]) - floor)
+        for nb in (int(prev[i]), int(nxt[i])):
+            if nb < 0:
+                continue
+            own = float(mixed[nb - 10]) if 10 <= nb < 30 else floor
+            if passed > (want[nb][0] if nb in want else own):
+                want[nb] = (passed, int(eids[i]))
+    assert list(lifted.items()) == list(want.items())
+
+
+def test_date_affinity_months_are_proleptic_gregorian() -> None:
+    import datetime as dt
+
+    from engramdb.temporal import _month_of, _months_of
+
+    days = np.array([1, 59, 60, 693_596, 719_163, 738_648, 3_652_059])
+    assert _months_of(days).tolist() == [_month_of(int(d)) for d in days]
+    assert _month_of(dt.date(2023, 5, 8).toordinal()) == 2023 * 12 + 4

@@ -102,6 +102,24 @@ def test_fit_orders_components_by_variance(n: int) -> None:
     assert var[rank:].max(initial=0) < 1e-6
 
 
+@pytest.mark.parametrize("n", [2000, 40, 3])  # n >= dim, n < dim, rank below keep
+def test_fit_keeps_the_leading_components(n: int) -> None:
+    """``keep=`` rows are the whole fit's first rows (up to sign), orthonormal, and the
+    sample's variance in them is the same."""
+    sample = clustered(n, DIM, seed=6)
+    whole = Rotation.fit(sample)
+    part = Rotation.fit(sample, keep=8)
+    assert part.matrix.shape == (8, DIM) and part.rows == 8 and part.dim == DIM
+    m = part.matrix.astype(np.float64)
+    np.testing.assert_allclose(m @ m.T, np.eye(8), atol=1e-4)
+    rank = min(n - 1, 8)
+    np.testing.assert_allclose(np.abs((m[:rank] * whole.matrix[:rank]).sum(1)), 1.0, atol=1e-3)
+    with pytest.raises(ValueError):
+        part.apply(sample, 9)
+    r = Rotation.random(DIM, 4, keep=8).matrix.astype(np.float64)
+    np.testing.assert_allclose(r @ r.T, np.eye(8), atol=1e-5)
+
+
 def test_rotation_round_trip_and_prefix(tmp_path: Path) -> None:
     rot = Rotation.fit(X[:1000])
     rot.save(tmp_path / "r.npy")
@@ -109,7 +127,7 @@ def test_rotation_round_trip_and_prefix(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.matrix, rot.matrix)
     np.testing.assert_allclose(rot.apply(X[:3], 8), (X[:3] @ rot.matrix.T)[:, :8], atol=1e-6)
     with pytest.raises(ValueError):
-        Rotation(np.ones((3, 4)))
+        Rotation(np.ones((4, 3)))  # more components than dimensions
 
 
 # ---- config -----------------------------------------------------------------------------------

@@ -250,3 +250,37 @@ def test_common_terms_are_skipped_in_large_indexes_when_rarer_ones_exist() -> No
     assert sorted(eids.tolist()) == list(range(0, n, 2000))
     eids, _ = idx.search("common", k=5)  # a query of common terms only still matches
     assert len(eids) == 5
+
+
+def test_query_postings_score_like_the_textbook_formula_on_either_aggregation_path() -> None:
+    """score_postings aggregates sparsely (few postings) or densely (many); both give the
+    textbook scores, and per document the terms are summed in query order either way."""
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(400)]
+    docs = [list(rng.choice(words, int(rng.integers(1, 12)))) for _ in range(600)]
+    idx = LexicalIndex()
+    idx.add(np.arange(600), [" ".join(d) for d in docs])
+    for terms, sparse in ((["w1", "w2", "w3"], True), (words[:120], False)):
+        qp = idx.query_postings(terms)
+        assert (len(qp.slots) * 8 < 600) is sparse
+        assert qp.counts == [int(np.count_nonzero([t in d for d in docs])) for t in terms
+                             if any(t in d for d in docs)]
+        slots, scores = idx.score_postings(qp)
+        assert np.array_equal(np.sort(slots), slots)
+        ref = _bm25(terms, docs)
+        got = np.zeros(600)
+        got[idx.eids_of(slots)] = scores
+        assert np.allclose(got, ref, rtol=1e-5)
+        per_term = idx.term_postings(terms)
+        assert [len(e) for e, _ in per_term] == qp.counts
+
+
+def test_snapshot_vocabulary_remembers_lookups_and_sees_terms_added_later(tmp_path) -> None:
+    idx = LexicalIndex()
+    idx.add(np.array(EIDS), CORPUS)
+    idx.save_snapshot(tmp_path / "lex.snapshot", {})
+    snap, _ = LexicalIndex.load_snapshot(tmp_path / "lex.snapshot")
+    before = snap.search("zebra garden", k=4)
+    assert snap.search("zebra garden", k=4)[0].tolist() == before[0].tolist() == [40]
+    snap.add(np.array([50]), ["a zebra"])  # a term the snapshot lacked (cached as a miss)
+    assert snap.search("zebra", k=4)[0].tolist() == [50]
