@@ -267,7 +267,12 @@ class SegmentStore:
         return dict(self._committed)
 
     def view(self, seg: int) -> np.ndarray:
-        """A read-only memmap of the committed rows of segment ``seg``."""
+        """A read-only array over the mapped committed rows of segment ``seg``.
+
+        A plain ndarray view of the ``np.memmap`` (which it keeps alive): indexing a memmap
+        runs numpy's Python-level ``memmap.__getitem__`` on every gather, a measurable part of
+        re-scoring a recall's candidates.
+        """
         rows = self._committed.get(seg, 0)
         with self._maps_lock:
             cached = self._maps.get(seg)
@@ -277,7 +282,8 @@ class SegmentStore:
             return np.zeros((0, self.dim), self.dtype)
         path = self.directory / segment_name(seg)
         try:
-            mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(rows, self.dim))
+            mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(rows, self.dim)).view(
+                np.ndarray)
         except (OSError, ValueError) as exc:
             raise CorruptStore(f"cannot map segment {path.name}: {exc}") from exc
         with self._maps_lock:
@@ -286,8 +292,14 @@ class SegmentStore:
 
     def read(self, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Gather full vectors by pointer as float32, in the order given."""
+        if len(segs) and segs.min() == segs.max():  # one segment (small stores, near rows)
+            return self.view(int(segs[0]))[rows].astype(np.float32, copy=False)
         out = np.empty((len(segs), self.dim), np.float32)
         if len(segs) == 0:
+            return out
+        if len(segs) <= 32:  # a recall's final hits: a row at a time beats a pass per segment
+            for i, (seg, row) in enumerate(zip(segs.tolist(), rows.tolist(), strict=True)):
+                out[i] = self.view(seg)[row]
             return out
         for seg in np.unique(segs):
             sel = np.nonzero(segs == seg)[0]

@@ -1847,7 +1847,7 @@ class Store:
         cos_need[at_d] = dense_scores
         if len(at_d) < len(need):
             missing = ~known
-            cos_need[missing] = self._gather_vectors(need[missing]) @ q
+            cos_need[missing] = self._fetch_vectors(need[missing]) @ q
         if len(lex_eids):
             pos = lex_eids.searchsorted(need)
             np.minimum(pos, len(lex_eids) - 1, out=pos)
@@ -1952,15 +1952,6 @@ class Store:
                 found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score})
         return found
 
-    def _gather_vectors(self, eids: np.ndarray) -> np.ndarray:
-        """Stored vectors of ``eids`` as float32 rows (as ``segments.read``; from one segment,
-        straight from its map)."""
-        segs = self.hot.seg[eids]
-        if len(segs) and (segs == segs[0]).all():
-            view = np.asarray(self.segments.view(int(segs[0])))
-            return view[self.hot.row[eids]].astype(np.float32, copy=False)
-        return self.segments.read(segs, self.hot.row[eids])
-
     def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int,
                    exclude: int | None = None) -> None:
         """Follow the strongest links from ``seeds``, adding what they reach to ``found``."""
@@ -1985,6 +1976,7 @@ class Store:
             frontier = nxt
 
     def _fetch_vectors(self, eids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``eids`` as float32 rows, in that order."""
         return self.segments.read(self.hot.seg[eids], self.hot.row[eids])
 
     def _dense_search(self, q: np.ndarray, k: int, mask: np.ndarray, filtered: bool,
