@@ -182,10 +182,15 @@ class IndexConfig:
         # RAM. m=10 keeps a margin for spectra flatter than the synthetic one. A second,
         # intermediate level did not pay: re-ranking through hnswlib's get_items cost more
         # (2 ms at 384-d) than the exact re-rank it saves when the vectors are in page cache.
+        # The re-rank reads k*m full vectors (k*m*dim*2 bytes from float16 segments), so its
+        # cost grows with dim: at 4,096-d x 250k (bench_highdim.py, PCA fitted) m=10 -> 0.994
+        # at 2.5-4.9 ms p50 (100 random 8 KiB rows cost ~1.5 ms here), m=5 -> 0.985 at
+        # 1.7 ms, m=3 -> 0.979 at 1.5 ms. Above 2,048-d the multiplier halves, so the bytes
+        # read per query stay what m=10 reads at 2,048-d.
         return cls(
             levels=[min(_PREFIX_DIM, dim)],
             ef_search=_PREFIX_EF_SEARCH,
-            candidate_multiplier=_PREFIX_MULTIPLIER,
+            candidate_multiplier=_PREFIX_MULTIPLIER if dim <= 2048 else _PREFIX_MULTIPLIER // 2,
             exact_threshold=exact_threshold,
         )
 
