@@ -601,8 +601,9 @@ class VectorIndex:
             )
         if v.shape[0] != n:
             raise InvalidInput(f"{n} labels but {v.shape[0]} vectors")
-        for start in range(0, n, _block_rows(self._dim)):
-            block = v[start:start + _block_rows(self._dim)].astype(np.float32, copy=False)
+        step = _block_rows(self._dim)
+        for start in range(0, n, step):
+            block = v[start:start + step].astype(np.float32, copy=False)
             if not np.isfinite(block).all():
                 raise InvalidInput("vectors must be finite (no NaN or inf)")
             if (np.linalg.norm(block, axis=1) == 0).any():
