@@ -87,6 +87,16 @@ def check_vectors(vectors: object, dim: int, n: int, *, what: str = "vector") ->
     Vectors are normalised here so that inner product is cosine similarity everywhere. Same as
     ``unit_rows(validate_vectors(...))``.
     """
+    if n == 1 and isinstance(vectors, np.ndarray) and vectors.size == dim and (
+            vectors.ndim == 1 or vectors.shape == (1, dim)) and vectors.dtype.kind == "f":
+        # A query: one pass in float64 instead of the blockwise checks (a recall's fixed
+        # cost). The same arithmetic as unit_rows (np.linalg.norm is sqrt(sum(x * x))), so
+        # the same bits; any NaN or inf makes the norm non-finite, and then the general
+        # path below raises its usual message.
+        row = vectors.reshape(1, dim).astype(np.float64)
+        norm = np.sqrt(np.add.reduce(row * row, axis=1))
+        if 0.0 < norm[0] < math.inf:
+            return (row / norm[:, None]).astype(np.float32)
     return unit_rows(validate_vectors(vectors, dim, n, what=what))
 
 

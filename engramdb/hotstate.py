@@ -32,6 +32,35 @@ def grow_array(arr: np.ndarray, cap: int, fill: object) -> np.ndarray:
     out[: len(arr)] = arr
     return out
 
+class _Packed:
+    """An Arrow string or binary column read one value at a time without Arrow scalars.
+
+    ``array[i].as_py()`` builds a scalar object first and cost ~2.5 us a value, a tenth of a
+    recall's own work at 10 hits; slicing the data buffer at the offsets costs ~0.5 us.
+    """
+
+    __slots__ = ("array", "offsets", "data")
+
+    def __init__(self, array: pa.Array) -> None:
+        self.array = array  # owns the buffers the views below read
+        kind = array.type
+        if array.null_count or not (pa.types.is_string(kind) or pa.types.is_binary(kind)
+                                    or pa.types.is_large_string(kind)
+                                    or pa.types.is_large_binary(kind)):
+            array = pa.array(array.to_pylist(), pa.large_binary())  # rare: nulls, views
+            self.array = array
+        wide = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+        _, offsets, data = array.buffers()
+        dtype = np.dtype(np.int64 if wide else np.int32)
+        self.offsets = np.frombuffer(offsets, dtype, count=len(array) + 1,
+                                     offset=array.offset * dtype.itemsize)
+        self.data = memoryview(data) if data is not None else memoryview(b"")
+
+    def get(self, pos: int) -> bytes:
+        """The bytes of value ``pos``."""
+        return self.data[int(self.offsets[pos]):int(self.offsets[pos + 1])].tobytes()
+
+
 class HotState:
     """Per-eid arrays: pointer, kind, expiry, liveness; and per-segment row -> eid maps."""
 
@@ -53,7 +82,7 @@ class HotState:
         # packed Arrow chunks plus a short tail of recent additions.
         self.pay_chunk = np.zeros(0, np.int32)  # chunk number, -1: in the tail
         self.pay_pos = np.zeros(0, np.int32)
-        self._chunks: list[tuple[pa.Array, pa.Array]] = []
+        self._chunks: list[tuple[_Packed, _Packed]] = []
         self._tail_ids: list[str] = []
         self._tail_texts: list[bytes] = []
 
@@ -125,8 +154,8 @@ class HotState:
     def _flush_tail(self) -> None:
         tail = np.nonzero(self.pay_chunk == -1)[0]
         chunk = len(self._chunks)
-        self._chunks.append((pa.array(self._tail_ids, pa.string()),
-                             pa.array(self._tail_texts, pa.binary())))
+        self._chunks.append((_Packed(pa.array(self._tail_ids, pa.string())),
+                             _Packed(pa.array(self._tail_texts, pa.binary()))))
         # Rows of the tail keep their positions: the chunk is the tail, frozen.
         self.pay_chunk[tail] = chunk
         self._tail_ids, self._tail_texts = [], []
@@ -137,7 +166,7 @@ class HotState:
         if chunk < 0:
             return self._tail_ids[pos], self._tail_texts[pos]
         ids, texts = self._chunks[chunk]
-        return ids[pos].as_py(), texts[pos].as_py()
+        return ids.get(pos).decode("utf-8"), texts.get(pos)
 
     def _changed(self, expires: np.ndarray | None = None) -> None:
         self.version += 1
@@ -216,8 +245,8 @@ class HotState:
             table.column("created_tick").to_numpy(zero_copy_only=False).astype(np.int64),
         )
         eids = cols["eid"].astype(np.int64)
-        state._chunks.append((table.column("id").combine_chunks(),
-                              table.column("text").combine_chunks()))
+        state._chunks.append((_Packed(table.column("id").combine_chunks()),
+                              _Packed(table.column("text").combine_chunks())))
         state.pay_chunk[eids] = 0
         state.pay_pos[eids] = np.arange(len(eids))
         return state

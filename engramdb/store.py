@@ -1983,8 +1983,11 @@ class Store:
                       now: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan."""
         self._sync_index_deaths(now)
-        if self.index is None:
-            return self._exact_search(q, k, mask)
+        if self.index is None or self._scan_is_cheaper():
+            labels, _ = self._exact_search(q, k, mask)
+            scores = self._exact_scores(labels, q)  # the same bits as every other path
+            order = np.lexsort((labels, -scores))
+            return labels[order], scores[order]
         spare = 2  # a few ids (the turn itself) may be masked without being a filter
         # Acknowledged rows the background indexer has not inserted yet are scanned exactly.
         # The snapshot comes first: a row leaving the backlog meanwhile is in the graph.
@@ -2009,6 +2012,18 @@ class Store:
         scores = self._exact_scores(labels, q)
         order = np.lexsort((labels, -scores))[:k]
         return labels[order], scores[order]
+
+    def _scan_is_cheaper(self) -> bool:
+        """Whether a scan of the segments beats asking the vector index.
+
+        Below its ``exact_threshold`` the index answers by an exact scan too, but of rows it
+        gathers one by one through the store; reading the segments' rows in order is several
+        times cheaper (a 420-turn conversation: 62 us against 420 us for a hybrid recall's
+        100 candidates). Counted in stored rows, dead ones included, since the scan reads them.
+        """
+        assert self.index is not None
+        limit = self.index.config.exact_threshold
+        return len(self.index) <= limit and sum(self.segments.committed.values()) <= limit
 
     def _exact_scores(self, eids: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Cosine of each stored vector with the unit query ``q``, one row at a time."""

@@ -1,0 +1,69 @@
+"""The read path's shortcuts give exactly what the general code gives."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from engramdb.content import check_vectors, unit_rows, validate_vectors
+from engramdb.errors import InvalidInput
+from engramdb.hotstate import _Packed
+
+DIM = 24
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    arrays(st.sampled_from([np.float16, np.float32, np.float64]), DIM,
+           elements=st.floats(-1e4, 1e4, width=16)),
+    st.booleans(),
+)
+def test_single_query_check_is_bit_identical(vec: np.ndarray, as_row: bool) -> None:
+    """A query's one-pass check returns the bits of the blockwise path, or raises as it does."""
+    arg = vec[None, :] if as_row else vec
+    try:
+        expected = unit_rows(validate_vectors(arg, DIM, 1))
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput, match=re.escape(str(exc).split(" (hint")[0])):
+            check_vectors(arg, DIM, 1)
+        return
+    got = check_vectors(arg, DIM, 1)
+    assert got.dtype == np.float32 and got.shape == (1, DIM)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_single_query_rejects_non_finite(bad: float) -> None:
+    """NaN and inf in a query get the general path's message."""
+    vec = np.ones(DIM, np.float32)
+    vec[3] = bad
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        check_vectors(vec, DIM, 1)
+
+
+def test_single_query_rejects_zero_and_overflow() -> None:
+    """A zero query, and one whose length overflows float64, have no direction."""
+    with pytest.raises(InvalidInput, match="zero"):
+        check_vectors(np.zeros(DIM), DIM, 1)
+    with pytest.raises(InvalidInput, match="zero"):
+        check_vectors(np.full(DIM, 1e200), DIM, 1)
+
+
+@pytest.mark.parametrize("array", [
+    pa.array(["engram", "", "é" * 3, "last"]),
+    pa.array(["skip", "engram", "", "é" * 3, "last"])[1:],
+    pa.array(["engram", "", "é" * 3, "last"], pa.large_string()),
+    pa.array([b"\x00\x01", b"", b"zstd", b"\xff"], pa.binary()),
+    pa.array([b"\x00\x01", b"", b"zstd", b"\xff"], pa.large_binary()),
+])
+def test_packed_column_reads_every_value(array: pa.Array) -> None:
+    """Values read at the buffer offsets are the column's own, for slices and wide offsets."""
+    packed = _Packed(array)
+    want = [v.encode() if isinstance(v, str) else v for v in array.to_pylist()]
+    assert [packed.get(i) for i in range(len(array))] == want
