@@ -10,7 +10,10 @@ off on open. Segment files are removed only after the commit that stops referenc
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ from engramdb.fsio import fsync_dir
 
 SEGMENT_DIR = "segments"
 _SUFFIX = ".vec"
+_MADV_WILLNEED = 3
+_MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages now, reading them if needed
+_PREFAULT_CHUNK = 64 << 20  # bytes per madvise call: close() waits for at most one
 
 
 def segment_name(seg: int) -> str:
@@ -290,6 +296,45 @@ class SegmentStore:
             self._maps[seg] = (rows, mm)
         return mm
 
+    def prefault(self, stop: threading.Event) -> int:
+        """Map every committed row into this process's page tables; return the bytes done.
+
+        The first read of a row through a fresh mapping costs a page fault: at 1M x 384-d a
+        recall re-scores 12 rows, and its p50 was 0.66 ms with every row faulting and 0.57 ms
+        with the segments mapped (paired blocks of queries in one process). One
+        ``madvise(MADV_POPULATE_READ)`` maps the 1.5 GB in 0.1 s when the files are in the
+        page cache (and reads them otherwise; 1.4 s to touch each page from Python). It runs
+        without the GIL, newest segment first (recent engrams are recalled most), in chunks
+        so that ``stop`` is honoured within one. Linux only; elsewhere (or on a kernel before
+        5.14, which gets a readahead hint instead) reads fault as before. Any error stops it:
+        it is only a hint.
+        """
+        madvise = _libc_madvise()
+        if madvise is None:
+            return 0
+        advice, done = _MADV_POPULATE_READ, 0
+        for seg in sorted(self._committed, reverse=True):
+            try:
+                view = self.view(seg)  # held: the mapping outlives a concurrent remove()
+            except CorruptStore:
+                return done
+            base, size = view.ctypes.data, view.nbytes
+            size += base % mmap.PAGESIZE  # madvise wants a page-aligned start
+            base -= base % mmap.PAGESIZE
+            start = 0
+            while start < size:
+                if stop.is_set():
+                    return done
+                length = min(_PREFAULT_CHUNK, size - start)
+                if madvise(base + start, length, advice) != 0:
+                    if ctypes.get_errno() != 22 or advice == _MADV_WILLNEED:  # not EINVAL
+                        return done
+                    advice = _MADV_WILLNEED  # an older kernel: read ahead only
+                    continue
+                start += length
+                done += length
+        return done
+
     def read(self, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Gather full vectors by pointer as float32, in the order given."""
         if len(segs) and segs.min() == segs.max():  # one segment (small stores, near rows)
@@ -324,6 +369,19 @@ class SegmentStore:
                     os.fsync(fh.fileno())
         except OSError as exc:
             raise StorageError(f"cannot truncate {path}: {exc}") from exc
+
+
+def _libc_madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's ``madvise(addr, length, advice)`` (a ctypes call releases the GIL), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -30,6 +30,10 @@ class Settings:
     segment_bytes: int = 256 * 2**20  # 256 MiB per vector segment file
     vector_dtype: str = "float32"  # or "float16": half the disk, ~1e-3 relative error
     batch_rows: int = 4096  # ingest_many commits at most this many rows per transaction
+    # Map the stored vectors into memory on a thread after open (Linux), so that a recall's
+    # re-scoring does not page-fault: at 1M x 384-d, p50 0.66 -> 0.57 ms (paired, one process).
+    # It reads segment files that are not in the page cache; False leaves reads to fault.
+    prefault_vectors: bool = True
 
     # -- recall --
     lexical_weight: float = 0.5  # share of BM25 in hybrid recall (0: dense only); see hybrid.py
@@ -87,8 +91,9 @@ class Settings:
                 f"sync_interval must be a finite number of seconds, got {self.sync_interval!r}",
                 hint="a large value (e.g. 3600) leaves syncing to sync(), close() and gc()",
             )
-        if not isinstance(self.context, bool):
-            raise InvalidInput(f"context must be True or False, got {self.context!r}")
+        for flag in ("context", "prefault_vectors"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidInput(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.date_key, str):
             raise InvalidInput(f"date_key must be a str, got {self.date_key!r}")
         if self.neighbour_weight > 1.0:

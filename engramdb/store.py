@@ -179,6 +179,8 @@ class Store:
         self._index_unsaved = 0
         self._lexical_saved: int | None = None  # generation of lexical.snapshot, if current
         self._open_jobs: list[_Background] = []  # reads that open runs on threads
+        self._prefault_stop = threading.Event()
+        self._prefault: threading.Thread | None = None
         try:
             self._open_locked(encoder, dim, settings, index)
         except BaseException:
@@ -189,6 +191,11 @@ class Store:
             self._lock.release()
             raise
         self._closed = False
+        if self.settings.prefault_vectors and self.segments.committed:
+            self._prefault = threading.Thread(
+                target=self.segments.prefault, args=(self._prefault_stop,), daemon=True,
+                name="engramdb-prefault")
+            self._prefault.start()
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -668,6 +675,9 @@ class Store:
                 if self._lexical_saved != self._generation:
                     self._save_lexical()  # the next open reads it instead of the tables
             finally:
+                self._prefault_stop.set()
+                if self._prefault is not None:
+                    self._prefault.join()  # within one chunk's madvise
                 if self._indexer is not None:
                     self._indexer.close()
                 if self.catalog is not None:
@@ -736,6 +746,7 @@ class Store:
         settles it from what is durable (vectors past the committed length are cut then).
         """
         self._closed = True
+        self._prefault_stop.set()
         try:
             if self._indexer is not None:
                 self._indexer.close()

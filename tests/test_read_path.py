@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -67,3 +69,54 @@ def test_packed_column_reads_every_value(array: pa.Array) -> None:
     packed = _Packed(array)
     want = [v.encode() if isinstance(v, str) else v for v in array.to_pylist()]
     assert [packed.get(i) for i in range(len(array))] == want
+
+
+def _small_store(path, n: int = 300, dim: int = 16):
+    import engramdb
+
+    vecs = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    settings = engramdb.Settings(segment_bytes=4096 * 4)  # several segments
+    with engramdb.open(path, dim=dim, settings=settings) as mem:
+        mem.ingest_many([f"engram {i}" for i in range(n)], vectors=vecs)
+    return vecs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise prefault is Linux-only")
+def test_prefault_maps_every_committed_row(tmp_path) -> None:
+    """The prefault covers each segment's committed rows, and a set stop event halts it."""
+    import engramdb
+
+    _small_store(tmp_path / "m")
+    with engramdb.open(tmp_path / "m") as mem:
+        assert mem._prefault is not None
+        mem._prefault.join()
+        segs = mem.segments
+        want = sum(rows * segs.row_bytes for rows in segs.committed.values())
+        assert len(segs.committed) > 1
+        assert segs.prefault(threading.Event()) >= want  # whole pages: at least the rows
+        stopped = threading.Event()
+        stopped.set()
+        assert segs.prefault(stopped) == 0
+
+
+def test_prefault_changes_no_answer(tmp_path) -> None:
+    """Recall returns the same hits and bits with and without the prefault."""
+    import engramdb
+
+    vecs = _small_store(tmp_path / "m")
+    answers = []
+    for prefault in (True, False):
+        settings = engramdb.Settings(segment_bytes=4096 * 4, prefault_vectors=prefault)
+        with engramdb.open(tmp_path / "m", settings=settings) as mem:
+            assert (mem._prefault is not None) == prefault
+            answers.append([[(h.id, h.score) for h in mem.recall(vector=v, top_k=5)]
+                            for v in vecs[:20]])
+    assert answers[0] == answers[1]
+
+
+def test_prefault_setting_is_checked() -> None:
+    """A non-bool prefault_vectors is refused like any bad setting."""
+    import engramdb
+
+    with pytest.raises(InvalidInput, match="prefault_vectors"):
+        engramdb.Settings(prefault_vectors=1)
