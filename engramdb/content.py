@@ -93,7 +93,7 @@ def check_vectors(vectors: object, dim: int, n: int, *, what: str = "vector") ->
         # cost). The same arithmetic as unit_rows (np.linalg.norm is sqrt(sum(x * x))), so
         # the same bits; any NaN or inf makes the norm non-finite, and then the general
         # path below raises its usual message.
-        row = vectors.reshape(1, dim).astype(np.float64)
+        row = np.asarray(vectors, dtype=np.float64).reshape(1, dim)  # subclasses: plain
         norm = np.sqrt(np.add.reduce(row * row, axis=1))
         if 0.0 < norm[0] < math.inf:
             return (row / norm[:, None]).astype(np.float32)

@@ -120,3 +120,18 @@ def test_prefault_setting_is_checked() -> None:
 
     with pytest.raises(InvalidInput, match="prefault_vectors"):
         engramdb.Settings(prefault_vectors=1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: np.matrix(v),
+    lambda v: np.repeat(v, 2)[::2],  # strided
+    lambda v: v.astype(np.float16),
+    lambda v: v[:, None].T,  # (1, dim) view
+])
+def test_single_query_shapes_and_subclasses(make) -> None:
+    """Subclasses and strided views give plain float32 rows, the general path's bits."""
+    vec = np.random.default_rng(9).standard_normal(DIM).astype(np.float32)
+    arg = make(vec)
+    got = check_vectors(arg, DIM, 1)
+    assert type(got) is np.ndarray and got.shape == (1, DIM)
+    assert np.array_equal(got, unit_rows(validate_vectors(arg, DIM, 1)))
