@@ -80,6 +80,9 @@ class SegmentStore:
         self._committed: dict[int, int] = {}
         self._maps: dict[int, tuple[int, np.memmap]] = {}
         self._maps_lock = threading.Lock()
+        # Bumped by remove(): a mapping made before a removal is never cached after it (the
+        # segment's number may be reused by new rows while an old file is still mapped).
+        self._maps_epoch = 0
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -254,6 +257,7 @@ class SegmentStore:
     def remove(self, segs: list[int]) -> None:
         """Delete segment files that a committed compaction no longer references."""
         with self._maps_lock:
+            self._maps_epoch += 1
             for seg in segs:
                 self._maps.pop(seg, None)
         self.dirty -= set(segs)
@@ -284,6 +288,7 @@ class SegmentStore:
             cached = self._maps.get(seg)
             if cached is not None and cached[0] == rows:
                 return cached[1]
+            epoch = self._maps_epoch
         if rows == 0:
             return np.zeros((0, self.dim), self.dtype)
         path = self.directory / segment_name(seg)
@@ -293,7 +298,8 @@ class SegmentStore:
         except (OSError, ValueError) as exc:
             raise CorruptStore(f"cannot map segment {path.name}: {exc}") from exc
         with self._maps_lock:
-            self._maps[seg] = (rows, mm)
+            if self._maps_epoch == epoch:
+                self._maps[seg] = (rows, mm)
         return mm
 
     def prefault(self, stop: threading.Event) -> int:

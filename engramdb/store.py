@@ -2061,7 +2061,9 @@ class Store:
                 continue
             n = min(len(mm), len(row_eid))
             eids = row_eid[:n]
-            ok = eids >= 0
+            # An eid past the mask is a row a concurrent write committed after the caller
+            # took its mask: not visible to this search.
+            ok = (eids >= 0) & (eids < len(mask))
             ok[ok] = mask[eids[ok]]
             rows = np.nonzero(ok)[0]
             if len(rows) == 0:
@@ -2070,8 +2072,13 @@ class Store:
                 scores = np.asarray(mm[:n], np.float32) @ q
             else:
                 scores = np.asarray(mm[rows], np.float32) @ q
-            take = min(k, len(scores))
-            top = np.argpartition(-scores, take - 1)[:take]
+            if len(scores) > k:
+                # Every row tied with the k-th best stays, so that ties are broken by eid
+                # below rather than by where argpartition happened to cut.
+                kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+                top = np.flatnonzero(scores >= kth)
+            else:
+                top = np.arange(len(scores))
             best_e.append(eids[rows[top]])
             best_s.append(scores[top])
         if not best_e:

@@ -135,3 +135,64 @@ def test_single_query_shapes_and_subclasses(make) -> None:
     got = check_vectors(arg, DIM, 1)
     assert type(got) is np.ndarray and got.shape == (1, DIM)
     assert np.array_equal(got, unit_rows(validate_vectors(arg, DIM, 1)))
+
+
+def test_mapping_made_before_a_removal_is_not_cached(tmp_path, monkeypatch) -> None:
+    """A view mapped while gc removes its segment (a prefault racing gc) is used once, never
+    cached: the segment's number may come back with new rows of the same count."""
+    import engramdb
+    from engramdb import segments as segments_module
+
+    _small_store(tmp_path / "m")
+    with engramdb.open(tmp_path / "m", settings=engramdb.Settings(
+            segment_bytes=4096 * 4, prefault_vectors=False)) as mem:
+        segs = mem.segments
+        seg = max(segs.committed)
+        segs._maps.clear()
+        real_memmap = np.memmap
+
+        def memmap_then_remove(*args, **kwargs):
+            out = real_memmap(*args, **kwargs)
+            with segs._maps_lock:  # what remove() does to the cache, mid-view
+                segs._maps_epoch += 1
+                segs._maps.pop(seg, None)
+            return out
+
+        monkeypatch.setattr(segments_module.np, "memmap", memmap_then_remove)
+        view = segs.view(seg)
+        monkeypatch.setattr(segments_module.np, "memmap", real_memmap)
+        assert len(view) == segs.committed[seg]
+        assert seg not in segs._maps
+
+
+def test_scan_ignores_rows_committed_after_the_mask(tmp_path) -> None:
+    """A small store's scan given a mask taken before a concurrent write neither fails on
+    the new rows' eids nor returns them."""
+    import engramdb
+
+    vecs = _small_store(tmp_path / "m", n=1020)
+    with engramdb.open(tmp_path / "m") as mem:
+        mask = mem.hot.visible(mem._clock).copy()
+        extra = np.random.default_rng(4).standard_normal((40, vecs.shape[1])).astype(np.float32)
+        mem.ingest_many([f"late {i}" for i in range(40)], vectors=extra)
+        q = check_vectors(extra[0], vecs.shape[1], 1)[0]
+        eids, _ = mem._exact_search(q, 10, mask)
+        assert len(eids) == 10 and (eids < len(mask)).all()
+
+
+def test_scan_breaks_ties_by_eid(tmp_path) -> None:
+    """Engrams with the same vector tied at the top-k cut come back in eid (insertion) order,
+    whichever segments they sit in."""
+    import engramdb
+
+    dim = 16
+    rng = np.random.default_rng(5)
+    vecs = rng.standard_normal((200, dim)).astype(np.float32)
+    vecs[::20] = vecs[0]  # ten copies of one vector, spread over several segments
+    settings = engramdb.Settings(segment_bytes=4096 * 2)
+    with engramdb.open(tmp_path / "m", dim=dim, settings=settings) as mem:
+        mem.ingest_many([f"engram {i}" for i in range(200)], vectors=vecs)
+        assert len(mem.segments.committed) > 1
+        for top_k in (1, 3, 7):
+            hits = mem.recall(vector=vecs[0], top_k=top_k, associative=False)
+            assert [h.text for h in hits] == [f"engram {i}" for i in range(0, 20 * top_k, 20)]
