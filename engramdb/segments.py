@@ -11,6 +11,7 @@ off on open. Segment files are removed only after the commit that stops referenc
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import sys
@@ -333,7 +334,7 @@ class SegmentStore:
                     return done
                 length = min(_PREFAULT_CHUNK, size - start)
                 if madvise(base + start, length, advice) != 0:
-                    if ctypes.get_errno() != 22 or advice == _MADV_WILLNEED:  # not EINVAL
+                    if ctypes.get_errno() != errno.EINVAL or advice == _MADV_WILLNEED:
                         return done
                     advice = _MADV_WILLNEED  # an older kernel: read ahead only
                     continue

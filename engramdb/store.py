@@ -1994,19 +1994,30 @@ class Store:
                       now: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan."""
         self._sync_index_deaths(now)
-        if self.index is None or self._scan_is_cheaper():
+        if self._scan_is_cheaper():
             labels, _ = self._exact_search(q, k, mask)
-            scores = self._exact_scores(labels, q)  # the same bits as every other path
-            order = np.lexsort((labels, -scores))
-            return labels[order], scores[order]
+        else:
+            labels = self._index_candidates(q, k, mask, filtered)
+        # Final scores are computed row by row from the stored vectors, so a hit scores the
+        # same bits whichever path found it (graph, exact scan, backlog) and however many rows
+        # a product covered: the same query on the same store gives the same answer.
+        scores = self._exact_scores(labels, q)
+        order = np.lexsort((labels, -scores))[:k]
+        return labels[order], scores[order]
+
+    def _index_candidates(self, q: np.ndarray, k: int, mask: np.ndarray,
+                          filtered: bool) -> np.ndarray:
+        """The vector index's best ``mask`` labels, plus the backlog's best (a few more than
+        ``k``, unordered: the caller scores them)."""
+        assert self.index is not None
         spare = 2  # a few ids (the turn itself) may be masked without being a filter
         # Acknowledged rows the background indexer has not inserted yet are scanned exactly.
         # The snapshot comes first: a row leaving the backlog meanwhile is in the graph.
         pend_e, pend_v = (self._indexer.snapshot() if self._indexer is not None
                           else (np.zeros(0, np.int64), None))
         allowed = np.nonzero(mask)[0] if filtered else None
-        labels, scores, _ = self.index.search(q, k + spare, fetch=self._fetch_vectors,
-                                              allowed=allowed)
+        labels, _, _ = self.index.search(q, k + spare, fetch=self._fetch_vectors,
+                                         allowed=allowed)
         keep = (labels < len(mask)) & mask[np.minimum(labels, len(mask) - 1)]
         labels = labels[keep]
         if len(pend_e):
@@ -2017,22 +2028,18 @@ class Store:
                 if len(pe) > k + spare:
                     pe = pe[np.argpartition(-ps, k + spare - 1)[:k + spare]]
                 labels = np.union1d(labels, pe)
-        # Final scores are computed row by row from the stored vectors, so a hit scores the
-        # same bits whichever path found it (graph, exact scan, backlog) and however many rows
-        # a product covered: the same query on the same store gives the same answer.
-        scores = self._exact_scores(labels, q)
-        order = np.lexsort((labels, -scores))[:k]
-        return labels[order], scores[order]
+        return labels
 
     def _scan_is_cheaper(self) -> bool:
-        """Whether a scan of the segments beats asking the vector index.
+        """Whether a scan of the segments beats asking the vector index (or there is none).
 
         Below its ``exact_threshold`` the index answers by an exact scan too, but of rows it
         gathers one by one through the store; reading the segments' rows in order is several
         times cheaper (a 420-turn conversation: 62 us against 420 us for a hybrid recall's
         100 candidates). Counted in stored rows, dead ones included, since the scan reads them.
         """
-        assert self.index is not None
+        if self.index is None:
+            return True
         limit = self.index.config.exact_threshold
         return len(self.index) <= limit and sum(self.segments.committed.values()) <= limit
 

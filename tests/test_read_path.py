@@ -38,6 +38,9 @@ def test_single_query_check_is_bit_identical(vec: np.ndarray, as_row: bool) -> N
     got = check_vectors(arg, DIM, 1)
     assert got.dtype == np.float32 and got.shape == (1, DIM)
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    row = np.asarray(arg, np.float64).reshape(1, DIM)  # numpy's own norm: the same bits
+    reference = (row / np.linalg.norm(row, axis=1)[:, None]).astype(np.float32)
+    assert np.array_equal(got.view(np.uint32), reference.view(np.uint32))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
