@@ -214,6 +214,13 @@ def worker_hnswlib(args: argparse.Namespace) -> dict:
 WORKERS = {"truth": worker_truth, "engramdb": worker_engramdb, "hnswlib": worker_hnswlib}
 
 
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The options a worker needs (the driver's own, without its output options)."""
+    return ["--n", str(args.n), "--dim", str(args.dim), "--chunk", str(args.chunk),
+            "--queries", str(args.queries), "--seed", str(args.seed),
+            "--hnsw-sample", str(args.hnsw_sample), "--workdir", str(args.workdir)]
+
+
 def main() -> None:
     """Run every worker in its own subprocess and print (and optionally save) the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -225,6 +232,8 @@ def main() -> None:
     ap.add_argument("--hnsw-sample", type=int, default=25_000)
     ap.add_argument("--workdir", default="/tmp/engramdb-bench-highdim")
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the rows as JSON (bench_recall.py --highdim reads it)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -238,7 +247,7 @@ def main() -> None:
     out = {}
     for name in ("truth", "engramdb", "hnswlib"):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", name],
+        proc = subprocess.run([sys.executable, __file__, *_worker_argv(args), "--worker", name],
                               capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -275,6 +284,22 @@ def main() -> None:
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "engramdb": {
+                "system": f"engramdb {e['config']['levels']}", "n": args.n, "dim": args.dim,
+                "ingest_per_s": args.n / e["ingest_s"], "indexed_per_s": args.n / e["indexed_s"],
+                "p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)),
+                "recall10": float(recall), "open_s": e["open_s"],
+                "bytes_per": e["bytes"] / args.n, "rss_mb": e["peak_rss_mb"],
+                "anon_mb": e["peak_anon_mb"], "phases": e["phases"]},
+            "hnswlib": {
+                "system": f"hnswlib full-dim, {h['n']:,} built, scaled x{scale:g}", "n": args.n,
+                "dim": args.dim, "ingest_per_s": h["build_per_s"],
+                "indexed_per_s": h["build_per_s"], "bytes_per": h["file_mb"] * 2**20 / h["n"],
+                "anon_mb": full_mb},
+            "anon_ratio": e["peak_anon_mb"] / full_mb,
+        }))
 
 
 if __name__ == "__main__":

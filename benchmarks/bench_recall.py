@@ -12,6 +12,12 @@ disk bytes per engram and peak RSS.
     python benchmarks/bench_recall.py --sizes 10000 100000 --dim 384 \
         --chroma-python /tmp/chroma-venv/bin/python --markdown docs/bench_recall.md
 
+``--highdim N DIM`` adds the activation-size rows to the same run and table: engramdb with
+float16 segments at N x DIM and a full-dimension hnswlib graph built on a sample and scaled,
+both from ``benchmarks/bench_highdim.py`` (its docstring says how). chromadb and exact numpy
+are not run there: a full-dimension chromadb collection builds the same full-dimension graph
+that takes hours here, and the exact scan is the ground truth, computed in chunks.
+
 chromadb is not a dependency of engramdb: install it in a separate virtualenv
 (``python -m venv /tmp/chroma-venv && /tmp/chroma-venv/bin/pip install chromadb numpy``) and
 pass its interpreter with ``--chroma-python``; without it the chromadb column is skipped.
@@ -212,6 +218,8 @@ def main() -> None:
                         help="interpreter of a virtualenv with chromadb installed")
     parser.add_argument("--out", type=Path, default=Path("/tmp/engramdb-bench-recall"))
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--highdim", type=int, nargs=2, metavar=("N", "DIM"), default=None,
+                        help="also run bench_highdim.py at N x DIM (float16) into this table")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--queries", default=None, help=argparse.SUPPRESS)
@@ -261,6 +269,27 @@ def main() -> None:
             })
             shutil.rmtree(work, ignore_errors=True)
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    notes = []
+    if args.highdim:
+        n, dim = args.highdim
+        print(f"bench_highdim at {n} x {dim} ...", file=sys.stderr, flush=True)
+        out = args.out / "highdim.json"
+        out.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, str(HERE.parent / "bench_highdim.py"), "--n",
+                               str(n), "--dim", str(dim), "--json", str(out)],
+                              capture_output=True, text=True)
+        if proc.returncode or not out.exists():
+            print(proc.stderr[-3000:], file=sys.stderr)
+        else:
+            high = json.loads(out.read_text())
+            rows.append(high["engramdb"])
+            rows.append({"p50_ms": None, "p99_ms": None, "recall10": None, "open_s": None,
+                         "rss_mb": None, **high["hnswlib"]})
+            notes.append(
+                f"{n:,} x {dim}: engramdb stores float16; peak anonymous memory "
+                f"{high['engramdb']['anon_mb']:,.0f} MB against {high['hnswlib']['anon_mb']:,.0f}"
+                f" MB for the full-dim graph (ratio {high['anon_ratio']:.2f}); by phase: "
+                + ", ".join(f"{k} {v:,.0f}" for k, v in high["engramdb"]["phases"].items()))
     lines = [
         f"Machine: {describe()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
         "",
@@ -268,12 +297,16 @@ def main() -> None:
         "| recall@10 | open s | disk B/engram | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def cell(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['n']:,} | {r['dim']} | {r['ingest_per_s']:,.0f} | "
-            f"{r['indexed_per_s']:,.0f} | "
-            f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['recall10']:.3f} | {r['open_s']:.2f} | "
-            f"{r['bytes_per']:,.0f} | {r['rss_mb']:,.0f} |")
+            f"{r['indexed_per_s']:,.0f} | {cell(r['p50_ms'], '.3f')} | "
+            f"{cell(r['p99_ms'], '.3f')} | {cell(r['recall10'], '.3f')} | "
+            f"{cell(r['open_s'], '.2f')} | {r['bytes_per']:,.0f} | {cell(r['rss_mb'], ',.0f')} |")
+    lines += [""] + notes if notes else []
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

@@ -245,8 +245,16 @@ class HotState:
             table.column("created_tick").to_numpy(zero_copy_only=False).astype(np.int64),
         )
         eids = cols["eid"].astype(np.int64)
-        state._chunks.append((_Packed(table.column("id").combine_chunks()),
-                              _Packed(table.column("text").combine_chunks())))
-        state.pay_chunk[eids] = 0
-        state.pay_pos[eids] = np.arange(len(eids))
+        # One packed chunk per record batch, as the query returned them: combining them
+        # first copied every id and text (0.1 s at 1M engrams, with the GIL held).
+        start = 0
+        for batch in table.to_batches():
+            n = batch.num_rows
+            if n == 0:
+                continue
+            at = eids[start:start + n]
+            state.pay_chunk[at] = len(state._chunks)
+            state.pay_pos[at] = np.arange(n)
+            state._chunks.append((_Packed(batch.column("id")), _Packed(batch.column("text"))))
+            start += n
         return state

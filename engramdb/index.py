@@ -48,6 +48,7 @@ import hnswlib
 import numpy as np
 
 from engramdb.errors import DimensionMismatch, InvalidInput
+from engramdb.label_states import MAX_LABEL, LabelStates
 from engramdb.rotation import Rotation, matvec
 
 __all__ = ["IndexConfig", "IndexDamaged", "Rotation", "VectorIndex"]
@@ -56,14 +57,17 @@ Fetch = Callable[[np.ndarray], np.ndarray]
 """``fetch(labels) -> (len(labels), dim)`` full vectors, in the order of ``labels``."""
 
 FORMAT = "engramdb-index"
-# 2: files carry a CRC-32 ("crc32"); 1 (still read): a sha256, which cost 2.6 s per open at 1M.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+# 3: each graph's element heights are saved beside it ("heights<j>"), so a load slices the
+# upper-level link lists out instead of walking them (0.3 s at 1M). 2 (still read): files
+# carry a CRC-32 ("crc32"). 1 (still read): a sha256, which cost 2.6 s per open at 1M.
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "index.json"
 
 # Every file this module writes in an index directory matches this, so cleanup after a save
 # never touches a file it did not write.
-_OWN_FILE = re.compile(r"^(level\d+-\d+|rotation|labels|deleted)\.g\d+-[0-9a-f]+\.(hnsw|npy)$")
+_OWN_FILE = re.compile(
+    r"^(level\d+-\d+|heights\d+|rotation|labels|deleted)\.g\d+-[0-9a-f]+\.(hnsw|npy)$")
 _OWN_TMP = re.compile(r"^index\.json\.tmp-[0-9a-f]+$")
 
 # hnswlib's saveIndex header: offsetLevel0, max_elements, cur_element_count,
@@ -466,13 +470,11 @@ class VectorIndex:
         self._threads = _cpu_count()
         self._capacity = max(1, int(capacity))
         self._graphs = [self._new_graph(lv, self._capacity) for lv in self._levels]
-        self._live: set[int] = set()
-        self._dead: set[int] = set()  # marked deleted in every graph; bytes still there
-        self._max_label = -1
+        # Live labels, and dead ones: marked deleted in every graph, their bytes still there.
+        self._labels = LabelStates()
         self._lock = _RWLock()
         self._save_lock = threading.Lock()  # one save at a time (they share temp naming)
         self._stale_format = False  # loaded from an older index format
-        self._sorted_live: np.ndarray | None = None  # labels() as loaded, until a change
 
     # ---- properties -------------------------------------------------------------------------
 
@@ -546,13 +548,13 @@ class VectorIndex:
 
     def __len__(self) -> int:
         """The number of live (not deleted) labels."""
-        return len(self._live)
+        return len(self._labels)
 
     def __contains__(self, label: object) -> bool:
         """Whether ``label`` is live in the index."""
         try:
-            return int(label) in self._live  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+            return self._labels.is_live(int(label))  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):
             return False
 
     def labels(self) -> np.ndarray:
@@ -561,13 +563,7 @@ class VectorIndex:
         Example: ``missing = np.setdiff1d(catalog_eids, idx.labels())``
         """
         with self._lock.read():
-            cached = self._sorted_live
-            if cached is None:
-                out = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
-        if cached is not None:
-            return cached.copy()
-        out.sort()
-        return out
+            return self._labels.live()
 
     def deleted_labels(self) -> np.ndarray:
         """Labels marked deleted (their bytes stay in the graph files until a rebuild), sorted.
@@ -575,9 +571,7 @@ class VectorIndex:
         Example: ``assert 7 in idx.deleted_labels()`` after ``idx.mark_deleted([7])``
         """
         with self._lock.read():
-            out = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
-        out.sort()
-        return out
+            return self._labels.dead()
 
     # ---- vectors to level vectors -----------------------------------------------------------
 
@@ -645,6 +639,8 @@ class VectorIndex:
         Example: ``idx.add(np.array([10, 11]), np.eye(2, 384, dtype=np.float32))``
         """
         lab = self._check_labels(labels)
+        if lab.size and lab.max() > MAX_LABEL:
+            raise InvalidInput(f"labels must be at most {MAX_LABEL}")
         vec = self._check_vectors(vectors, len(lab))
         if len(np.unique(lab)) != len(lab):
             raise InvalidInput("labels within one add() must be distinct")
@@ -656,9 +652,9 @@ class VectorIndex:
                 self._insert_locked(part, per_level)
 
     def _insert_locked(self, lab: np.ndarray, per_level: list[np.ndarray]) -> None:
-        live, dead = self._live, self._dead
-        new = sum(1 for x in lab.tolist() if x not in live and x not in dead)
-        n_known = len(live) + len(dead)
+        states = self._labels
+        new = states.count_new(lab)
+        n_known = states.n_live + states.n_dead
         need = n_known + new
         if need > self._capacity:
             # Amortised doubling: resize_index copies every graph, so grow geometrically.
@@ -675,11 +671,7 @@ class VectorIndex:
             # hnswlib replaces the vector of an existing label, and un-marks a deleted one.
             if len(ids) > first:
                 g.add_items(v[first:], ids[first:], num_threads=self._threads)
-        items = lab.tolist()
-        self._sorted_live = None
-        self._live.update(items)
-        self._dead.difference_update(items)
-        self._max_label = max(self._max_label, int(lab.max()))
+        states.set_live(lab)
 
     def mark_deleted(self, labels: np.ndarray) -> int:
         """Make ``labels`` invisible to every later search; returns how many were live.
@@ -692,14 +684,11 @@ class VectorIndex:
         """
         lab = self._check_labels(labels)
         with self._lock.write():
-            hit = [x for x in set(lab.tolist()) if x in self._live]
-            if hit:
-                self._sorted_live = None
-            for x in hit:
+            hit = self._labels.live_among(lab)
+            for x in hit.tolist():
                 for g in self._graphs:
                     g.mark_deleted(x)
-                self._live.discard(x)
-                self._dead.add(x)
+            self._labels.set_dead(hit)
         return len(hit)
 
     def set_ef_search(self, ef: int) -> None:
@@ -762,7 +751,7 @@ class VectorIndex:
             return self._empty()
 
         with self._lock.read():
-            n_live = len(self._live)
+            n_live = len(self._labels)
             if n_live == 0:
                 return self._empty()
             cfg = self._config
@@ -790,15 +779,10 @@ class VectorIndex:
         return labels[order], scores[order], level_scores[order]
 
     def _live_subset(self, allow: np.ndarray | None) -> np.ndarray:
-        """Live labels, or those of ``allow`` that are live (under the read lock)."""
-        live = self._live
+        """Live labels, or those of ``allow`` that are live, sorted (under the read lock)."""
         if allow is None:
-            return np.fromiter(live, dtype=np.int64, count=len(live))
-        allow = np.unique(allow)
-        if allow.size <= len(live):
-            return np.fromiter((x for x in allow.tolist() if x in live), dtype=np.int64)
-        every = np.fromiter(live, dtype=np.int64, count=len(live))
-        return every[np.isin(every, allow)]
+            return self._labels.live()
+        return self._labels.live_among(allow)
 
     def _graph_candidates(
         self, q_levels: list[np.ndarray], k: int, n_live: int, allow: np.ndarray | None
@@ -846,7 +830,7 @@ class VectorIndex:
         (~1 ms at 1M, vs ~25 ms for a Python set of 500k ints) and its ``__getitem__`` is a C
         call. Sparse or huge labels fall back to a frozenset.
         """
-        top = self._max_label
+        top = self._labels.max_label
         if top < 4 * max(self._capacity, 1) + (1 << 20):
             mask = np.zeros(top + 1, dtype=np.uint8)
             mask[allow[allow <= top]] = 1
@@ -1001,10 +985,7 @@ class VectorIndex:
                         except RuntimeError as exc:  # hnswlib reports I/O errors this way
                             raise OSError(f"could not write {d / name}: {exc}") from exc
                         files[f"level{j}"] = name
-                    arrays = {
-                        "labels": np.sort(np.fromiter(self._live, np.int64, len(self._live))),
-                        "deleted": np.sort(np.fromiter(self._dead, np.int64, len(self._dead))),
-                    }
+                    arrays = {"labels": self._labels.live(), "deleted": self._labels.dead()}
                     if self._rotation is not None:
                         arrays["rotation"] = self._rotation.matrix
                     for key, arr in arrays.items():
@@ -1013,9 +994,20 @@ class VectorIndex:
                         with open(d / name, "wb") as f:
                             np.save(f, arr, allow_pickle=False)
                         files[key] = name
-                    count, n_dead, capacity = len(self._live), len(self._dead), self._capacity
+                    count, n_dead = self._labels.n_live, self._labels.n_dead
+                    capacity = self._capacity
                     config = self._config.to_dict()
                     fitted_on = self._fitted_on
+                    m = self._config.M
+                # Derived from the files just written (hnswlib has no call that returns them
+                # without copying the whole graph), outside the lock: writers need not wait.
+                for j in range(len(self._levels)):
+                    name = f"heights{j}.{token}.npy"
+                    written.append(d / name)
+                    heights = _file_heights(d / files[f"level{j}"], m)
+                    with open(d / name, "wb") as f:
+                        np.save(f, heights, allow_pickle=False)
+                    files[f"heights{j}"] = name
                 manifest = {
                     "format": FORMAT,
                     "version": FORMAT_VERSION,
@@ -1108,6 +1100,8 @@ class VectorIndex:
             raise IndexDamaged("manifest levels disagree with its config")
         files = man["files"]
         expected = {f"level{j}" for j in range(len(levels))} | {"labels", "deleted"}
+        if int(man["version"]) >= 3:
+            expected |= {f"heights{j}" for j in range(len(levels))}
         if levels[0] < dim:
             expected.add("rotation")
         if set(files) != expected:
@@ -1146,9 +1140,10 @@ class VectorIndex:
                                    f"at least {levels[-1]} x {dim}")
 
         n_total = len(live) + len(dead)
-        all_labels = np.sort(np.concatenate([live, dead]))
-        if n_total and (all_labels[0] < 0 or (np.diff(all_labels) == 0).any()):
-            raise IndexDamaged("label files overlap or hold negative labels")
+        try:
+            states = LabelStates.from_arrays(live, dead)
+        except ValueError as exc:
+            raise IndexDamaged(f"bad label files: {exc}") from exc
         fitted_on = man.get("rotation_fitted_on") if rotation is not None else None
         if fitted_on is not None and (not isinstance(fitted_on, int) or fitted_on < 0):
             raise IndexDamaged(f"bad rotation_fitted_on {fitted_on!r}")
@@ -1156,10 +1151,15 @@ class VectorIndex:
         idx = cls(dim, config, rotation, capacity=1, fitted_on=fitted_on)
         graphs = []
         for j, lv in enumerate(levels):
+            heights = None
+            if f"heights{j}" in paths:
+                heights = np.load(paths[f"heights{j}"], allow_pickle=False)
+                if heights.dtype != np.uint8 or heights.shape != (n_total,):
+                    raise IndexDamaged(f"heights file {j} has dtype {heights.dtype} and shape "
+                                       f"{heights.shape}, expected uint8 ({n_total},)")
             g, ids = _load_graph(paths[f"level{j}"], files[f"level{j}"], lv, config.M, n_total,
-                                 idx._threads)
-            ids.sort()
-            if not np.array_equal(ids, all_labels):
+                                 idx._threads, heights)
+            if not states.holds_exactly(ids):
                 raise IndexDamaged(f"level {j} graph holds other labels than the label files")
             g.set_ef(config.ef_search)
             g.set_num_threads(idx._threads)
@@ -1184,11 +1184,7 @@ class VectorIndex:
                         from exc
         idx._graphs = graphs
         idx._capacity = capacities.pop()
-        idx._live = set(live.tolist())
-        idx._dead = set(dead.tolist())
-        if (np.diff(live) > 0).all():  # as save() writes it
-            idx._sorted_live = live
-        idx._max_label = int(all_labels[-1]) if n_total else -1
+        idx._labels = states
         idx._stale_format = int(man["version"]) < FORMAT_VERSION
         return idx, int(man["generation"])
 
@@ -1248,8 +1244,13 @@ def _map_file(f: Any, size: int) -> mmap.mmap:
 
 
 def _load_graph(path: Path, info: dict[str, Any], level_dim: int, m: int, n_total: int,
-                threads: int) -> tuple[hnswlib.Index, np.ndarray]:
+                threads: int, heights: np.ndarray | None = None,
+                ) -> tuple[hnswlib.Index, np.ndarray]:
     """Map one level's graph file, check it and hand it to hnswlib.
+
+    ``heights`` (each element's top layer, saved beside the graph since format 3) lets the
+    upper-level link lists be sliced out directly; without it they are found by walking the
+    file's records (:func:`_walk_heights`).
 
     Returns the graph and its labels (int64, in hnswlib's internal order, read from the file).
     The file is read once: its checksum, header, labels and upper-level link lists are checked
@@ -1281,7 +1282,7 @@ def _load_graph(path: Path, info: dict[str, Any], level_dim: int, m: int, n_tota
                                 offset=_HNSW_HEADER.size + h.label_offset,
                                 strides=(h.per_element,)).astype(np.int64) if h.count else \
                 np.empty(0, np.int64)
-            g = _graph_from(mm, h, level_dim, labels, threads)
+            g = _graph_from(mm, h, level_dim, labels, threads, heights)
         finally:
             checker.join()
         if failed:
@@ -1331,7 +1332,7 @@ def _hnswlib_state_template() -> dict[str, Any] | None:
 
 
 def _graph_from(mm: mmap.mmap, h: _Header, level_dim: int, labels: np.ndarray,
-                threads: int) -> hnswlib.Index | None:
+                threads: int, heights: np.ndarray | None = None) -> hnswlib.Index | None:
     """Build a graph from a mapped ``saveIndex`` file through hnswlib's unpickling path.
 
     hnswlib's file is: header, ``count`` fixed-size level-0 records (links, vector, label),
@@ -1345,11 +1346,10 @@ def _graph_from(mm: mmap.mmap, h: _Header, level_dim: int, labels: np.ndarray,
         return None
     size_links = 4 + 4 * h.m
     level0 = h.count * h.per_element
-    tail = len(mm) - _HNSW_HEADER.size - level0
-    if tail % 4:
-        raise IndexDamaged("the upper-level link lists are not whole 32-bit words")
-    words = np.frombuffer(mm, np.uint32, count=tail // 4, offset=_HNSW_HEADER.size + level0)
-    element_levels, links = _upper_links(words, h.count, size_links)
+    words = _upper_words(mm, h)
+    element_levels = _walk_heights(words, h.count, size_links) if heights is None \
+        else heights.astype(np.int32)
+    links = _upper_links(words, element_levels, size_links)
     if int(element_levels.max()) != h.max_level or element_levels[h.enterpoint] != h.max_level:
         raise IndexDamaged("the graph's levels disagree with its header")
     state = dict(template)
@@ -1375,12 +1375,21 @@ def _graph_from(mm: mmap.mmap, h: _Header, level_dim: int, labels: np.ndarray,
         state.clear()  # drop the views of the mapping before the caller unmaps it
 
 
-def _upper_links(words: np.ndarray, count: int, size_links: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parse the upper-level section of a graph file: ``(element levels, concatenated lists)``.
+def _upper_words(mm: Any, h: _Header) -> np.ndarray:
+    """The upper-level section of a mapped graph file (after the level-0 records) as words."""
+    tail = len(mm) - _HNSW_HEADER.size - h.count * h.per_element
+    if tail % 4:
+        raise IndexDamaged("the upper-level link lists are not whole 32-bit words")
+    return np.frombuffer(mm, np.uint32, count=tail // 4,
+                         offset=_HNSW_HEADER.size + h.count * h.per_element)
+
+
+def _walk_heights(words: np.ndarray, count: int, size_links: int) -> np.ndarray:
+    """Each element's height (top layer) from the upper-level section of a graph file.
 
     Each element has a uint32 byte count (0 for the ~15/16 of elements that live on level 0
-    only) followed by that many bytes. Only non-empty records cost a Python step (a bisect
-    over the non-zero words finds the next one); the rest is vectorised. Raises
+    only) followed by that many bytes, so finding the records is a walk: only non-empty
+    records cost a Python step (a bisect over the non-zero words finds the next one). Raises
     :class:`IndexDamaged` unless ``count`` records exactly fill the section.
     """
     n_words = len(words)
@@ -1394,16 +1403,51 @@ def _upper_links(words: np.ndarray, count: int, size_links: int) -> tuple[np.nda
         i = bisect.bisect_left(at, at[i] + 1 + size[i] // 4, i + 1)
     levels = np.zeros(count, np.int32)
     if not chain:
-        if n_words != count:
-            raise IndexDamaged("the upper-level link lists do not fill the graph file")
-        return levels, np.empty(0, np.uint32)
+        return levels
     st = nonzero[np.asarray(chain, np.int64)]  # where each non-empty record starts
     ln = words[st].astype(np.int64) // 4  # its payload, in words
     elems = st - (np.cumsum(ln) - ln)  # one word per record before it, plus earlier payloads
-    if ((ln * 4) % size_links).any() or int(st[-1] + 1 + ln[-1]) > n_words \
-            or n_words != count + int(ln.sum()) or int(elems[-1]) >= count:
+    if ((ln * 4) % size_links).any() or int(elems[-1]) >= count \
+            or int(st[-1] + 1 + ln[-1]) > n_words:
         raise IndexDamaged("the upper-level link lists do not fill the graph file")
     levels[elems] = ln * 4 // size_links
-    first = np.cumsum(ln) - ln  # where each list begins in the output
-    take = np.repeat(st + 1 - first, ln) + np.arange(int(ln.sum()), dtype=np.int64)
-    return levels, words[take]
+    return levels
+
+
+def _upper_links(words: np.ndarray, heights: np.ndarray, size_links: int) -> np.ndarray:
+    """The upper-level link lists of a graph file, concatenated in element order, given each
+    element's height. Raises :class:`IndexDamaged` unless every element's record holds the
+    byte count its height implies and the records exactly fill the section."""
+    ln = heights.astype(np.int64) * (size_links // 4)  # each record's payload, in words
+    n_payload = int(ln.sum())
+    if len(words) != len(heights) + n_payload:
+        raise IndexDamaged("the upper-level link lists do not fill the graph file")
+    st = np.arange(len(heights), dtype=np.int64)  # where each record's byte count sits
+    st[1:] += np.cumsum(ln[:-1])
+    if not np.array_equal(words[st], (ln * 4).astype(np.uint32)):
+        raise IndexDamaged("the upper-level link lists disagree with the elements' heights")
+    payload = np.ones(len(words), bool)
+    payload[st] = False
+    return words[payload]
+
+
+def _file_heights(path: Path, m: int) -> np.ndarray:
+    """Each element's height (uint8) in a graph file written by hnswlib's ``save_index``."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    try:
+        h = _Header(mm[:_HNSW_HEADER.size])
+        if h.count == 0:
+            return np.zeros(0, np.uint8)
+        words = _upper_words(mm, h)
+        heights = _walk_heights(words, h.count, 4 + 4 * h.m)
+        del words
+        if h.m != m or int(heights.max()) > 255:
+            raise OSError(f"{path.name} is not the graph just written")
+        return heights.astype(np.uint8)
+    finally:
+        try:
+            mm.close()
+        except BufferError:
+            pass

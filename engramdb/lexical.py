@@ -64,6 +64,7 @@ __all__ = [
     "STOPWORDS",
     "TOKENIZER_ID",
     "LexicalIndex",
+    "LexicalMatch",
     "LexicalRows",
     "QueryPostings",
     "stem",
@@ -173,6 +174,18 @@ class LexicalRows:
 
     docs: pa.Table
     postings: pa.Table
+
+
+@dataclass(frozen=True)
+class LexicalMatch:
+    """What :meth:`LexicalIndex.match` read: ``eids`` and ``scores`` (float32) of the live
+    documents matching the query (in slot order, which is mostly eid order), and the query's
+    ``postings`` with ``posting_eids``, the eid of each posting's document."""
+
+    eids: np.ndarray
+    scores: np.ndarray
+    posting_eids: np.ndarray
+    postings: QueryPostings
 
 
 @dataclass(frozen=True)
@@ -299,6 +312,10 @@ class LexicalIndex:
     small append-only *delta* for documents added since the last compaction, so an add never
     rewrites the big arrays. Deletes tombstone slots; :meth:`compact` drops dead postings and
     folds the delta in (done automatically when either grows past a fraction of the index).
+
+    Thread-safe: updates and reads take one lock, so a read never sees half an update (a
+    delta list one posting longer than its twin, slots renumbered by a compaction between a
+    lookup and its scoring). :meth:`match` does a recall's whole read under one hold.
     """
 
     def __init__(self, k1: float = 1.2, b: float = 0.75,
@@ -325,6 +342,7 @@ class LexicalIndex:
         self._delta: dict[int, tuple[list[int], list[float]]] = {}
         self._delta_n = 0
         self._dead = 0
+        self._mutex = threading.RLock()
 
     # ----------------------------------------------------------------- persistence (catalog)
     @staticmethod
@@ -446,9 +464,15 @@ class LexicalIndex:
 
         Example: ``lex.save_snapshot(store_dir / "lexical.snapshot", {"generation": 42})``
         """
+        with self._mutex:  # the vocabulary and the delta must not change underneath
+            self._save_snapshot(path, meta)
+
+    def _save_snapshot(self, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
         src = self
         if self._delta or self._dead:
-            src = copy.copy(self)  # compact a shallow copy: _merge replaces arrays, never edits
+            # Compact a shallow copy: _merge replaces arrays, never edits them, and gives the
+            # copy its own (empty) delta.
+            src = copy.copy(self)
             src.compact()
         counts = np.diff(src._indptr)
         terms = [""] * len(counts)
@@ -560,6 +584,10 @@ class LexicalIndex:
     # ------------------------------------------------------------------ in-memory updates
     def apply_add(self, rows: LexicalRows) -> None:
         """Add a committed batch (from :meth:`add_rows`) to the in-memory index."""
+        with self._mutex:
+            self._apply_add(rows)
+
+    def _apply_add(self, rows: LexicalRows) -> None:
         eids = rows.docs.column("eid").to_numpy()
         lens = rows.docs.column("len").to_numpy().astype(np.float32)
         base = len(self._eids)
@@ -605,6 +633,10 @@ class LexicalIndex:
 
     def apply_delete(self, eids: Iterable[int] | np.ndarray) -> int:
         """Tombstone these engrams (committed deletes); returns how many were live here."""
+        with self._mutex:
+            return self._apply_delete(eids)
+
+    def _apply_delete(self, eids: Iterable[int] | np.ndarray) -> int:
         ids = np.asarray(list(eids) if not isinstance(eids, np.ndarray) else eids, np.int64)
         hit = np.flatnonzero(np.isin(self._eids, ids) & self._live)
         if len(hit) == 0:
@@ -619,7 +651,8 @@ class LexicalIndex:
 
     def compact(self) -> None:
         """Fold the delta into the CSC arrays and drop tombstoned documents and postings."""
-        self._merge(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
+        with self._mutex:
+            self._merge(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
 
     def _merge(self, x_tid: np.ndarray, x_slot: np.ndarray, x_tf: np.ndarray) -> None:
         """Rebuild the CSC arrays from themselves, the delta and extra postings ``x_*``;
@@ -675,19 +708,34 @@ class LexicalIndex:
             tfs = np.concatenate([tfs, np.asarray(d[1], np.float32)])
         return slots, tfs
 
+    def match(self, terms: Sequence[str]) -> LexicalMatch:
+        """Everything a recall reads for already-tokenized ``terms``, from one state of the
+        index: each matching live document's eid and BM25 score, and the query's postings
+        with their documents' eids (to regroup them, e.g. by session)."""
+        with self._mutex:
+            postings = self._query_postings(terms)
+            slots, scores = self._score_postings(postings)
+            return LexicalMatch(self._eids[slots], scores, self._eids[postings.slots],
+                                postings)
+
     def score_terms(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """BM25 of already-tokenized ``terms`` (distinct ones count once): (slots, scores).
 
         Returns only documents with a positive score, unordered. Slots map to eids through
         :meth:`eids_of`. Exposed for callers that fuse or re-rank (e.g. recall pipelines).
         """
-        return self.score_postings(self.query_postings(terms))
+        with self._mutex:
+            return self._score_postings(self._query_postings(terms))
 
     def query_postings(self, terms: Sequence[str]) -> QueryPostings:
         """The postings of the query terms that scoring uses, term after term: the live
         documents holding each (terms no live document holds are left out). Pass them to
         :meth:`score_postings`, or group them otherwise (a session as one document,
         ``engramdb/context.py``) without looking the terms up twice."""
+        with self._mutex:
+            return self._query_postings(terms)
+
+    def _query_postings(self, terms: Sequence[str]) -> QueryPostings:
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         if self._n_live:
             for tid in self._query_tids(terms):
@@ -708,6 +756,10 @@ class LexicalIndex:
     def score_postings(self, postings: QueryPostings) -> tuple[np.ndarray, np.ndarray]:
         """BM25 (slots, scores) of the documents in ``postings`` (from :meth:`query_postings`,
         made at the index's current state); the same as :meth:`score_terms`."""
+        with self._mutex:
+            return self._score_postings(postings)
+
+    def _score_postings(self, postings: QueryPostings) -> tuple[np.ndarray, np.ndarray]:
         counts = postings.counts
         if self._n_live == 0 or not counts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
@@ -756,14 +808,16 @@ class LexicalIndex:
         """For each query term that scoring uses: (eids, term frequencies) of the live
         documents holding it. Lets callers score other groupings of the same documents (a
         session as one document, ``engramdb/context.py``)."""
-        qp = self.query_postings(terms)
+        found = self.match(terms)
+        qp = found.postings
         bounds = np.cumsum(qp.counts)[:-1]
-        return list(zip(np.split(self._eids[qp.slots], bounds), np.split(qp.tfs, bounds),
+        return list(zip(np.split(found.posting_eids, bounds), np.split(qp.tfs, bounds),
                         strict=True)) if qp.counts else []
 
     def doc_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(eids, token counts) of the live documents."""
-        return self._eids[self._live], self._len[self._live]
+        with self._mutex:
+            return self._eids[self._live], self._len[self._live]
 
     def _df_estimate(self, tid: int) -> int:
         """Postings of a term including tombstoned documents (an upper bound on its df)."""
@@ -773,8 +827,9 @@ class LexicalIndex:
         return compacted + (len(delta[0]) if delta else 0)
 
     def eids_of(self, slots: np.ndarray) -> np.ndarray:
-        """Map slots (as returned by :meth:`score_terms`) to engram ids."""
-        return self._eids[slots]
+        """Map slots (as returned by :meth:`score_terms`, at the same state) to engram ids."""
+        with self._mutex:
+            return self._eids[slots]
 
     def search(self, query: str, k: int = 10,
                allowed: Iterable[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -786,8 +841,8 @@ class LexicalIndex:
         """
         if k <= 0:
             raise InvalidInput(f"k must be positive, got {k}", hint="pass k >= 1")
-        slots, scores = self.score_terms(self.tokenizer(query))
-        eids = self._eids[slots]
+        found = self.match(self.tokenizer(query))
+        eids, scores = found.eids, found.scores
         if allowed is not None:
             allow = np.asarray(
                 allowed if isinstance(allowed, np.ndarray) else list(allowed), np.int64)

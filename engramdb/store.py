@@ -62,7 +62,7 @@ from engramdb.fsio import fsync_dir
 from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
 from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
 from engramdb.indexer import BackgroundIndexer
-from engramdb.lexical import TOKENIZER_ID, LexicalIndex, QueryPostings
+from engramdb.lexical import TOKENIZER_ID, LexicalIndex, LexicalMatch
 from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.locking import LOCK_NAME, StoreLock
 from engramdb.manifest import MANIFEST_NAME, Manifest
@@ -1750,19 +1750,17 @@ class Store:
             )
         return hits
 
-    def _lexical_scores(self, text: str | list[str], mask: np.ndarray,
-                        postings: QueryPostings | None = None,
+    def _lexical_scores(self, text: str | None, mask: np.ndarray,
+                        found: LexicalMatch | None = None,
                         ) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 scores of every engram in ``mask`` matching the query's terms (a text, or its
-        terms already tokenized), sorted by eid. ``postings`` (the terms'
-        :meth:`LexicalIndex.query_postings`, when the caller has them) saves their lookup."""
-        if postings is None:
-            terms = self.lexical.tokenizer(text) if isinstance(text, str) else text
-            postings = self.lexical.query_postings(terms)
-        slots, scores = self.lexical.score_postings(postings)
-        if len(slots) == 0:
+        """BM25 scores of every engram in ``mask`` matching the query ``text`` (or ``found``,
+        the query's :meth:`LexicalIndex.match` when the caller has it), sorted by eid."""
+        if found is None:
+            assert text is not None
+            found = self.lexical.match(self.lexical.tokenizer(text))
+        eids, scores = found.eids, found.scores
+        if len(eids) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        eids = self.lexical.eids_of(slots)
         if int(eids.max()) < len(mask):
             keep = mask[eids]
         else:
@@ -1818,8 +1816,9 @@ class Store:
         ctx = self.context
         lex = self.lexical
         terms = lex.tokenizer(text)
-        postings = lex.query_postings(terms)
-        lex_eids, lex_scores = self._lexical_scores(terms, visible, postings)
+        found = lex.match(terms)
+        postings = found.postings
+        lex_eids, lex_scores = self._lexical_scores(None, visible, found)
         n_mask = len(mask)
 
         def allowed(x: np.ndarray) -> np.ndarray:
@@ -1891,7 +1890,7 @@ class Store:
         if s.session_prior:
             sess = per_candidate(ctx.session)
             if (sess >= 0).any():
-                by_code = ctx.session_scores(lex.eids_of(postings.slots), postings.tfs,
+                by_code = ctx.session_scores(found.posting_eids, postings.tfs,
                                              postings.counts, visible, lex.k1, lex.b)
                 # No session (-1) and a code added since read the 0 appended.
                 session = np.concatenate((by_code, _NO_SCORE))[np.minimum(sess, len(by_code))]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -368,7 +369,7 @@ def test_a_format_1_index_with_sha256_still_loads(saved: Path, tmp_path: Path) -
     import hashlib
 
     d = _copy(saved, tmp_path / "v1")
-    man = json.loads((d / "index.json").read_text())
+    man = _without_heights(d)
     man["version"] = 1
     for info in man["files"].values():
         del info["crc32"]
@@ -383,6 +384,51 @@ def test_a_format_1_index_with_sha256_still_loads(saved: Path, tmp_path: Path) -
     data[-5] ^= 0x01
     f.write_bytes(bytes(data))
     assert _load_in_subprocess(d).startswith("DAMAGED")
+
+
+def _without_heights(d: Path) -> dict:
+    """The manifest of ``d`` as a format-2 save wrote it: no element heights beside the
+    graphs (their files deleted); the caller writes it back."""
+    man = json.loads((d / "index.json").read_text())
+    for key in [k for k in man["files"] if k.startswith("heights")]:
+        (d / man["files"].pop(key)["name"]).unlink()
+    return man
+
+
+def test_a_format_2_index_without_heights_loads_the_same_graph(saved: Path,
+                                                                tmp_path: Path) -> None:
+    """Before format 3 the graphs' element heights were not saved: the load walks the
+    upper-level records instead, and the graph it builds answers exactly the same."""
+    d = _copy(saved, tmp_path / "v2")
+    man = _without_heights(d)
+    man["version"] = 2
+    (d / "index.json").write_text(json.dumps(man))
+    old, _ = VectorIndex.load(d, DIM)
+    new, _ = VectorIndex.load(saved, DIM)
+    assert old.stale_format and not new.stale_format
+    np.testing.assert_array_equal(old.deleted_labels(), new.deleted_labels())
+    for q in Q[:20]:
+        a, b = old.search(q, 10, fetch=fetch), new.search(q, 10, fetch=fetch)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_heights_that_disagree_with_the_graph_are_damage(saved: Path, tmp_path: Path) -> None:
+    """A heights file that passes its checksum but does not fit the graph (another save's,
+    say) is caught before hnswlib builds anything."""
+    d = _copy(saved, tmp_path / "bad-heights")
+    man = json.loads((d / "index.json").read_text())
+    info = man["files"]["heights0"]
+    heights = np.load(d / info["name"])
+    up, flat = np.flatnonzero(heights)[0], np.flatnonzero(heights == 0)[0]
+    heights[up], heights[flat] = heights[flat], heights[up]  # same total: only the layout lies
+    with open(d / info["name"], "wb") as f:
+        np.save(f, heights, allow_pickle=False)
+    info["bytes"] = (d / info["name"]).stat().st_size
+    info["crc32"] = format(zlib.crc32((d / info["name"]).read_bytes()), "08x")
+    (d / "index.json").write_text(json.dumps(man))
+    with pytest.raises(IndexDamaged, match="heights"):
+        VectorIndex.load(d, DIM)
 
 
 def test_a_bad_manifest_raises_index_damaged(saved: Path, tmp_path: Path) -> None:

@@ -284,3 +284,46 @@ def test_snapshot_vocabulary_remembers_lookups_and_sees_terms_added_later(tmp_pa
     assert snap.search("zebra garden", k=4)[0].tolist() == before[0].tolist() == [40]
     snap.add(np.array([50]), ["a zebra"])  # a term the snapshot lacked (cached as a miss)
     assert snap.search("zebra", k=4)[0].tolist() == [50]
+
+
+def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
+    """Recall reads the index while ingest adds to it and forget compacts it. A read used to
+    be able to see a delta posting list one entry longer than its term-frequency twin, or
+    slots renumbered by a compaction between the lookup and the scoring."""
+    import threading
+
+    idx = LexicalIndex()
+    idx.add(np.arange(50), ["apple pie and apple juice"] * 50)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            eid = 50
+            for round_ in range(300):
+                idx.add(np.arange(eid, eid + 8), ["apple tart", "apple", "pear apple", "fig",
+                                                  "apple apple", "plum", "apple fig", "kiwi"])
+                eid += 8
+                if round_ % 25 == 24:  # enough tombstones to force a compaction
+                    idx.apply_delete(np.arange(eid - 200, eid - 60))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reads = 0
+    try:
+        while not done.is_set() or reads < 50:
+            found = idx.match(["apple", "fig"])
+            assert len(found.eids) == len(found.scores)
+            assert len(found.posting_eids) == sum(found.postings.counts)
+            assert np.isfinite(found.scores).all() and (found.scores > 0).all()
+            eids, scores = idx.search("apple fig", k=5)
+            assert len(eids) == len(scores) <= 5
+            reads += 1
+    finally:
+        t.join()
+    assert not errors, errors
+    assert len(idx.doc_lengths()[0]) == len(idx)

@@ -74,6 +74,26 @@ def test_packed_column_reads_every_value(array: pa.Array) -> None:
     assert [packed.get(i) for i in range(len(array))] == want
 
 
+def test_hot_state_reads_payloads_from_every_record_batch() -> None:
+    """The catalog's rows arrive in several record batches (eids in any order, a batch may
+    be empty); each batch's ids and texts are read where they are, without a combined copy."""
+    from engramdb.hotstate import HotState
+
+    eids = np.random.default_rng(7).permutation(10)
+    cols = {"eid": eids, "seg": np.zeros(10, np.int32), "row": eids,
+            "kind": np.zeros(10, np.int8), "expires_at": np.full(10, np.nan),
+            "created_tick": np.zeros(10, np.int64),
+            "id": [f"id{e}" for e in eids], "text": [f"text {e}".encode() for e in eids]}
+    whole = pa.table({k: pa.array(v) for k, v in cols.items()})
+    batch = whole.combine_chunks().to_batches()[0]
+    table = pa.Table.from_batches([batch.slice(0, 3), batch.slice(3, 0), batch.slice(3, 7)])
+    assert table.column("id").num_chunks == 3
+    hot = HotState.from_arrow(table)
+    for e in range(10):
+        ident, blob = hot.payload(e)
+        assert (ident, blob) == (f"id{e}", f"text {e}".encode())
+
+
 def _small_store(path, n: int = 300, dim: int = 16):
     import engramdb
 
