@@ -288,12 +288,16 @@ GRID = {"wl": [0.4, 0.5, 0.6], "prev": [0.25, 0.5, 0.75], "next": [0.0], "sess":
 
 # ------------------------------------------------------------------ the store's formula
 STORE_POOL = 100  # Settings().hybrid_pool
-STORE_KEYS = ("lexical_weight", "context_lexical", "context_dense", "session_prior",
-              "speaker_prior", "date_prior", "neighbour_seeds", "neighbour_weight")
-STORE_GRID = {"lexical_weight": [0.4, 0.5, 0.6], "context_lexical": [0.25, 0.5],
-              "context_dense": [0.5, 1.0], "session_prior": [0.5, 1.0],
-              "speaker_prior": [0.0, 0.5, 1.0], "date_prior": [0.0, 1.0, 2.0, 3.0],
-              "neighbour_seeds": [0, 5], "neighbour_weight": [0.8, 0.9]}
+WEIGHT_KEYS = ("lexical_weight", "turn_lexical", "context_lexical", "session_prior",
+               "context_dense", "speaker_prior", "date_prior", "coverage_prior",
+               "coverage_context")  # the fields of hybrid.ContextWeights
+STORE_KEYS = WEIGHT_KEYS + ("neighbour_seeds", "neighbour_weight")
+STORE_GRID = {"lexical_weight": [0.4, 0.5, 0.6], "turn_lexical": [0.0],
+              "context_lexical": [0.0, 0.5], "context_dense": [0.5, 1.0],
+              "session_prior": [0.5, 1.0], "speaker_prior": [0.5, 0.75, 1.0],
+              "date_prior": [2.0, 3.0], "coverage_prior": [0.5, 1.0, 2.0],
+              "coverage_context": [1.0, 2.5], "neighbour_seeds": [0, 5],
+              "neighbour_weight": [0.8]}
 
 
 def store_items(f: Feats) -> list[tuple]:
@@ -312,6 +316,11 @@ def store_items(f: Feats) -> list[tuple]:
     sess = bm25_matrix(sess_doc, qtok)[:, col]
     roles = [set(tokenize(sp)) for sp in conv.speaker]
     days = np.array([parse_day(d) or -1 for d in conv.date])
+    # Which turns hold each term, for query coverage (the store's postings).
+    holders: dict[str, list[int]] = {}
+    for i, text in enumerate(conv.text):
+        for t in set(tokenize(text)):
+            holders.setdefault(t, []).append(i)
     items = []
     for qi, q in enumerate(conv.questions):
         cos, lex = f.dense[qi], bm[qi]
@@ -322,19 +331,26 @@ def store_items(f: Feats) -> list[tuple]:
         c = np.union1d(base, after[after >= 0])
         p = prev[c]
         terms = set(qtok[qi])
+        held = [t for t in dict.fromkeys(qtok[qi]) if t in holders]
+        df = np.array([len(holders[t]) for t in held], np.float64)
+        cover, cover_prev = hy.coverage(
+            np.log1p((n - df + 0.5) / (df + 0.5)),
+            np.repeat(np.arange(len(held)), df.astype(np.int64)),
+            np.array([e for t in held for e in holders[t]], np.int64), c, p)
         ev = hy.ContextEvidence(
             cos=cos[c], cos_prev=np.where(p >= 0, cos[np.maximum(p, 0)], cos[c]),
             bm25=lex[c], bm25_prev=np.where(p >= 0, lex[np.maximum(p, 0)], 0.0),
             bm25_session=sess[qi, c],
             speaker=np.array([1.0 if roles[i] & terms else 0.0 for i in c]),
-            date=date_affinity(days[c], query_dates(q["q"])))
+            date=date_affinity(days[c], query_dates(q["q"])),
+            coverage=cover, coverage_prev=cover_prev)
         items.append((c, ev, p, nxt[c], set(q["ev"]), q["cat"]))
     return items
 
 
 def store_rows(items: list[tuple], p: dict) -> list[dict]:
     """Recall@k rows of the store's formula with settings ``p`` (keys ``STORE_KEYS``)."""
-    w = hy.ContextWeights(**{k: p[k] for k in STORE_KEYS[:6]})
+    w = hy.ContextWeights(**{k: p[k] for k in WEIGHT_KEYS})
     rows = []
     for c, ev, prev, nxt, evidence, cat in items:
         mixed = hy.context_mix(ev, w)
@@ -370,15 +386,21 @@ def store_lab(feats: list[Feats], report: dict[str, object]) -> None:
     report["store formula (leave-one-conversation-out)"] = s
     print_table("store formula (LOCO)", s)
     variants = {"store defaults (Settings())": {},
-                "  without previous-turn lexical": {"context_lexical": 0.0},
+                "  without query coverage": {"coverage_prior": 0.0},
+                "  without the previous turn's coverage": {"coverage_context": 0.0},
+                "  the turn's BM25 instead of coverage (before)": {
+                    "turn_lexical": 1.0, "context_lexical": 0.5, "speaker_prior": 0.5,
+                    "coverage_prior": 0.0, "coverage_context": 0.0},
+                "  with previous-turn BM25 (0.5)": {"context_lexical": 0.5},
                 "  without previous-turn dense": {"context_dense": 0.0},
                 "  without session prior": {"session_prior": 0.0},
                 "  without speaker prior": {"speaker_prior": 0.0},
                 "  without date prior": {"date_prior": 0.0},
                 "  without neighbour step": {"neighbour_seeds": 0},
                 "  plain z-fusion (no context)": {
-                    "context_lexical": 0.0, "context_dense": 0.0, "session_prior": 0.0,
-                    "speaker_prior": 0.0, "date_prior": 0.0, "neighbour_seeds": 0}}
+                    "turn_lexical": 1.0, "context_lexical": 0.0, "context_dense": 0.0,
+                    "session_prior": 0.0, "speaker_prior": 0.0, "date_prior": 0.0,
+                    "coverage_prior": 0.0, "neighbour_seeds": 0}}
     for name, change in variants.items():
         s = summarize([r for it in items for r in store_rows(it, defaults | change)])
         report[name.strip()] = s
@@ -415,7 +437,7 @@ def diversity_lab(feats: list[Feats]) -> None:
     ``DIVERSITY_GRID`` (penalty, free hits per session, best hits kept), in sample and
     leave-one-conversation-out. Measured, not adopted (docs/quality.md)."""
     p = {k: getattr(Settings(), k) for k in STORE_KEYS}
-    w = hy.ContextWeights(**{k: p[k] for k in STORE_KEYS[:6]})
+    w = hy.ContextWeights(**{k: p[k] for k in WEIGHT_KEYS})
     scored = []
     for f in feats:
         per_q = []

@@ -179,13 +179,15 @@ class LexicalRows:
 @dataclass(frozen=True)
 class LexicalMatch:
     """What :meth:`LexicalIndex.match` read: ``eids`` and ``scores`` (float32) of the live
-    documents matching the query (in slot order, which is mostly eid order), and the query's
-    ``postings`` with ``posting_eids``, the eid of each posting's document."""
+    documents matching the query (in slot order, which is mostly eid order), the query's
+    ``postings`` with ``posting_eids``, the eid of each posting's document, and ``term_idf``,
+    the BM25 idf of each term the postings hold (in their order)."""
 
     eids: np.ndarray
     scores: np.ndarray
     posting_eids: np.ndarray
     postings: QueryPostings
+    term_idf: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -715,8 +717,11 @@ class LexicalIndex:
         with self._mutex:
             postings = self._query_postings(terms)
             slots, scores = self._score_postings(postings)
+            n = float(self._n_live)
+            idf = np.array([math.log1p((n - df + 0.5) / (df + 0.5)) for df in postings.counts],
+                           np.float64)
             return LexicalMatch(self._eids[slots], scores, self._eids[postings.slots],
-                                postings)
+                                postings, idf)
 
     def score_terms(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """BM25 of already-tokenized ``terms`` (distinct ones count once): (slots, scores).

@@ -14,6 +14,10 @@ from typing import Any
 from engramdb.errors import InvalidInput
 
 DURABILITY_MODES = ("full", "fast")
+# What recall did before these settings existed (see Settings.from_dict).
+_BEFORE_COVERAGE = {"turn_lexical": 1.0, "coverage_prior": 0.0, "coverage_context": 0.0}
+_CONTEXT_WEIGHTS = {"context_lexical", "context_dense", "session_prior", "speaker_prior",
+                    "date_prior"}
 
 
 @dataclass
@@ -41,10 +45,16 @@ class Settings:
     # Conversation context in hybrid recall (docs/recall.md; engramdb/context.py, hybrid.py).
     # Values chosen leave-one-conversation-out on LoCoMo (docs/quality.md).
     context: bool = True  # use turn order, sessions, speakers and dates (recall(context=...))
-    context_lexical: float = 0.5  # share of the previous turn's BM25 added to a turn's BM25
+    # A turn's lexical evidence is how much of the query it holds (coverage: the idf-weighted
+    # share of the query's terms, alone and with its previous turn), not its BM25, which
+    # still chooses the lexical candidates; BM25 scores its session.
+    turn_lexical: float = 0.0  # share of a turn's own BM25 in its lexical score
+    context_lexical: float = 0.0  # share of the previous turn's BM25 in it
+    session_prior: float = 1.0  # share of the session's BM25 (as one document) in it
+    coverage_prior: float = 1.0  # added (in z units) x the turn's coverage of the query
+    coverage_context: float = 2.5  # ... and x this x the coverage of the turn + previous turn
     context_dense: float = 0.5  # share of the previous turn's cosine added to a turn's cosine
-    session_prior: float = 1.0  # share of the session's BM25 (as one document) added too
-    speaker_prior: float = 0.5  # added (in z units) when a turn's role is named in the query
+    speaker_prior: float = 0.75  # added (in z units) when a turn's role is named in the query
     date_prior: float = 3.0  # added (in z units) x date affinity: 1 same day, 0.5 same month
     date_key: str = "date"  # metadata key holding an occurrence's date ("" : no dates)
     neighbour_seeds: int = 5  # best hits that pass score to the turns before and after them
@@ -110,9 +120,16 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build settings from a dict, ignoring keys this version does not know."""
+        """Build settings from a dict, ignoring keys this version does not know.
+
+        A whole dict from before query coverage existed (a store's manifest, an export: it
+        names every context weight but no coverage) keeps the ranking it was made with: a
+        turn's BM25 in full and no coverage."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if values.keys() >= _CONTEXT_WEIGHTS and "coverage_prior" not in values:
+            values = {**_BEFORE_COVERAGE, **values}
+        return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated)."""

@@ -1906,13 +1906,21 @@ class Store:
             if asked:
                 date = date_affinity(per_candidate(ctx.day), asked)
                 date_prior = s.date_prior
+        cover = cover_prev = zeros
+        if s.coverage_prior:
+            counts = postings.counts
+            cover, cover_prev = hybrid.coverage(
+                found.term_idf, np.repeat(np.arange(len(counts)), counts), found.posting_eids,
+                cands, prev)
         ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25,
                                     bm25_prev=bm25_prev, bm25_session=session,
-                                    speaker=speaker, date=date)
+                                    speaker=speaker, date=date, coverage=cover,
+                                    coverage_prev=cover_prev)
         mixed = hybrid.context_mix(ev, hybrid.ContextWeights(
-            lexical_weight=weight, context_lexical=s.context_lexical,
-            context_dense=s.context_dense, session_prior=s.session_prior,
-            speaker_prior=speaker_prior, date_prior=date_prior))
+            lexical_weight=weight, turn_lexical=s.turn_lexical,
+            context_lexical=s.context_lexical, session_prior=s.session_prior,
+            context_dense=s.context_dense, speaker_prior=speaker_prior, date_prior=date_prior,
+            coverage_prior=s.coverage_prior, coverage_context=s.coverage_context))
         ranking = (-mixed).argsort(kind="stable")  # ties: the smaller eid (cands ascend)
         best = ranking[:max(top_k, s.neighbour_seeds)]
         lifted: dict[int, tuple[float, int]] = {}
@@ -1942,8 +1950,9 @@ class Store:
         rows = np.concatenate([best, lifted_at[lifted_in]])
         fused = hybrid.squash(mixed[rows])
         names = ("vector", "lexical", "context_vector", "context_lexical", "session",
-                 "speaker", "date")
-        table = np.array([cos, bm25, cos_prev, bm25_prev, session, speaker, date])[:, rows]
+                 "speaker", "date", "coverage", "context_coverage")
+        table = np.array([cos, bm25, cos_prev, bm25_prev, session, speaker, date, cover,
+                          cover_prev])[:, rows]
         parts = [dict(zip(names, row), fused=f)
                  for row, f in zip(table.T.tolist(), fused.tolist(), strict=True)]
         rows_at = at_c[rows]
