@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -121,10 +122,12 @@ def worker(path: Path, code: Path | None) -> dict:
     import engramdb
 
     qv, qt = queries(words())
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     c0, t0 = time.process_time(), time.perf_counter()
     mem = engramdb.open(path)
     open_s = time.perf_counter() - t0
     open_cpu_s = time.process_time() - c0  # every thread of this process, DuckDB's included
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
 
     def ids(hits: list) -> list[str]:
         return [h.id for h in hits]
@@ -132,23 +135,27 @@ def worker(path: Path, code: Path | None) -> dict:
     t0 = time.perf_counter()
     early_vec = ids(mem.recall(vector=qv[0], top_k=K, associative=False))
     first_vec_ms = (time.perf_counter() - t0) * 1e3
+    # A store of caller-supplied vectors (--store) has no encoder: no text recalls then.
+    texts = mem.manifest.encoder_spec.get("kind") != "vectors"
     t0 = time.perf_counter()
-    early_text = ids(mem.recall(qt[0], top_k=K, associative=False))
-    first_text_ms = (time.perf_counter() - t0) * 1e3
+    early_text = ids(mem.recall(qt[0], top_k=K, associative=False)) if texts else []
+    first_text_ms = (time.perf_counter() - t0) * 1e3 if texts else float("nan")
     t0 = time.perf_counter()
     if hasattr(mem, "wait_ready"):
         mem.wait_ready()
-    ready_s = open_s + first_vec_ms / 1e3 + first_text_ms / 1e3 + time.perf_counter() - t0
+    ready_s = (open_s + first_vec_ms / 1e3 + (first_text_ms / 1e3 if texts else 0.0)
+               + time.perf_counter() - t0)
     vec_t, text_t = [], []
     for i in range(1, QUERIES + 1):
         t0 = time.perf_counter()
         mem.recall(vector=qv[i], top_k=K, associative=False)
         vec_t.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        mem.recall(qt[i], top_k=K, associative=False)
-        text_t.append((time.perf_counter() - t0) * 1e3)
+        if texts:
+            t0 = time.perf_counter()
+            mem.recall(qt[i], top_k=K, associative=False)
+            text_t.append((time.perf_counter() - t0) * 1e3)
     same = (ids(mem.recall(vector=qv[0], top_k=K, associative=False)) == early_vec
-            and ids(mem.recall(qt[0], top_k=K, associative=False)) == early_text)
+            and (not texts or ids(mem.recall(qt[0], top_k=K, associative=False)) == early_text))
     t0 = time.perf_counter()
     mem.close()
     close_s = time.perf_counter() - t0
@@ -156,10 +163,13 @@ def worker(path: Path, code: Path | None) -> dict:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1]) / 1024
-    return {"open_s": open_s, "open_cpu_s": open_cpu_s, "first_vec_ms": first_vec_ms,
+    return {"open_s": open_s, "open_cpu_s": open_cpu_s,
+            "open_user_s": r1.ru_utime - r0.ru_utime, "open_sys_s": r1.ru_stime - r0.ru_stime,
+            "open_faults": float(r1.ru_minflt - r0.ru_minflt), "first_vec_ms": first_vec_ms,
             "first_text_ms": first_text_ms,
             "ready_s": ready_s, "vec_p50_ms": float(np.median(vec_t)),
-            "text_p50_ms": float(np.median(text_t)), "close_s": close_s,
+            "text_p50_ms": float(np.median(text_t)) if texts else float("nan"),
+            "close_s": close_s,
             "same_after_load": same, "recovered": mem.recovered, "peak_rss_mb": rss}
 
 
@@ -189,6 +199,8 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true",
                         help="drop the store's files from the page cache before each open "
                              "(posix_fadvise DONTNEED on each file: no other file is touched)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="time opens of this existing 384-d store instead of building one")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -197,9 +209,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     rows = []
-    for n in args.sizes:
-        path = args.out / f"n{n}.engram"
-        if args.rebuild or not (args.out / f"n{n}.json").exists():
+    for n in args.sizes if args.store is None else [0]:
+        path = args.out / f"n{n}.engram" if args.store is None else args.store
+        if args.store is None and (args.rebuild or not (args.out / f"n{n}.json").exists()):
             print(f"building {n:,} engrams ...", file=sys.stderr, flush=True)
             print(json.dumps(build(path, n, args.out)), file=sys.stderr, flush=True)
         if args.build_only:
@@ -222,22 +234,28 @@ def main() -> None:
         med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]
                if isinstance(runs[0][k], float)}
         med["same"] = all(r["same_after_load"] for r in runs)
+        med["each"] = " / ".join(f"{r['open_s']:.2f}" for r in runs)
         rows.append((n, med))
     if not rows:
         return
     lines = [
         f"Machine: {describe()}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`",
         "",
-        "| n | open s | open CPU s | first vec ms | first text ms | ready s | vec p50 ms "
-        "| text p50 ms | close s | same after load | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| n | open s | open CPU s | user s | system s | page faults | first vec ms "
+        "| first text ms | ready s | vec p50 ms | text p50 ms | close s | same after load "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, m in rows:
         lines.append(
-            f"| {n:,} | {m['open_s']:.2f} | {m['open_cpu_s']:.2f} | {m['first_vec_ms']:.1f} "
+            f"| {n or args.store} | {m['open_s']:.2f} | {m['open_cpu_s']:.2f} "
+            f"| {m['open_user_s']:.2f} | {m['open_sys_s']:.2f} | {m['open_faults']:,.0f} "
+            f"| {m['first_vec_ms']:.1f} "
             f"| {m['first_text_ms']:.1f} "
             f"| {m['ready_s']:.2f} | {m['vec_p50_ms']:.3f} | {m['text_p50_ms']:.3f} "
             f"| {m['close_s']:.2f} | {'yes' if m['same'] else 'NO'} | {m['peak_rss_mb']:,.0f} |")
+    lines += ["", "open s of each repeat: " + "; ".join(
+        f"{n or args.store}: {m['each']}" for n, m in rows)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

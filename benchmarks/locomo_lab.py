@@ -333,10 +333,12 @@ def store_items(f: Feats) -> list[tuple]:
         terms = set(qtok[qi])
         held = [t for t in dict.fromkeys(qtok[qi]) if t in holders]
         df = np.array([len(holders[t]) for t in held], np.float64)
+        docs = np.union1d(c, p[p >= 0])
         cover, cover_prev = hy.coverage(
             np.log1p((n - df + 0.5) / (df + 0.5)),
             np.repeat(np.arange(len(held)), df.astype(np.int64)),
-            np.array([e for t in held for e in holders[t]], np.int64), c, p)
+            np.array([e for t in held for e in holders[t]], np.int64), docs,
+            docs.searchsorted(c), np.where(p >= 0, docs.searchsorted(p), -1))
         ev = hy.ContextEvidence(
             cos=cos[c], cos_prev=np.where(p >= 0, cos[np.maximum(p, 0)], cos[c]),
             bm25=lex[c], bm25_prev=np.where(p >= 0, lex[np.maximum(p, 0)], 0.0),

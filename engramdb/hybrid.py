@@ -121,40 +121,32 @@ def context_mix(ev: ContextEvidence, w: ContextWeights) -> np.ndarray:
 
 
 def coverage(term_idf: np.ndarray, posting_term: np.ndarray, posting_eid: np.ndarray,
-             cands: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             docs: np.ndarray, own_at: np.ndarray, prev_at: np.ndarray,
+             ) -> tuple[np.ndarray, np.ndarray]:
     """How much of a query each candidate holds: ``(alone, with its previous turn)``.
 
     A candidate's coverage is the sum of the idf of the query's distinct terms it contains
     over the sum of all of them (terms no document holds are left out), so 1 means every
     term is there, weighted by how rare each is. ``term_idf`` has one entry per term;
     postings ``posting_term``/``posting_eid`` say which documents hold which term (each pair
-    once); ``cands`` are sorted eids and ``prev`` their previous turns (-1: none).
+    once). ``docs`` are the sorted eids of the candidates and of their previous turns;
+    ``own_at`` gives each candidate's position in ``docs``, ``prev_at`` its previous turn's
+    (-1: none).
     """
-    n, n_terms = len(cands), len(term_idf)
+    n, n_terms = len(own_at), len(term_idf)
     total = float(term_idf.sum())
     if n == 0 or n_terms == 0 or total <= 0.0 or len(posting_eid) == 0:
         return np.zeros(n), np.zeros(n)
-    # (candidate, term) pairs from the candidates' own postings ...
-    pos = np.minimum(cands.searchsorted(posting_eid), n - 1)
-    own = cands[pos] == posting_eid
-    own_keys = pos[own] * n_terms + posting_term[own]
-    alone = np.bincount(pos[own], term_idf[posting_term[own]], minlength=n) / total
-    # ... and from their previous turns' (several candidates may share one).
-    order = prev.argsort(kind="stable")
-    sorted_prev = prev[order]
-    lo = sorted_prev.searchsorted(posting_eid, "left")
-    hi = sorted_prev.searchsorted(posting_eid, "right")
-    width = hi - lo
-    hit = (width > 0) & (posting_eid >= 0)
-    if not hit.any():
-        return alone, alone
-    reps = width[hit]
-    first = np.repeat(lo[hit], reps)
-    step = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    prev_keys = order[first + step] * n_terms + np.repeat(posting_term[hit], reps)
-    keys = np.unique(np.concatenate([own_keys, prev_keys]))
-    with_prev = np.bincount(keys // n_terms, term_idf[keys % n_terms], minlength=n) / total
-    return alone, with_prev
+    # Which terms each document holds: a few hundred documents by a few terms, small enough
+    # for a dense table (sorting (document, term) pairs instead cost 5x).
+    at = np.minimum(docs.searchsorted(posting_eid), len(docs) - 1)
+    hit = docs[at] == posting_eid
+    held = np.zeros((len(docs), n_terms), bool)
+    held[at[hit], posting_term[hit]] = True
+    own = held[own_at]
+    has_prev = (prev_at >= 0)[:, None]
+    both = own | (held[np.maximum(prev_at, 0)] & has_prev)
+    return own @ term_idf / total, both @ term_idf / total
 
 
 def spread(eids: np.ndarray, mixed: np.ndarray, prev: np.ndarray, nxt: np.ndarray,

@@ -1911,7 +1911,7 @@ class Store:
             counts = postings.counts
             cover, cover_prev = hybrid.coverage(
                 found.term_idf, np.repeat(np.arange(len(counts)), counts), found.posting_eids,
-                cands, prev)
+                need, at_c, np.where(has_prev, at_p, -1))
         ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25,
                                     bm25_prev=bm25_prev, bm25_session=session,
                                     speaker=speaker, date=date, coverage=cover,

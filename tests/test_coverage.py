@@ -33,7 +33,10 @@ def test_coverage_is_the_idf_share_of_the_query_a_turn_holds(case: tuple) -> Non
     pairs = [(t, d) for d, terms in enumerate(holds) for t in sorted(terms)]
     posting_term = np.array([t for t, _ in pairs], np.int64)
     posting_eid = np.array([d for _, d in pairs], np.int64)
-    alone, with_prev = hybrid.coverage(idf, posting_term, posting_eid, cands, prev)
+    docs = np.union1d(cands, prev[prev >= 0])
+    alone, with_prev = hybrid.coverage(idf, posting_term, posting_eid, docs,
+                                       docs.searchsorted(cands),
+                                       np.where(prev >= 0, docs.searchsorted(prev), -1))
     total = idf.sum()
     for i, (c, p) in enumerate(zip(cands.tolist(), prev.tolist(), strict=True)):
         own = holds[c]
