@@ -91,6 +91,11 @@ _DURABLE = ("SET fsync_mode = 'STANDARD'", "SET enable_optimistic_write = true",
             "RESET checkpoint_threshold")
 
 
+class CatalogClosed(StorageError):
+    """A read reached a catalog that was closed; the store retries it on the catalog that
+    replaced it (``gc`` rewrites the catalog file and reopens it while recalls run)."""
+
+
 class Catalog:
     """One DuckDB database file plus a cursor per reading thread."""
 
@@ -103,6 +108,11 @@ class Catalog:
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursors_lock = threading.Lock()
+        # Reads in flight, so that close() (gc swaps the catalog while recalls run: they take
+        # no store lock) waits for them instead of closing the cursors under them.
+        self._reads = threading.Condition()
+        self._active = 0
+        self._closed = False
         self.fast = False  # commits skip DuckDB's WAL fsync ("fast" durability)
         self.pending = False  # a commit since the last durable one may not be on disk yet
         if fast:
@@ -139,6 +149,10 @@ class Catalog:
                 # SET does no I/O, so only an injected fault gets here. The checkpoint on
                 # close then runs without fsyncs: a power cut during it could tear the file.
                 pass
+        with self._reads:
+            self._closed = True
+            # Reads finish in milliseconds; the bound only keeps a stuck one from hanging us.
+            self._reads.wait_for(lambda: self._active == 0, timeout=60.0)
         with self._cursors_lock:
             cursors, self._cursors = self._cursors, []
         for cur in cursors:
@@ -235,19 +249,39 @@ class Catalog:
                 self._cursors.append(cur)
         return cur
 
-    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        """Run a read query on this thread's cursor; CorruptStore if the catalog is damaged."""
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """This thread's cursor, for reads that :meth:`close` waits for. Raises
+        :class:`CatalogClosed` once the catalog is closing (the store has swapped in a new
+        one: read from that instead)."""
+        with self._reads:
+            if self._closed:
+                raise CatalogClosed(f"catalog {self.path.name} was closed")
+            self._active += 1
         try:
-            return self.reader().execute(sql, params or []).fetchall()
-        except duckdb.Error as exc:
-            raise CorruptStore(f"catalog read failed: {exc}") from exc
+            yield self.reader()
+        finally:
+            with self._reads:
+                self._active -= 1
+                if self._active == 0:
+                    self._reads.notify_all()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        """Run a read query on this thread's cursor; CorruptStore if the catalog is damaged,
+        :class:`CatalogClosed` if it was closed (see :meth:`reading`)."""
+        with self.reading() as cur:
+            try:
+                return cur.execute(sql, params or []).fetchall()
+            except duckdb.Error as exc:
+                raise CorruptStore(f"catalog read failed: {exc}") from exc
 
     def query_arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
-        """Run a read query and return an Arrow table."""
-        try:
-            return self.reader().sql(sql, params=params or None).to_arrow_table()
-        except duckdb.Error as exc:
-            raise CorruptStore(f"catalog read failed: {exc}") from exc
+        """Run a read query and return an Arrow table (errors as :meth:`query`)."""
+        with self.reading() as cur:
+            try:
+                return cur.sql(sql, params=params or None).to_arrow_table()
+            except duckdb.Error as exc:
+                raise CorruptStore(f"catalog read failed: {exc}") from exc
 
     def counters(self) -> dict[str, int]:
         """The committed counters (generation, clock, next_eid, next_seq)."""

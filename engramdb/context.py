@@ -77,7 +77,9 @@ class TurnContext:
         self.session_len = np.zeros(0, np.float64)  # per code: summed length of its turns
         self.session_turns = np.zeros(0, np.int64)  # per code: its turns
         # (k1, b, sessions with turns, BM25 length norm per code) while the sessions stand.
-        self._session_norm: tuple[float, float, int, np.ndarray] | None = None
+        # (k1, b, sessions with turns, norm per code, _sessions_version it was computed at)
+        self._session_norm: tuple[float, float, int, np.ndarray, int] | None = None
+        self._sessions_version = 0  # bumped after every change to the session arrays
         self.role_words: dict[str, set[int]] = {}  # a word of a role label -> role codes
         self._next_code = 0
 
@@ -212,13 +214,13 @@ class TurnContext:
 
     def _grow_codes(self, need: int) -> None:
         if need > len(self.session_len):
-            self._session_norm = None
             size = max(need, 2 * len(self.session_len), 64)
             for name in ("session_len", "session_turns"):
                 old = getattr(self, name)
                 new = np.zeros(size, old.dtype)
                 new[: len(old)] = old
                 setattr(self, name, new)
+            self._sessions_changed()
 
     def _add_label(self, code: int, label: str) -> None:
         self.codes[label] = code
@@ -268,9 +270,9 @@ class TurnContext:
         has = sess_i >= 0
         if has.any():
             self._grow_codes(int(sess_i.max()) + 1)
-            self._session_norm = None
             np.add.at(self.session_len, sess_i[has], self.length[eids[has]].astype(np.float64))
             np.add.at(self.session_turns, sess_i[has], 1)
+            self._sessions_changed()
 
     def _link_next(self, parents: np.ndarray, children: np.ndarray) -> None:
         """Set ``next`` of each parent to its smallest child (keeping a smaller one it has)."""
@@ -291,9 +293,9 @@ class TurnContext:
         sess = self.session[eids]
         has = sess >= 0
         if has.any():
-            self._session_norm = None
             np.subtract.at(self.session_len, sess[has], self.length[eids[has]].astype(np.float64))
             np.subtract.at(self.session_turns, sess[has], 1)
+            self._sessions_changed()
         parents = self.prev[eids]
         orphaned = parents[(parents >= 0) & (parents < self.capacity)]
         orphaned = np.unique(orphaned[np.isin(self.next[orphaned], eids)])
@@ -422,6 +424,9 @@ class TurnContext:
         sess = self.session[eids]
         keep = visible[eids]
         keep &= sess >= 0
+        # A session code added by a write since n_codes and norm were read (recall takes no
+        # lock) has no place in either: that turn lends no session score to this recall.
+        keep &= sess < min(n_codes, len(norm))
         key = term[keep] * n_codes + sess[keep]
         tf = np.bincount(key, tfs[keep].astype(np.float64), minlength=len(counts) * n_codes)
         nz = tf.nonzero()[0]
@@ -436,11 +441,20 @@ class TurnContext:
     def _session_lengths(self, k1: float, b: float) -> tuple[int, np.ndarray]:
         """(sessions with turns, BM25 length norm ``k1 (1 - b + b len / avglen)`` per code),
         kept until a write changes the sessions."""
+        version = self._sessions_version
         cached = self._session_norm
-        if cached is not None and cached[0] == k1 and cached[1] == b:
+        if cached is not None and cached[:2] == (k1, b) and cached[4] == version:
             return cached[2], cached[3]
         n = int(np.count_nonzero(self.session_turns > 0))
         avglen = max(float(self.session_len.sum()) / n, 1e-9) if n else 1.0
         norm = k1 * (1.0 - b + b * self.session_len / avglen)
-        self._session_norm = (k1, b, n, norm)
+        # Kept with the version it was read at: had a write landed while we read (recall
+        # takes no lock), the version moved on and the next recall computes it again.
+        self._session_norm = (k1, b, n, norm, version)
         return n, norm
+
+    def _sessions_changed(self) -> None:
+        """Writers call this after changing the session arrays (never before: a recall
+        reading in between would cache the old values under the new version)."""
+        self._sessions_version += 1
+        self._session_norm = None

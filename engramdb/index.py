@@ -653,6 +653,7 @@ class VectorIndex:
 
     def _insert_locked(self, lab: np.ndarray, per_level: list[np.ndarray]) -> None:
         states = self._labels
+        states.reserve(int(lab.max()))  # may fail (memory): before any graph changes
         new = states.count_new(lab)
         n_known = states.n_live + states.n_dead
         need = n_known + new
@@ -1432,17 +1433,25 @@ def _upper_links(words: np.ndarray, heights: np.ndarray, size_links: int) -> np.
 
 
 def _file_heights(path: Path, m: int) -> np.ndarray:
-    """Each element's height (uint8) in a graph file written by hnswlib's ``save_index``."""
+    """Each element's height (uint8) in a graph file written by hnswlib's ``save_index``.
+
+    hnswlib writes through an unchecked stream, so a full disk leaves a short file: anything
+    that does not parse is reported as the I/O failure it is (``OSError``)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if size < _HNSW_HEADER.size:
+            raise OSError(f"{path.name} is {size} bytes: the graph was not written whole")
         mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     try:
         h = _Header(mm[:_HNSW_HEADER.size])
         if h.count == 0:
             return np.zeros(0, np.uint8)
-        words = _upper_words(mm, h)
-        heights = _walk_heights(words, h.count, 4 + 4 * h.m)
-        del words
+        try:
+            words = _upper_words(mm, h)
+            heights = _walk_heights(words, h.count, 4 + 4 * h.m)
+            del words
+        except (IndexDamaged, ValueError) as exc:
+            raise OSError(f"{path.name} was not written whole: {exc}") from exc
         if h.m != m or int(heights.max()) > 255:
             raise OSError(f"{path.name} is not the graph just written")
         return heights.astype(np.uint8)

@@ -12,9 +12,9 @@ import numpy as np
 
 from engramdb.errors import InvalidInput
 
-#: Largest label accepted (2**36: 64 GiB of state would be needed past it). Eids stay far
-#: below: one per engram ever written.
-MAX_LABEL = (1 << 36) - 1
+#: Largest label accepted. The state costs one byte per label up to the largest, so labels
+#: must be dense (eids are: one per engram ever written); this bounds it at 4 GiB.
+MAX_LABEL = (1 << 32) - 1
 
 _ABSENT, _LIVE, _DEAD = 0, 1, 2
 
@@ -85,17 +85,21 @@ class LabelStates:
         """How many of ``labels`` (distinct) are neither live nor dead."""
         return int(np.count_nonzero(self._of(labels) == _ABSENT))
 
-    def set_live(self, labels: np.ndarray) -> None:
-        """Make ``labels`` (distinct) live, whatever they were."""
-        if len(labels) == 0:
-            return
-        top = int(labels.max())
+    def reserve(self, top: int) -> None:
+        """Make room for labels up to ``top`` (the only step that allocates)."""
         if top > MAX_LABEL:
             raise InvalidInput(f"label {top} is past the largest supported ({MAX_LABEL})")
         if top >= len(self._state):
             grown = np.zeros(max(top + 1, 2 * len(self._state)), np.uint8)
             grown[:len(self._state)] = self._state
             self._state = grown
+
+    def set_live(self, labels: np.ndarray) -> None:
+        """Make ``labels`` (distinct) live, whatever they were."""
+        if len(labels) == 0:
+            return
+        top = int(labels.max())
+        self.reserve(top)
         was = self._state[labels]
         self.n_live += int(np.count_nonzero(was != _LIVE))
         self.n_dead -= int(np.count_nonzero(was == _DEAD))

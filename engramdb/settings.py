@@ -14,10 +14,9 @@ from typing import Any
 from engramdb.errors import InvalidInput
 
 DURABILITY_MODES = ("full", "fast")
-# What recall did before these settings existed (see Settings.from_dict).
-_BEFORE_COVERAGE = {"turn_lexical": 1.0, "coverage_prior": 0.0, "coverage_context": 0.0}
-_CONTEXT_WEIGHTS = {"context_lexical", "context_dense", "session_prior", "speaker_prior",
-                    "date_prior"}
+# What recall did before these settings existed (see Settings.from_stored).
+_BEFORE_COVERAGE = {"turn_lexical": 1.0, "coverage_prior": 0.0, "coverage_context": 0.0,
+                    "context_lexical": 0.5, "speaker_prior": 0.5}
 
 
 @dataclass
@@ -120,16 +119,20 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Build settings from a dict, ignoring keys this version does not know.
-
-        A whole dict from before query coverage existed (a store's manifest, an export: it
-        names every context weight but no coverage) keeps the ranking it was made with: a
-        turn's BM25 in full and no coverage."""
+        """Build settings from a dict, ignoring keys this version does not know; the rest
+        take today's defaults."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if values.keys() >= _CONTEXT_WEIGHTS and "coverage_prior" not in values:
-            values = {**_BEFORE_COVERAGE, **values}
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Settings:
+        """Settings recorded by a store (its manifest, an export): as :meth:`from_dict`, but
+        a record from before query coverage existed (it names none of its settings) keeps
+        the ranking it was made with: a turn's BM25 in full, no coverage, and the context
+        weights of that time where it lacks them."""
+        if not any(k in data for k in ("turn_lexical", "coverage_prior", "coverage_context")):
+            data = {**_BEFORE_COVERAGE, **data}
+        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated)."""

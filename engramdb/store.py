@@ -9,6 +9,7 @@ past the committed length, which the next open cuts off.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 from engramdb import catalog as cat
 from engramdb import collect, hybrid
 from engramdb import links as lk
-from engramdb.catalog import CATALOG_NAME, KIND_CODES, KIND_NAMES, Catalog
+from engramdb.catalog import CATALOG_NAME, KIND_CODES, KIND_NAMES, Catalog, CatalogClosed
 from engramdb.content import (
     check_finite,
     check_label,
@@ -76,6 +77,7 @@ from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, Turn,
 INDEX_DIR = "index"
 # BM25 postings as of the last close (derived; see Store._load_lexical).
 LEXICAL_SNAPSHOT = "lexical.snapshot"
+T = TypeVar("T")
 
 # Files a half-created store may hold before its manifest (written last) exists.
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
@@ -171,6 +173,10 @@ class Store:
         self._pid = os.getpid()
         self._closed = True
         self._write_lock = threading.RLock()
+        # Recalls in flight, and whether gc is moving vectors (_reading, _moving_vectors).
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._moving = False
         self._lock = StoreLock(self._prepare_directory(path, create))
         self._lock.acquire(lock_timeout)
         self.catalog: Catalog | None = None
@@ -242,7 +248,7 @@ class Store:
             manifest.settings = settings.to_dict()
             manifest.write(path)
         self.manifest = manifest
-        self.settings = Settings.from_dict(manifest.settings)
+        self.settings = Settings.from_stored(manifest.settings)
         self.dim = manifest.dim
         self.fingerprint = manifest.fingerprint
         self._encoder = encoder
@@ -289,12 +295,12 @@ class Store:
         # The in-memory state is one DuckDB scan (GIL-free, on its own cursor): it runs beside
         # the BM25 load, which needs no part of it.
         hot = _Background(lambda: HotState.from_arrow(
-            self.catalog.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")))
+            self._query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")))
         self._open_jobs.append(hot)
         self.lexical = self._load_lexical()
         self.context = self._load_context()
         # Whether any link exists: a store without links skips the edge query on every recall.
-        self._has_links = bool(self.catalog.query("SELECT count(*) FROM edges")[0][0])
+        self._has_links = bool(self._query("SELECT count(*) FROM edges")[0][0])
         self.hot = hot.result()
         self._check_pointers()
         self.index = self._load_index(index, index_files)
@@ -355,7 +361,7 @@ class Store:
         except duckdb.Error as exc:  # a failed write; never a raw DuckDB error (issue 8)
             raise StorageError(f"cannot create the lexical tables: {exc}") from exc
         self._lexical_saved = None
-        docs, engrams, eid_sum, len_sum, postings = self.catalog.query(
+        docs, engrams, eid_sum, len_sum, postings = self._query(
             "SELECT (SELECT count(*) FROM lex_docs), (SELECT count(*) FROM engrams), "
             "(SELECT coalesce(sum(eid), 0) FROM lex_docs), "
             "(SELECT coalesce(sum(len), 0) FROM lex_docs), (SELECT count(*) FROM lex_postings)"
@@ -365,12 +371,12 @@ class Store:
                                           "eid_sum": int(eid_sum), "len_sum": int(len_sum)})
             if lex is not None:
                 return lex
-        stale = docs != engrams or self.catalog.query(
+        stale = docs != engrams or self._query(
             "SELECT count(*) FROM engrams e ANTI JOIN lex_docs d ON d.eid = e.eid")[0][0]
         if stale:
             (self.path / LEXICAL_SNAPSHOT).unlink(missing_ok=True)
             lex = LexicalIndex()
-            rows = self.catalog.query("SELECT eid, text FROM engrams ORDER BY eid")
+            rows = self._query("SELECT eid, text FROM engrams ORDER BY eid")
             batch = lex.add_rows([r[0] for r in rows], [decompress_text(r[1]) for r in rows])
             with self._tx() as tx:
                 tx.execute("DELETE FROM lex_postings")
@@ -417,7 +423,7 @@ class Store:
         """Load the conversation context (``engramdb/context.py``); derive its tables from the
         occurrences when the store has none yet (written before they existed) or ``derive``."""
         con = self.catalog.con
-        existed = self.catalog.query(
+        existed = self._query(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'turns'")[0][0]
         try:
             for statement in TurnContext.schema_sql():
@@ -615,7 +621,7 @@ class Store:
                 cat.set_counters(con, {"synced_eid": self._next_eid})
         if mark >= self._next_eid:
             return []
-        rows = self.catalog.query_arrow(
+        rows = self._query_arrow(
             'SELECT eid, seg, "row", vec_sum FROM engrams WHERE eid >= ? ORDER BY eid', [mark])
         segs = rows.column("seg").to_numpy()
         ok = self.segments.verify_rows(segs, rows.column("row").to_numpy(),
@@ -1047,16 +1053,16 @@ class Store:
         if len(ids) <= _POINT_UPDATE_MAX and all(_is_id(i) for i in ids):
             # Literal ids use the index on id (1 ms less per call at 1M engrams than a scan).
             listed = ",".join(f"'{i}'" for i in ids)
-            rows = self.catalog.query(f"SELECT id, eid FROM engrams WHERE id IN ({listed})")
+            rows = self._query(f"SELECT id, eid FROM engrams WHERE id IN ({listed})")
         else:
-            rows = self.catalog.query(
+            rows = self._query(
                 "SELECT id, eid FROM engrams WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]
             )
         return {i: int(e) for i, e in rows}
 
     def _refresh_hot(self, eids: list[int]) -> None:
         """Reload kind and expiry of engrams said again (their pointers do not change)."""
-        rows = self.catalog.query(
+        rows = self._query(
             f"SELECT eid, kind, expires_at FROM engrams WHERE eid IN {lk.in_list(eids)}")
         e = np.array([r[0] for r in rows], np.int64)
         self.hot.set_life(e, np.array([r[1] for r in rows], np.int8),
@@ -1340,7 +1346,7 @@ class Store:
         if excess <= 0:
             return
         victims = short[np.argsort(self.hot.expires[short], kind="stable")[:excess]]
-        rows = self.catalog.query(
+        rows = self._query(
             f"SELECT eid, earned FROM engrams WHERE eid IN {lk.in_list(victims)}")
         earned = {int(e): float(x) for e, x in rows}
         keep = [e for e in victims if earned.get(int(e), 0.0) >= self.settings.promote_after / 2]
@@ -1367,10 +1373,69 @@ class Store:
         eid = self._last_turn
         return eid if 0 <= eid < self.hot.capacity and self.hot.alive[eid] else None
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A recall's reads of the vectors and their pointers, which take no store lock; they
+        wait while :meth:`_moving_vectors` runs. Never nested (a nested one could wait for a
+        compaction that waits for its caller)."""
+        gate = self._gate
+        with gate:
+            while self._moving:
+                gate.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with gate:
+                self._readers -= 1
+                if self._readers == 0:
+                    gate.notify_all()
+
+    @contextmanager
+    def _moving_vectors(self) -> Iterator[None]:
+        """gc's compaction moves vectors to new segments and deletes the old files: it waits
+        for the recalls in flight (a pointer read half before, half after the move, or a
+        file deleted under a scan, was an IndexError or another engram's vector) and holds
+        new ones back until it is done. Called under the write lock."""
+        gate = self._gate
+        with gate:
+            self._moving = True
+            gate.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with gate:
+                self._moving = False
+                gate.notify_all()
+
+    def _query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        """:meth:`Catalog.query` on the current catalog, through :meth:`_read`."""
+        return self._read(lambda c: c.query(sql, params))
+
+    def _query_arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """:meth:`Catalog.query_arrow` on the current catalog, through :meth:`_read`."""
+        return self._read(lambda c: c.query_arrow(sql, params))
+
+    def _read(self, read: Callable[[Catalog], T]) -> T:
+        """``read(catalog)`` for a reader that holds no store lock: if ``gc`` swaps the
+        catalog under it, it runs again on the new one (the old one's close waits for reads
+        in flight and refuses new ones)."""
+        deadline = time.monotonic() + 60.0
+        while True:
+            catalog = self.catalog
+            try:
+                return read(catalog)
+            except CatalogClosed:
+                while self.catalog is catalog:  # the swap is a close and an open away
+                    self._check_open()
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)
+
     def _occurrence_mask(self, occ_sql: str, occ_params: list[Any], size: int) -> np.ndarray:
-        allowed = self.catalog.query_arrow(
+        allowed = self._read(lambda c: c.query_arrow(
             f"SELECT DISTINCT eid FROM occurrences o WHERE {occ_sql}", occ_params
-        ).column("eid").to_numpy()
+        )).column("eid").to_numpy()
         keep = np.zeros(size, bool)
         keep[allowed[allowed < size]] = True
         return keep
@@ -1379,8 +1444,8 @@ class Store:
         """The ``limit`` strongest links now, as ``(id_a, id_b, weight)``."""
         self._check_open()
         vis = self.hot.visible(self._clock)
-        top = [(a, b, w) for a, b, w in lk.strongest(
-            self.catalog.reader(), None, self._clock, self.settings)
+        top = [(a, b, w) for a, b, w in self._read(lambda c: _with_cursor(
+            c, lk.strongest, (None, self._clock, self.settings)))
             if a < len(vis) and b < len(vis) and vis[a] and vis[b]][:check_top_k(limit)]
         ids = self._ids_of({e for a, b, _ in top for e in (a, b)})
         return [(ids[a], ids[b], w) for a, b, w in top if a in ids and b in ids]
@@ -1389,8 +1454,8 @@ class Store:
         eids = sorted(set(eids))
         if not eids:
             return {}
-        return {int(e): i for e, i in self.catalog.query(
-            f"SELECT eid, id FROM engrams WHERE eid IN {lk.in_list(eids)}")}
+        return {int(e): i for e, i in self._read(lambda c: c.query(
+            f"SELECT eid, id FROM engrams WHERE eid IN {lk.in_list(eids)}"))}
 
     def forgetting_log(self, limit: int = 50) -> list[dict[str, Any]]:
         """What died or was forgotten, most recent first: id, tick, reason, kind, collected.
@@ -1405,14 +1470,14 @@ class Store:
         pending = []
         if len(dead):
             kinds = effective_kind(self.hot.kind, self.hot.created, now)
-            for eid, ident, expires in self.catalog.query(
+            for eid, ident, expires in self._query(
                 f"SELECT eid, id, expires_at FROM engrams WHERE eid IN {lk.in_list(dead)}"
             ):
                 pending.append({"id": ident, "tick": int(np.ceil(expires)), "reason": "expired",
                                 "kind": KIND_NAMES[int(kinds[eid])], "collected": False})
         logged = [
             {"id": i, "tick": int(t), "reason": r, "kind": KIND_NAMES[int(k)], "collected": bool(c)}
-            for i, t, r, k, c in self.catalog.query(
+            for i, t, r, k, c in self._query(
                 "SELECT id, tick, reason, kind, collected FROM forgotten "
                 "ORDER BY tick DESC, eid DESC LIMIT ?", [limit])
         ]
@@ -1435,7 +1500,7 @@ class Store:
             self._check_open()
             now = self._clock
             dead = np.nonzero(self.hot.alive & ~self.hot.visible(now))[0]
-            pending_erase = self.catalog.query(
+            pending_erase = self._query(
                 "SELECT count(*) FROM forgotten WHERE NOT collected")[0][0]
             erase = bool(pending_erase or len(dead))
             alive_after = self.hot.alive.copy()
@@ -1481,7 +1546,8 @@ class Store:
             if erase:
                 self.lexical.compact()
             if to_compact:
-                self._compact(to_compact)
+                with self._moving_vectors():
+                    self._compact(to_compact)
             if erase:
                 self._rewrite_catalog()
                 # hnswlib only flags deleted vectors: their bytes stay in the graph files
@@ -1594,7 +1660,7 @@ class Store:
         With ``occ_sql`` only the occurrences matching that filter are attached.
         """
         join = "o.eid = e.eid" + (f" AND {occ_sql}" if occ_sql else "")
-        rows = self.catalog.query(
+        rows = self._read(lambda c: c.query(
             "SELECT e.eid, e.id, e.text, e.kind, e.refs, e.created_tick, e.expires_at, "
             "e.pinned, e.recalls, "
             "list(struct_pack(role := o.role, session := o.session, tick := o.tick, "
@@ -1602,7 +1668,7 @@ class Store:
             f"FROM engrams e LEFT JOIN occurrences o ON {join} "
             "WHERE e.eid IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL",
             [*occ_params, eids],
-        )
+        ))
         now = self._clock if now is None else now
         out = {}
         for eid, ident, blob, kind, refs, created, expires, pinned, recalls, occs in rows:
@@ -1665,19 +1731,20 @@ class Store:
         else:
             text = normalize_text(query, what="query")
             q = self._encode([text])[0]
-        now = self._clock
-        mask = self.hot.visible(now)
         codes = kind_codes(kinds)
-        if codes is not None:
-            mask = mask & np.isin(effective_kind(self.hot.kind, self.hot.created, now), codes)
         occ_sql, occ_params = occurrence_filter(where)
-        if occ_sql:
-            mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
         if context is not None:
             context = _check_bool(context, "context")
-        return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
-                            filtered=codes is not None or bool(occ_sql), context=context,
-                            visible=self.hot.visible(now))
+        with self._reading():
+            now = self._clock
+            mask = self.hot.visible(now)
+            if codes is not None:
+                mask = mask & np.isin(effective_kind(self.hot.kind, self.hot.created, now), codes)
+            if occ_sql:
+                mask = mask & self._occurrence_mask(occ_sql, occ_params, len(mask))
+            return self._recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
+                                filtered=codes is not None or bool(occ_sql), context=context,
+                                visible=self.hot.visible(now))
 
     def _recall(
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
@@ -1916,8 +1983,13 @@ class Store:
                                     bm25_prev=bm25_prev, bm25_session=session,
                                     speaker=speaker, date=date, coverage=cover,
                                     coverage_prev=cover_prev)
+        # Without session evidence (notes said outside any session, or no session holding a
+        # query term) the turns' own BM25 takes the session's place in the lexical sum.
+        turn_lexical = s.turn_lexical
+        if s.session_prior and not session.any():
+            turn_lexical += s.session_prior
         mixed = hybrid.context_mix(ev, hybrid.ContextWeights(
-            lexical_weight=weight, turn_lexical=s.turn_lexical,
+            lexical_weight=weight, turn_lexical=turn_lexical,
             context_lexical=s.context_lexical, session_prior=s.session_prior,
             context_dense=s.context_dense, speaker_prior=speaker_prior, date_prior=date_prior,
             coverage_prior=s.coverage_prior, coverage_context=s.coverage_context))
@@ -1979,7 +2051,8 @@ class Store:
         for _ in range(s.associative_depth):
             if not frontier:
                 break
-            links = lk.neighbours(self.catalog.reader(), frontier, now, s, s.associative_fanout)
+            links = self._read(functools.partial(
+                _with_cursor, read=lk.neighbours, args=(frontier, now, s, s.associative_fanout)))
             nxt: dict[int, tuple[float, list[int]]] = {}
             for src, (src_score, path) in frontier.items():
                 for other, weight in links.get(src, []):
@@ -2075,7 +2148,8 @@ class Store:
             if row_eid is None:
                 continue
             n = min(len(mm), len(row_eid))
-            eids = row_eid[:n]
+            # A copy: forget() clears rows of this array in place (-1) while we score.
+            eids = row_eid[:n].copy()
             # An eid past the mask is a row a concurrent write committed after the caller
             # took its mask: not visible to this search.
             ok = (eids >= 0) & (eids < len(mask))
@@ -2181,7 +2255,7 @@ class Store:
                 problems.append(f"segment {p.name}: {size} bytes, expected "
                                 f"{rows * self.segments.row_bytes}")
         try:
-            rows = self.catalog.query(
+            rows = self._query(
                 'SELECT eid, id, seg, "row", vec_sum, text, refs, '
                 "(SELECT count(*) FROM occurrences o WHERE o.eid = e.eid) FROM engrams e"
             )
@@ -2217,22 +2291,22 @@ class Store:
                 problems.append(f"engram {ident[:12]}: refs {refs} but {n_occ} occurrences")
             if not (eid < self.hot.capacity and self.hot.alive[eid]):
                 problems.append(f"engram {ident[:12]}: missing from the in-memory state")
-        dangling = self.catalog.query(
+        dangling = self._query(
             "SELECT count(*) FROM occurrences WHERE eid NOT IN (SELECT eid FROM engrams)"
         )[0][0]
         if dangling:
             problems.append(f"{dangling} occurrences of no engram")
-        dangling_edges = self.catalog.query(
+        dangling_edges = self._query(
             "SELECT count(*) FROM edges WHERE a NOT IN (SELECT eid FROM engrams) "
             "OR b NOT IN (SELECT eid FROM engrams)"
         )[0][0]
         if dangling_edges:
             problems.append(f"{dangling_edges} links to no engram")
-        dangling_turns = self.catalog.query(
+        dangling_turns = self._query(
             "SELECT count(*) FROM turns WHERE eid NOT IN (SELECT eid FROM engrams)")[0][0]
         if dangling_turns:
             problems.append(f"{dangling_turns} conversation-context rows of no engram")
-        dup = self.catalog.query("SELECT count(*) - count(DISTINCT id) FROM engrams")[0][0]
+        dup = self._query("SELECT count(*) - count(DISTINCT id) FROM engrams")[0][0]
         if dup:
             problems.append(f"{dup} duplicate engram ids")
         if rows and max_eid >= self._next_eid:
@@ -2246,6 +2320,13 @@ class Store:
 
 _KINDS = {code: Kind(name) for code, name in KIND_NAMES.items()}
 _NO_SCORE = np.zeros(1, np.float64)
+
+
+def _with_cursor(catalog: Catalog, read: Callable[..., T], args: tuple = ()) -> T:
+    """``read(cursor, *args)`` on this thread's cursor of ``catalog``, as a read that the
+    catalog's close waits for (:meth:`Catalog.reading`)."""
+    with catalog.reading() as cur:
+        return read(cur, *args)
 
 
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -2278,9 +2359,9 @@ class _OccurrenceLoader:
                 self._store._check_open()
                 eids = sorted(self.eid_of.values())
                 extra = f" AND {self._sql}" if self._sql else ""
-                rows = self._store.catalog.query(
+                rows = self._store._read(lambda c: c.query(
                     "SELECT eid, role, session, tick, metadata FROM occurrences o "
-                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
+                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params))
                 loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
                 for eid, role, session, tick, meta in rows:
                     loaded[int(eid)].append(_occurrence(

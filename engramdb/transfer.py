@@ -398,7 +398,7 @@ def import_store(
     settings = dict(header["settings"])
     settings["vector_dtype"] = header["dtype"]
     try:
-        settings_obj = Settings.from_dict(settings)
+        settings_obj = Settings.from_stored(settings)
     except (TypeError, EngramError) as exc:
         raise _bad(f"{source}: the exported settings are invalid: {exc}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)

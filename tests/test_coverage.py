@@ -64,10 +64,14 @@ def test_settings_from_before_coverage_keep_their_ranking(tmp_path: Path, encode
     old = {k: v for k, v in Settings().to_dict().items()
            if k not in ("turn_lexical", "coverage_prior", "coverage_context")}
     old.update(context_lexical=0.5, speaker_prior=0.5)
-    legacy = Settings.from_dict(old)
+    legacy = Settings.from_stored(old)
     assert (legacy.turn_lexical, legacy.coverage_prior, legacy.coverage_context) == (1, 0, 0)
-    # A caller's partial dict is not a manifest: it gets today's defaults for the rest.
-    fresh = Settings.from_dict({"lexical_weight": 0.4})
+    # Older still (before the context weights): the weights of that time, too.
+    older = Settings.from_stored({"lexical_weight": 0.4, "hybrid_pool": 100})
+    assert (older.context_lexical, older.speaker_prior, older.coverage_prior) == (0.5, 0.5, 0)
+    # A record that names any coverage setting is today's; a caller's dict is never migrated.
+    assert Settings.from_stored({**old, "coverage_context": 1.0}).coverage_prior == 1.0
+    fresh = Settings.from_dict(old)
     assert (fresh.turn_lexical, fresh.coverage_prior) == (0.0, 1.0)
 
     path = tmp_path / "old.engram"
@@ -100,3 +104,17 @@ def test_legacy_weights_reproduce_the_formula_before_coverage() -> None:
     before = 0.5 * hybrid.zscore(lex) + 0.5 * hybrid.zscore(dense)
     before = before + 0.5 * ev.speaker + 3.0 * ev.date
     np.testing.assert_array_equal(hybrid.context_mix(ev, w), before)
+
+
+def test_without_sessions_a_turns_bm25_takes_the_sessions_place(mem) -> None:
+    """Notes said outside any session have no session BM25: their own BM25 stands in, so
+    a lexical-only mix still ranks by it (it used to score every candidate alike)."""
+    mem.ingest_many([f"Plain note {i} about weather, trains and soup." for i in range(30)])
+    mem.ingest("The red kite flew over the harbour.")
+    mem.ingest("Kites and more kites: kite kite kite.")
+    mem.settings.lexical_weight = 1.0
+    mem.settings.coverage_prior = 0.0
+    hits = mem.recall("red kite", top_k=5, associative=False)
+    assert all(h.scores["session"] == 0.0 for h in hits)
+    assert len({round(h.score, 9) for h in hits}) > 1
+    assert hits[0].scores["lexical"] == max(h.scores["lexical"] for h in hits)

@@ -541,3 +541,26 @@ def test_add_delete_sequences_match_a_set_model(ops: list, graph: bool) -> None:
         allowed = np.arange(0, 61, 3)
         got, _, _ = idx.search(Q[1], 5, fetch=fetch, allowed=allowed)
         assert set(got.tolist()) <= model & set(allowed.tolist())
+
+
+def test_a_graph_file_written_short_is_an_io_error(saved: Path, tmp_path: Path) -> None:
+    """hnswlib writes through an unchecked stream: a full disk leaves a short file, which
+    the save reports as an OSError (the store's StorageError), never as a parse error."""
+    from engramdb.index import _file_heights
+
+    data = _level_file(saved, 0).read_bytes()
+    for cut in (len(data) - 5, 100, 10, 0):
+        short = tmp_path / f"short{cut}.hnsw"
+        short.write_bytes(data[:cut])
+        with pytest.raises(OSError):
+            _file_heights(short, 16)
+
+
+def test_a_label_too_large_changes_nothing() -> None:
+    from engramdb.label_states import MAX_LABEL
+
+    idx = VectorIndex(DIM, IndexConfig(levels=[DIM]))
+    idx.add(np.arange(3), X[:3])
+    with pytest.raises(InvalidInput):
+        idx.add(np.array([5, MAX_LABEL + 1]), X[3:5])
+    assert len(idx) == 3 and idx.labels().tolist() == [0, 1, 2]
