@@ -716,10 +716,8 @@ class LexicalIndex:
         with their documents' eids (to regroup them, e.g. by session)."""
         with self._mutex:
             postings = self._query_postings(terms)
-            slots, scores = self._score_postings(postings)
-            n = float(self._n_live)
-            idf = np.array([math.log1p((n - df + 0.5) / (df + 0.5)) for df in postings.counts],
-                           np.float64)
+            idf = self._idf(postings.counts)
+            slots, scores = self._score_postings(postings, idf)
             return LexicalMatch(self._eids[slots], scores, self._eids[postings.slots],
                                 postings, idf)
 
@@ -764,16 +762,20 @@ class LexicalIndex:
         with self._mutex:
             return self._score_postings(postings)
 
-    def _score_postings(self, postings: QueryPostings) -> tuple[np.ndarray, np.ndarray]:
+    def _idf(self, counts: Sequence[int]) -> np.ndarray:
+        """BM25 idf (float64) of terms held by ``counts`` live documents each."""
+        n = float(self._n_live)
+        return np.array([math.log1p((n - df + 0.5) / (df + 0.5)) for df in counts], np.float64)
+
+    def _score_postings(self, postings: QueryPostings, idf: np.ndarray | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
         counts = postings.counts
         if self._n_live == 0 or not counts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        n = float(self._n_live)
-        avglen = max(self._total_len / n, 1e-9)
+        avglen = max(self._total_len / float(self._n_live), 1e-9)
         k1, b = self.k1, self.b
         # Per term: idf x (k1 + 1), in float32 like the term frequencies it multiplies.
-        lift = np.array([math.log1p((n - df + 0.5) / (df + 0.5)) * (k1 + 1.0) for df in counts],
-                        np.float32)
+        lift = ((self._idf(counts) if idf is None else idf) * (k1 + 1.0)).astype(np.float32)
         slots, tfs = postings.slots, postings.tfs
         norm = k1 * (1.0 - b + b * (self._len[slots] / avglen))
         if len(counts) == 1:

@@ -9,7 +9,6 @@ past the committed length, which the next open cuts off.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -1416,6 +1415,15 @@ class Store:
         """:meth:`Catalog.query_arrow` on the current catalog, through :meth:`_read`."""
         return self._read(lambda c: c.query_arrow(sql, params))
 
+    def _read_cursor(self, read: Callable[..., T], *args: Any) -> T:
+        """``read(cursor, *args)`` on this thread's cursor of the current catalog, as a read
+        its close waits for (:meth:`Catalog.reading`), through :meth:`_read`."""
+        def run(catalog: Catalog) -> T:
+            with catalog.reading() as cur:
+                return read(cur, *args)
+
+        return self._read(run)
+
     def _read(self, read: Callable[[Catalog], T]) -> T:
         """``read(catalog)`` for a reader that holds no store lock: if ``gc`` swaps the
         catalog under it, it runs again on the new one (the old one's close waits for reads
@@ -1433,9 +1441,9 @@ class Store:
                     time.sleep(0.001)
 
     def _occurrence_mask(self, occ_sql: str, occ_params: list[Any], size: int) -> np.ndarray:
-        allowed = self._read(lambda c: c.query_arrow(
+        allowed = self._query_arrow(
             f"SELECT DISTINCT eid FROM occurrences o WHERE {occ_sql}", occ_params
-        )).column("eid").to_numpy()
+        ).column("eid").to_numpy()
         keep = np.zeros(size, bool)
         keep[allowed[allowed < size]] = True
         return keep
@@ -1444,8 +1452,8 @@ class Store:
         """The ``limit`` strongest links now, as ``(id_a, id_b, weight)``."""
         self._check_open()
         vis = self.hot.visible(self._clock)
-        top = [(a, b, w) for a, b, w in self._read(lambda c: _with_cursor(
-            c, lk.strongest, (None, self._clock, self.settings)))
+        top = [(a, b, w) for a, b, w in self._read_cursor(
+            lk.strongest, None, self._clock, self.settings)
             if a < len(vis) and b < len(vis) and vis[a] and vis[b]][:check_top_k(limit)]
         ids = self._ids_of({e for a, b, _ in top for e in (a, b)})
         return [(ids[a], ids[b], w) for a, b, w in top if a in ids and b in ids]
@@ -1454,8 +1462,8 @@ class Store:
         eids = sorted(set(eids))
         if not eids:
             return {}
-        return {int(e): i for e, i in self._read(lambda c: c.query(
-            f"SELECT eid, id FROM engrams WHERE eid IN {lk.in_list(eids)}"))}
+        return {int(e): i for e, i in self._query(
+            f"SELECT eid, id FROM engrams WHERE eid IN {lk.in_list(eids)}")}
 
     def forgetting_log(self, limit: int = 50) -> list[dict[str, Any]]:
         """What died or was forgotten, most recent first: id, tick, reason, kind, collected.
@@ -1660,7 +1668,7 @@ class Store:
         With ``occ_sql`` only the occurrences matching that filter are attached.
         """
         join = "o.eid = e.eid" + (f" AND {occ_sql}" if occ_sql else "")
-        rows = self._read(lambda c: c.query(
+        rows = self._query(
             "SELECT e.eid, e.id, e.text, e.kind, e.refs, e.created_tick, e.expires_at, "
             "e.pinned, e.recalls, "
             "list(struct_pack(role := o.role, session := o.session, tick := o.tick, "
@@ -1668,7 +1676,7 @@ class Store:
             f"FROM engrams e LEFT JOIN occurrences o ON {join} "
             "WHERE e.eid IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL",
             [*occ_params, eids],
-        ))
+        )
         now = self._clock if now is None else now
         out = {}
         for eid, ident, blob, kind, refs, created, expires, pinned, recalls, occs in rows:
@@ -1774,7 +1782,8 @@ class Store:
             fused = True
         elif weight > 0:
             assert text is not None
-            lex_eids, lex_scores = self._lexical_scores(text, mask)
+            lex_eids, lex_scores = self._lexical_scores(
+                self.lexical.match(self.lexical.tokenizer(text)), mask)
             if exclude is not None and len(lex_eids):
                 keep = lex_eids != exclude
                 lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
@@ -1817,14 +1826,10 @@ class Store:
             )
         return hits
 
-    def _lexical_scores(self, text: str | None, mask: np.ndarray,
-                        found: LexicalMatch | None = None,
+    def _lexical_scores(self, found: LexicalMatch, mask: np.ndarray,
                         ) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 scores of every engram in ``mask`` matching the query ``text`` (or ``found``,
-        the query's :meth:`LexicalIndex.match` when the caller has it), sorted by eid."""
-        if found is None:
-            assert text is not None
-            found = self.lexical.match(self.lexical.tokenizer(text))
+        """BM25 scores of every engram in ``mask`` among a query's matches (``found``, from
+        :meth:`LexicalIndex.match`), sorted by eid."""
         eids, scores = found.eids, found.scores
         if len(eids) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -1885,7 +1890,7 @@ class Store:
         terms = lex.tokenizer(text)
         found = lex.match(terms)
         postings = found.postings
-        lex_eids, lex_scores = self._lexical_scores(None, visible, found)
+        lex_eids, lex_scores = self._lexical_scores(found, visible)
         n_mask = len(mask)
 
         def allowed(x: np.ndarray) -> np.ndarray:
@@ -2051,8 +2056,7 @@ class Store:
         for _ in range(s.associative_depth):
             if not frontier:
                 break
-            links = self._read(functools.partial(
-                _with_cursor, read=lk.neighbours, args=(frontier, now, s, s.associative_fanout)))
+            links = self._read_cursor(lk.neighbours, frontier, now, s, s.associative_fanout)
             nxt: dict[int, tuple[float, list[int]]] = {}
             for src, (src_score, path) in frontier.items():
                 for other, weight in links.get(src, []):
@@ -2322,13 +2326,6 @@ _KINDS = {code: Kind(name) for code, name in KIND_NAMES.items()}
 _NO_SCORE = np.zeros(1, np.float64)
 
 
-def _with_cursor(catalog: Catalog, read: Callable[..., T], args: tuple = ()) -> T:
-    """``read(cursor, *args)`` on this thread's cursor of ``catalog``, as a read that the
-    catalog's close waits for (:meth:`Catalog.reading`)."""
-    with catalog.reading() as cur:
-        return read(cur, *args)
-
-
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sorted distinct int64 values of two int arrays (``np.union1d`` without its layers)."""
     both = np.concatenate([a, b]).astype(np.int64, copy=False)
@@ -2359,9 +2356,9 @@ class _OccurrenceLoader:
                 self._store._check_open()
                 eids = sorted(self.eid_of.values())
                 extra = f" AND {self._sql}" if self._sql else ""
-                rows = self._store._read(lambda c: c.query(
+                rows = self._store._query(
                     "SELECT eid, role, session, tick, metadata FROM occurrences o "
-                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params))
+                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
                 loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
                 for eid, role, session, tick, meta in rows:
                     loaded[int(eid)].append(_occurrence(
