@@ -46,7 +46,13 @@ def write_report(store: Any, out: str | os.PathLike[str]) -> Path:
 
 
 def collect(store: Any) -> dict[str, Any]:
-    """Gather everything the report shows with read-only queries."""
+    """Gather everything the report shows with read-only queries, as one snapshot: writers
+    (gc's catalog rewrite among them) wait until it is gathered."""
+    with store._write_lock:
+        return _collect_locked(store)
+
+
+def _collect_locked(store: Any) -> dict[str, Any]:
     q = store.catalog.query
     now = store.clock
     stats = store.stats()

@@ -98,7 +98,8 @@ def export_store(
     a temporary name and renamed at the end, so ``dest`` is either complete or absent. Returns
     the row counts written. Raises InvalidInput (bad format, ``dest`` exists), CorruptStore
     (a vector or text fails its checksum: an export never copies damage silently),
-    StorageError (disk).
+    StorageError (disk). The export is one snapshot: writes from other threads (``gc``
+    included) wait until it is written; recalls do not.
 
     >>> export_store(mem, "alice.jsonl")  # doctest: +SKIP
     {'engrams': 3, 'occurrences': 4, 'links': 1, 'forgotten': 0}
@@ -109,6 +110,14 @@ def export_store(
     if dest.exists():
         raise InvalidInput(f"{dest} already exists", hint="choose a new file name or remove it")
     store._check_open()
+    # The export is a snapshot: writers (ingest, forget, gc's catalog rewrite and compaction)
+    # wait until it is written; recalls go on.
+    with store._write_lock:
+        store._check_open()
+        return _export_locked(store, dest, fmt, progress)
+
+
+def _export_locked(store: Any, dest: Path, fmt: str, progress: bool) -> dict[str, int]:
     header = _header(store)
     tmp = dest.parent / f".{dest.name}.export-{uuid.uuid4().hex[:8]}"
     try:
