@@ -44,6 +44,7 @@ __all__ = ["ContextRows", "TurnContext"]
 
 _TURNS_SCHEMA = pa.schema([("eid", pa.int64()), ("prev", pa.int64()), ("session", pa.int32()),
                            ("role", pa.int32()), ("day", pa.int32())])
+_NO_ROLES: frozenset[int] = frozenset()
 _LABELS_SCHEMA = pa.schema([("code", pa.int32()), ("label", pa.string()), ("last", pa.int64())])
 
 
@@ -375,7 +376,7 @@ class TurnContext:
         """Role codes with a word that the query uses (its speaker is named in it)."""
         out: set[int] = set()
         for term in set(query_terms):
-            out |= self.role_words.get(term, set())
+            out |= self.role_words.get(term, _NO_ROLES)
         return out
 
     def neighbours(self, eids: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -404,12 +405,14 @@ class TurnContext:
         return np.where(ok, x, -1)
 
     def session_scores(self, eids: np.ndarray, tfs: np.ndarray, counts: Sequence[int],
-                       visible: np.ndarray, k1: float, b: float) -> np.ndarray:
+                       visible: np.ndarray, k1: float, b: float,
+                       term: np.ndarray | None = None) -> np.ndarray:
         """BM25 of each session (indexed by code) as one document made of its turns.
 
         ``eids``/``tfs`` are the query terms' postings over the engrams, term after term,
         ``counts[t]`` of them for term ``t`` (:class:`engramdb.lexical.QueryPostings`, slots
-        mapped to eids); a session's term frequency is the sum over its visible turns. All
+        mapped to eids; ``term``, if given, the term of each posting: ``counts`` spelled
+        out); a session's term frequency is the sum over its visible turns. All
         terms are gathered in one ``bincount`` over term x session; each session's sum runs
         term after term, as a loop over the terms would.
         """
@@ -417,18 +420,20 @@ class TurnContext:
         n, norm = self._session_lengths(k1, b)
         if n == 0 or not counts:
             return np.zeros(n_codes, np.float64)
-        term = np.arange(len(counts)).repeat(counts)
+        if term is None:
+            term = np.arange(len(counts)).repeat(counts)
         if len(eids) and int(eids.max()) >= min(self.capacity, len(visible)):
             ok = eids < min(self.capacity, len(visible))
             eids, term, tfs = eids[ok], term[ok], tfs[ok]
         sess = self.session[eids]
         keep = visible[eids]
-        keep &= sess >= 0
         # A session code added by a write since n_codes and norm were read (recall takes no
-        # lock) has no place in either: that turn lends no session score to this recall.
-        keep &= sess < min(n_codes, len(norm))
+        # lock) has no place in either: that turn lends no session score to this recall. (As
+        # unsigned, no session (-1) is past every code too: one comparison for both.)
+        keep &= sess.view(np.uint32) < min(n_codes, len(norm))
         key = term[keep] * n_codes + sess[keep]
-        tf = np.bincount(key, tfs[keep].astype(np.float64), minlength=len(counts) * n_codes)
+        # (bincount sums its weights in float64: the float32 term frequencies are cast exactly.)
+        tf = np.bincount(key, tfs[keep], minlength=len(counts) * n_codes)
         nz = tf.nonzero()[0]
         tf_nz = tf[nz]
         rows, cols = np.divmod(nz, n_codes)

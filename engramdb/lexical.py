@@ -152,9 +152,9 @@ def tokenize(text: str) -> list[str]:
     """
     text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
     out: list[str] = []
-    for m in _WORD.finditer(text):
-        w = m.group()
-        w = w.removesuffix("'s")
+    for w in _WORD.findall(text):  # (no capturing group: whole words)
+        if w.endswith("'s"):
+            w = w[:-2]
         if len(w) < 2 or w in STOPWORDS:
             continue
         w = stem(w.replace("'", "")) if "'" in w else stem(w)
@@ -700,7 +700,7 @@ class LexicalIndex:
     def _postings(self, tid: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (slots, tfs) of term ``tid`` across the compacted arrays and the delta."""
         if tid < len(self._indptr) - 1:
-            a, b = self._indptr[tid], self._indptr[tid + 1]
+            a, b = self._indptr[tid:tid + 2].tolist()  # Python ints: cheaper slicing
             slots, tfs = self._pslot[a:b], self._ptf[a:b]
         else:
             slots, tfs = self._pslot[:0], self._ptf[:0]
@@ -777,10 +777,19 @@ class LexicalIndex:
         # Per term: idf x (k1 + 1), in float32 like the term frequencies it multiplies.
         lift = ((self._idf(counts) if idf is None else idf) * (k1 + 1.0)).astype(np.float32)
         slots, tfs = postings.slots, postings.tfs
-        norm = k1 * (1.0 - b + b * (self._len[slots] / avglen))
+        # k1 (1 - b + b len / avglen) + tf, in place (the same float32 operations as written
+        # out, without a temporary array per step).
+        denom = self._len[slots]
+        denom /= avglen
+        denom *= b
+        denom += 1.0 - b
+        denom *= k1
+        denom += tfs
         if len(counts) == 1:
-            return slots.astype(np.int64), (lift[0] * tfs / (tfs + norm)).astype(np.float32)
-        weights = lift.repeat(counts) * tfs / (tfs + norm)
+            return slots.astype(np.int64), (lift[0] * tfs / denom).astype(np.float32)
+        weights = lift.repeat(counts)
+        weights *= tfs
+        weights /= denom
         if len(slots) * 8 < len(self._eids):
             # Few candidates: aggregate them sparsely rather than touching every slot. (A
             # stable sort keeps each document's terms in query order, so the sums are the
@@ -795,7 +804,7 @@ class LexicalIndex:
             return (ordered[first].astype(np.int64),
                     np.bincount(inv, weights).astype(np.float32))
         acc = np.bincount(slots, weights, minlength=len(self._eids))
-        nz = np.flatnonzero(acc)
+        nz = acc.nonzero()[0]
         return nz, acc[nz].astype(np.float32)
 
     def _query_tids(self, terms: Sequence[str]) -> list[int]:

@@ -345,7 +345,8 @@ class SegmentStore:
     def read(self, segs: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Gather full vectors by pointer as float32, in the order given."""
         if len(segs) and segs.min() == segs.max():  # one segment (small stores, near rows)
-            return self.view(int(segs[0]))[rows].astype(np.float32, copy=False)
+            # (take: the same rows as fancy indexing, gathered a little faster)
+            return self.view(int(segs[0])).take(rows, axis=0).astype(np.float32, copy=False)
         out = np.empty((len(segs), self.dim), np.float32)
         if len(segs) == 0:
             return out

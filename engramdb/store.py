@@ -1769,7 +1769,8 @@ class Store:
         """
         weight = self.settings.lexical_weight if text is not None else 0.0
         pool = max(top_k, self.settings.hybrid_pool) if weight > 0 else top_k
-        eids, scores = self._dense_search(q, pool, mask, filtered, now)
+        # Fusion scores the dense top list as a set: it need not come ranked.
+        eids, scores = self._dense_search(q, pool, mask, filtered, now, ranked=weight == 0)
         if exclude is not None:
             keep = eids != exclude
             eids, scores = eids[keep], scores[keep]
@@ -1791,6 +1792,9 @@ class Store:
                 found = self._fuse(q, eids, scores, lex_eids, lex_scores, pool, weight)
                 fused = True
         if not fused:
+            if weight > 0:  # (no lexical match) the dense top list, ranked
+                order = np.lexsort((eids, -scores))
+                eids, scores = eids[order], scores[order]
             found = {e: (s, "vector", [], {"vector": s})
                      for e, s in zip(eids[:top_k].tolist(), scores[:top_k].tolist())}
 
@@ -1833,12 +1837,13 @@ class Store:
         eids, scores = found.eids, found.scores
         if len(eids) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if int(eids.max()) < len(mask):
+        ascending = bool((eids[1:] > eids[:-1]).all())  # slots usually follow eids
+        if int(eids[-1] if ascending else eids.max()) < len(mask):
             keep = mask[eids]
         else:
             keep = (eids < len(mask)) & mask[np.minimum(eids, len(mask) - 1)]
         eids, scores = eids[keep], scores[keep]
-        if (eids[1:] > eids[:-1]).all():  # slots usually follow eids: already sorted
+        if ascending:  # (and so is any subset)
             return eids, scores
         order = eids.argsort()
         return eids[order], scores[order]
@@ -1892,9 +1897,13 @@ class Store:
         postings = found.postings
         lex_eids, lex_scores = self._lexical_scores(found, visible)
         n_mask = len(mask)
+        # No filter: any visible engram may be returned (the lexical matches all may be).
+        unfiltered = mask is visible and exclude is None
 
         def allowed(x: np.ndarray) -> np.ndarray:
             """Which of ``x`` (eids of visible engrams, or -1) may be returned."""
+            if unfiltered:
+                return x >= 0
             if n_mask == len(visible) and n_mask:
                 ok = mask[x]  # -1 reads the last entry: cleared below
                 ok &= x >= 0
@@ -1906,10 +1915,12 @@ class Store:
             return ok
 
         # The lexical top list: the best ``pool`` allowed engrams (positions in lex_eids).
-        in_top = allowed(lex_eids)
+        in_top = np.ones(len(lex_eids), bool) if unfiltered else allowed(lex_eids)
         top_at = in_top.nonzero()[0]
         if len(top_at) > pool:
-            top_at = top_at[np.argpartition(-lex_scores[top_at], pool - 1)[:pool]]
+            every = len(top_at) == len(lex_eids)  # (then top_at is 0, 1, 2, ...)
+            best_at = (-(lex_scores if every else lex_scores[top_at])).argpartition(pool - 1)
+            top_at = best_at[:pool] if every else top_at[best_at[:pool]]
             in_top = np.zeros(len(lex_eids), bool)
             in_top[top_at] = True
         base = _union(dense_eids, lex_eids[top_at])
@@ -1930,22 +1941,22 @@ class Store:
         if len(at_d) < len(need):
             missing = ~known
             cos_need[missing] = self._fetch_vectors(need[missing]) @ q
-        if len(lex_eids):
-            pos = lex_eids.searchsorted(need)
-            np.minimum(pos, len(lex_eids) - 1, out=pos)
-            matched = lex_eids[pos] == need
-            bm_need = np.where(matched, lex_scores[pos], 0.0).astype(np.float64)
-            top_need = matched & in_top[pos]  # in the lexical top list
-        else:
-            bm_need = np.zeros(len(need), np.float64)
-            top_need = np.zeros(len(need), bool)
         at_c = need.searchsorted(cands)
         at_p = need.searchsorted(prev)
         np.minimum(at_p, len(need) - 1, out=at_p)
         cos = cos_need[at_c]
         cos_prev = np.where(has_prev, cos_need[at_p], cos)
-        bm25 = bm_need[at_c]
-        bm25_prev = np.where(has_prev, bm_need[at_p], 0.0)
+
+        def lexical(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """BM25 of each of ``x`` (eids, or -1), as float64 (0: no match), and whether it
+            is in the lexical top list."""
+            if not len(lex_eids):
+                return np.zeros(len(x), np.float64), np.zeros(len(x), bool)
+            pos = lex_eids.searchsorted(x)
+            np.minimum(pos, len(lex_eids) - 1, out=pos)
+            matched = lex_eids[pos] == x
+            return (np.where(matched, lex_scores[pos], 0.0).astype(np.float64),
+                    matched & in_top[pos])
 
         inside = None if int(cands[-1]) < ctx.capacity else cands < ctx.capacity
         at = cands if inside is None else np.where(inside, cands, 0)
@@ -1959,19 +1970,21 @@ class Store:
         session = speaker = date = zeros
         # A prior with no evidence for this query adds nothing: leave its term out of the mix.
         speaker_prior = date_prior = 0.0
+        # The query term of each posting (postings hold them term after term).
+        posting_term = np.arange(len(postings.counts)).repeat(postings.counts)
         if s.session_prior:
             sess = per_candidate(ctx.session)
-            if (sess >= 0).any():
+            if sess.max() >= 0:  # some candidate was said in a session
                 by_code = ctx.session_scores(found.posting_eids, postings.tfs,
-                                             postings.counts, visible, lex.k1, lex.b)
+                                             postings.counts, visible, lex.k1, lex.b,
+                                             term=posting_term)
                 # No session (-1) and a code added since read the 0 appended.
                 session = np.concatenate((by_code, _NO_SCORE))[np.minimum(sess, len(by_code))]
         if s.speaker_prior:
             named = ctx.named_roles(terms)
             if named:
                 role = per_candidate(ctx.role)
-                said = role == named.pop() if len(named) == 1 else np.isin(role, list(named))
-                speaker = said.astype(np.float64)
+                speaker = _any_equal(role, named).astype(np.float64)
                 speaker_prior = s.speaker_prior
         if s.date_prior and s.date_key:
             asked = query_dates(text)
@@ -1980,31 +1993,33 @@ class Store:
                 date_prior = s.date_prior
         cover = cover_prev = zeros
         if s.coverage_prior:
-            counts = postings.counts
-            cover, cover_prev = hybrid.coverage(
-                found.term_idf, np.repeat(np.arange(len(counts)), counts), found.posting_eids,
-                need, at_c, np.where(has_prev, at_p, -1))
-        ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25,
-                                    bm25_prev=bm25_prev, bm25_session=session,
-                                    speaker=speaker, date=date, coverage=cover,
-                                    coverage_prev=cover_prev)
+            cover, cover_prev = hybrid.coverage(found.term_idf, posting_term, found.posting_eids,
+                                                need, at_c, np.where(has_prev, at_p, -1))
         # Without session evidence (notes said outside any session, or no session holding a
         # query term) the turns' own BM25 takes the session's place in the lexical sum.
         turn_lexical = s.turn_lexical
         if s.session_prior and not session.any():
             turn_lexical += s.session_prior
+        # The turns' own BM25 (and their previous turns') count only with a weight: by default
+        # coverage stands in for them, and they are looked up for the returned hits alone.
+        bm25 = bm25_prev = zeros
+        if turn_lexical or s.context_lexical:
+            bm25, bm25_prev = lexical(cands)[0], lexical(prev)[0]
+        ev = hybrid.ContextEvidence(cos=cos, cos_prev=cos_prev, bm25=bm25,
+                                    bm25_prev=bm25_prev, bm25_session=session,
+                                    speaker=speaker, date=date, coverage=cover,
+                                    coverage_prev=cover_prev)
         mixed = hybrid.context_mix(ev, hybrid.ContextWeights(
             lexical_weight=weight, turn_lexical=turn_lexical,
             context_lexical=s.context_lexical, session_prior=s.session_prior,
             context_dense=s.context_dense, speaker_prior=speaker_prior, date_prior=date_prior,
             coverage_prior=s.coverage_prior, coverage_context=s.coverage_context))
-        ranking = (-mixed).argsort(kind="stable")  # ties: the smaller eid (cands ascend)
-        best = ranking[:max(top_k, s.neighbour_seeds)]
+        best = _best_first(mixed, max(top_k, s.neighbour_seeds))
         lifted: dict[int, tuple[float, int]] = {}
         if s.neighbour_seeds > 0 and s.neighbour_weight > 0:
             # The seeds' neighbours that may be returned, and their own scores (a handful:
             # Python is quicker than arrays here).
-            seeds = ranking[:s.neighbour_seeds]
+            seeds = best[:s.neighbour_seeds]
             seed_eids = cands[seeds].tolist()
             nbs: list[int] = []
             for e, preceding in zip(seed_eids, prev[seeds].tolist(), strict=True):
@@ -2014,39 +2029,24 @@ class Store:
                 for x in (preceding, following):
                     nbs.append(x if 0 <= x < n_mask and x != exclude and mask[x] else -1)
             floor = float(mixed.min())
-            pos = cands.searchsorted(nbs)
+            nb = np.array(nbs, np.int64)
+            pos = cands.searchsorted(nb)
             np.minimum(pos, len(cands) - 1, out=pos)
-            own = np.where(cands[pos] == nbs, mixed[pos], floor)
+            own = np.where(cands[pos] == nb, mixed[pos], floor)
             lifted = hybrid.lift(seed_eids, mixed[seeds].tolist(), nbs, own.tolist(), floor,
                                  s.neighbour_weight)
-        # Score parts of the returned candidates (best and lifted), as Python floats.
+        # The returned rows of cands: the best, then the lifted turns that are candidates.
         lifted_eids = np.fromiter(lifted, np.int64, len(lifted))
         lifted_at = cands.searchsorted(lifted_eids)
         np.minimum(lifted_at, len(cands) - 1, out=lifted_at)
         lifted_in = cands[lifted_at] == lifted_eids
-        rows = np.concatenate([best, lifted_at[lifted_in]])
-        fused = hybrid.squash(mixed[rows])
-        names = ("vector", "lexical", "context_vector", "context_lexical", "session",
-                 "speaker", "date", "coverage", "context_coverage")
-        table = np.array([cos, bm25, cos_prev, bm25_prev, session, speaker, date, cover,
-                          cover_prev])[:, rows]
-        parts = [dict(zip(names, row), fused=f)
-                 for row, f in zip(table.T.tolist(), fused.tolist(), strict=True)]
-        rows_at = at_c[rows]
-        found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {}
-        n_best = len(best)
-        for e, d, lx, f, p in zip(cands[best].tolist(), known[rows_at[:n_best]].tolist(),
-                                  top_need[rows_at[:n_best]].tolist(), fused[:n_best].tolist(),
-                                  parts[:n_best], strict=True):
-            found[e] = (f, hybrid.via(d, lx) if d or lx else "context", [], p)
-        if lifted:
-            own_parts = iter(parts[n_best:])
-            lifted_scores = hybrid.squash(np.array([m for m, _ in lifted.values()])).tolist()
-            for (e, (_, seed)), score, is_in in zip(lifted.items(), lifted_scores,
-                                                    lifted_in.tolist(), strict=True):
-                p = next(own_parts) if is_in else {}
-                found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score})
-        return found
+        rows = np.concatenate((best, lifted_at[lifted_in]))
+        n_rows = len(rows)
+        bm, in_lexical = lexical(np.concatenate((cands[rows], prev[rows])))
+        evidence = [cos[rows], bm[:n_rows], cos_prev[rows], bm[n_rows:], session[rows],
+                    speaker[rows], date[rows], cover[rows], cover_prev[rows]]
+        return _context_hits(cands[rows], len(best), mixed[rows], evidence,
+                             known[at_c[best]], in_lexical[:len(best)], lifted, lifted_in)
 
     def _associate(self, found: dict, seeds: list[int], mask: np.ndarray, now: int,
                    exclude: int | None = None) -> None:
@@ -2076,17 +2076,22 @@ class Store:
         return self.segments.read(self.hot.seg[eids], self.hot.row[eids])
 
     def _dense_search(self, q: np.ndarray, k: int, mask: np.ndarray, filtered: bool,
-                      now: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan."""
+                      now: int, *, ranked: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (eids, cosines) among ``mask``: the vector index, or an exact scan.
+
+        Best first (ties: the smaller eid), or in no particular order unless ``ranked``.
+        """
         self._sync_index_deaths(now)
         if self._scan_is_cheaper():
-            labels, _ = self._exact_search(q, k, mask)
+            labels, _ = self._exact_search(q, k, mask, ranked=False)
         else:
             labels = self._index_candidates(q, k, mask, filtered)
         # Final scores are computed row by row from the stored vectors, so a hit scores the
         # same bits whichever path found it (graph, exact scan, backlog) and however many rows
         # a product covered: the same query on the same store gives the same answer.
         scores = self._exact_scores(labels, q)
+        if not ranked and len(labels) <= k:  # already the top k
+            return labels, scores
         order = np.lexsort((labels, -scores))[:k]
         return labels[order], scores[order]
 
@@ -2133,7 +2138,12 @@ class Store:
         if len(eids) == 0:
             return np.zeros(0, np.float32)
         vecs = np.asarray(self._fetch_vectors(eids), np.float32)
-        return (vecs * q.astype(np.float32)).sum(axis=1, dtype=np.float32)
+        q32 = np.asarray(q, np.float32)
+        # The gathered rows are ours: multiply them in place (the same products, one array
+        # fewer to allocate and to pull through the cache).
+        prod = (np.multiply(vecs, q32, out=vecs) if vecs.flags.owndata and vecs.flags.writeable
+                else vecs * q32)
+        return prod.sum(axis=1, dtype=np.float32)
 
     def _sync_index_deaths(self, now: int) -> None:
         """Mark engrams whose lifespan ran out as deleted in the index (O(1) unless one did)."""
@@ -2143,8 +2153,10 @@ class Store:
                 self._indexer.discard(dead)
             self.index.mark_deleted(dead)
 
-    def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Score every visible engram exactly against ``q``; return the top k (eids, scores)."""
+    def _exact_search(self, q: np.ndarray, k: int, mask: np.ndarray, *,
+                      ranked: bool = True) -> tuple[np.ndarray, ...]:
+        """Score every visible engram exactly against ``q``; return the top k (eids, scores),
+        best first (ties: the smaller eid), or in no particular order unless ``ranked``."""
         best_e: list[np.ndarray] = []
         best_s: list[np.ndarray] = []
         for seg, mm in self.segments.iter_segments():
@@ -2169,7 +2181,7 @@ class Store:
                 # Every row tied with the k-th best stays, so that ties are broken by eid
                 # below rather than by where argpartition happened to cut.
                 kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-                top = np.flatnonzero(scores >= kth)
+                top = (scores >= kth).nonzero()[0]
             else:
                 top = np.arange(len(scores))
             best_e.append(eids[rows[top]])
@@ -2177,6 +2189,8 @@ class Store:
         if not best_e:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         all_e, all_s = np.concatenate(best_e), np.concatenate(best_s)
+        if not ranked and len(all_e) <= k:  # (one segment, no tie at the k-th score)
+            return all_e, all_s
         order = np.lexsort((all_e, -all_s))[:k]  # score desc, then eid: deterministic ties
         return all_e[order], all_s[order]
 
@@ -2324,14 +2338,78 @@ class Store:
 
 _KINDS = {code: Kind(name) for code, name in KIND_NAMES.items()}
 _NO_SCORE = np.zeros(1, np.float64)
+# How a context candidate was found, by (in the dense top list, in the lexical top list).
+_VIA = {(d, lx): hybrid.via(d, lx) if d or lx else "context"
+        for d in (False, True) for lx in (False, True)}
+
+
+def _best_first(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, best first, ties by position: the first
+    ``k`` of ``(-scores).argsort(kind="stable")`` without sorting the rest."""
+    neg = -scores
+    if len(neg) <= 2 * k:
+        return neg.argsort(kind="stable")[:k]
+    kth = np.partition(neg, k - 1)[k - 1]
+    near = (neg <= kth).nonzero()[0]  # ascending positions: a stable sort keeps ties in order
+    if len(near) < k:  # NaN scores (never below kth): the full sort places them last
+        return neg.argsort(kind="stable")[:k]
+    return near[neg[near].argsort(kind="stable")[:k]]
+
+
+def _context_hits(eids: np.ndarray, n_best: int, mixed: np.ndarray, evidence: list[np.ndarray],
+                  in_dense: np.ndarray, in_lexical: np.ndarray,
+                  lifted: dict[int, tuple[float, int]], lifted_in: np.ndarray) -> dict:
+    """``found`` of a context recall (:meth:`Store._fuse_context`).
+
+    ``eids`` are the returned candidates: the ``n_best`` best, best first (``in_dense`` and
+    ``in_lexical`` say which top lists they were in), then the ``lifted`` turns that are
+    candidates (``lifted_in`` says which those are), with their unsquashed scores ``mixed``
+    and their ``evidence``: one array per score part, in the order of the parts' dict.
+    """
+    # One squash for the rows and the lifted scores (elementwise: the same bits).
+    lifted_mixed = np.fromiter((m for m, _ in lifted.values()), np.float64, len(lifted))
+    squashed = hybrid.squash(np.concatenate((mixed, lifted_mixed))).tolist()
+    # (A dict display: several times quicker than dict(zip(names, row)).)
+    parts = [{"vector": v, "lexical": lx, "context_vector": cv, "context_lexical": cl,
+              "session": se, "speaker": sp, "date": da, "coverage": co, "context_coverage": cc,
+              "fused": f}
+             for (v, lx, cv, cl, se, sp, da, co, cc), f in zip(np.array(evidence).T.tolist(),
+                                                               squashed, strict=False)]
+    found: dict[int, tuple[float, str, list[int], dict[str, float]]] = {}
+    for e, d, lx, p in zip(eids[:n_best].tolist(), in_dense.tolist(), in_lexical.tolist(),
+                           parts, strict=False):
+        found[e] = (p["fused"], _VIA[d, lx], [], p)
+    if lifted:
+        own_parts = iter(parts[n_best:])
+        for (e, (_, seed)), score, is_in in zip(lifted.items(), squashed[len(eids):],
+                                                lifted_in.tolist(), strict=True):
+            p = next(own_parts) if is_in else {}
+            found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score})
+    return found
+
+
+def _any_equal(values: np.ndarray, wanted: set[int]) -> np.ndarray:
+    """``np.isin(values, list(wanted))`` for a handful of ints, without its setup."""
+    it = iter(wanted)
+    out = values == next(it)
+    for w in it:
+        out |= values == w
+    return out
 
 
 def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sorted distinct int64 values of two int arrays (``np.union1d`` without its layers)."""
+    """Sorted distinct int64 values of two arrays of non-negative ints (eids): ``np.union1d``
+    without its layers."""
     both = np.concatenate([a, b]).astype(np.int64, copy=False)
-    both.sort()
     if len(both) < 2:
         return both
+    top = int(both.max())
+    if top < 8 * len(both):
+        # Values dense in [0, top] (a small store): marking them beats sorting.
+        seen = np.zeros(top + 1, bool)
+        seen[both] = True
+        return seen.nonzero()[0]
+    both.sort()
     keep = np.empty(len(both), bool)
     keep[0] = True
     np.not_equal(both[1:], both[:-1], out=keep[1:])
