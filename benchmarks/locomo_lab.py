@@ -12,10 +12,11 @@ per-question tuning. The tuned pipeline's parameters are chosen by leave-one-con
 fitted on two conversations, evaluated on the third; the report also shows fixed defaults.
 
 Usage: ``python benchmarks/locomo_lab.py [--data PATH] [--no-loco] [--store] [--diversify]
-[--model-dir DIR]``. Dense embeddings (the packaged all-MiniLM-L6-v2, mean pooled; or the
-sentence-transformers model in ``--model-dir``) are cached under
+[--extras] [--model-dir DIR]``. Dense embeddings (the packaged all-MiniLM-L6-v2, mean
+pooled; or the sentence-transformers model in ``--model-dir``) are cached under
 ``/tmp/engramdb_locomo_cache``. ``--diversify`` measures session diversification of the
-store's ranking (:func:`diversity_lab`; not adopted, docs/quality.md).
+store's ranking (:func:`diversity_lab`), ``--extras`` term proximity and a question prior
+added to it (:func:`extras_lab`); none adopted, docs/quality.md.
 
 ``--store`` evaluates the store's own recall formula instead (:func:`store_items`: the
 store's candidate pool, ``engramdb.hybrid.context_mix`` and ``hybrid.spread``, the previous
@@ -350,12 +351,16 @@ def store_items(f: Feats) -> list[tuple]:
     return items
 
 
-def store_rows(items: list[tuple], p: dict) -> list[dict]:
-    """Recall@k rows of the store's formula with settings ``p`` (keys ``STORE_KEYS``)."""
+def store_rows(items: list[tuple], p: dict, extra: list[np.ndarray] | None = None
+               ) -> list[dict]:
+    """Recall@k rows of the store's formula with settings ``p`` (keys ``STORE_KEYS``);
+    ``extra`` (one array per question, over its candidates) is added to the mixed scores."""
     w = hy.ContextWeights(**{k: p[k] for k in WEIGHT_KEYS})
     rows = []
-    for c, ev, prev, nxt, evidence, cat in items:
+    for qi, (c, ev, prev, nxt, evidence, cat) in enumerate(items):
         mixed = hy.context_mix(ev, w)
+        if extra is not None:
+            mixed = mixed + extra[qi]
         score = dict(zip(c.tolist(), mixed.tolist()))
         for e, (m, _) in hy.spread(c, mixed, prev, nxt, p["neighbour_seeds"],
                                    p["neighbour_weight"]).items():
@@ -407,6 +412,101 @@ def store_lab(feats: list[Feats], report: dict[str, object]) -> None:
         s = summarize([r for it in items for r in store_rows(it, defaults | change)])
         report[name.strip()] = s
         print_table(name, s)
+
+
+def _pairs(terms: list[str], window: int) -> set[tuple[str, str]]:
+    """Unordered pairs of distinct terms at most ``window`` positions apart."""
+    out = set()
+    for i, a in enumerate(terms):
+        for b in terms[i + 1:i + 1 + window]:
+            if a != b:
+                out.add((a, b) if a < b else (b, a))
+    return out
+
+
+def proximity(f: Feats, items: list[tuple], window: int, query_window: int
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Term-proximity coverage per question and candidate, ``(alone, with its previous
+    turn)``: the idf-weighted share of the query's term pairs (terms at most
+    ``query_window`` apart in the query) that a turn holds at most ``window`` terms apart;
+    idf over the conversation's turns, pairs no turn holds left out."""
+    n = len(f.conv.text)
+    held = [_pairs(tokenize(t), window) for t in f.conv.text]
+    df: dict[tuple[str, str], int] = {}
+    for pairs in held:
+        for x in pairs:
+            df[x] = df.get(x, 0) + 1
+    out = []
+    for (c, _, prev, _, _, _), q in zip(items, f.conv.questions, strict=True):
+        asked = [x for x in _pairs(list(dict.fromkeys(tokenize(q["q"]))), query_window)
+                 if x in df]
+        if not asked:
+            out.append((np.zeros(len(c)), np.zeros(len(c))))
+            continue
+        idf = {x: float(np.log1p((n - df[x] + 0.5) / (df[x] + 0.5))) for x in asked}
+        total = sum(idf.values())
+        own = np.array([sum(idf[x] for x in asked if x in held[e]) for e in c]) / total
+        both = np.array([sum(idf[x] for x in asked if x in held[e] or (pe >= 0 and x in
+                                                                        held[pe]))
+                         for e, pe in zip(c, prev, strict=True)]) / total
+        out.append((own, both))
+    return out
+
+
+PROXIMITY_WINDOWS = [(1, 1), (3, 1), (3, 2), (5, 2), (8, 3)]  # (turn window, query window)
+PROXIMITY_GRID = [(a, b) for a in (0.0, 0.25, 0.5, 1.0, 2.0) for b in (0.0, 1.0, 2.5)]
+
+
+def loco_tables(name: str, feats: list[Feats], rows: dict[tuple, list[list[dict]]]) -> None:
+    """Print in-sample tables of every setting in ``rows`` (setting -> per conversation, its
+    question rows) and the leave-one-conversation-out choice among them."""
+    for g, conv_rows in rows.items():
+        print_table(f"{name} {g}", summarize([r for cr in conv_rows for r in cr]))
+    held = []
+    for h in range(len(feats)):
+        best = max(rows, key=lambda g: objective(
+            [r for i in range(len(feats)) if i != h for r in rows[g][i]]))
+        print(f"{name} LOCO held-out {feats[h].conv.sample_id}: {best}")
+        held += rows[best][h]
+    print_table(f"{name} (LOCO)", summarize(held))
+
+
+def _turn_text(text: str) -> str:
+    """What a speaker said: the turn without its "speaker: " and its image caption."""
+    return re.sub(r"\s*\[image:[^\]]*\]\s*$", "", text.split(": ", 1)[1]).strip()
+
+
+QUESTION_TURNS: dict[str, Callable[[str], bool]] = {
+    "ends with ?": lambda t: _turn_text(t).endswith("?"),
+    "holds a ?": lambda t: "?" in _turn_text(t),
+    "ends with ? and under 12 words": lambda t: (_turn_text(t).endswith("?")
+                                                 and len(_turn_text(t).split()) < 12),
+}
+
+
+def extras_lab(feats: list[Feats]) -> None:
+    """Two kinds of evidence added to the store's formula (``Settings()`` defaults), in
+    sample and leave-one-conversation-out; measured, not adopted (docs/quality.md):
+
+    - term proximity, ``a * (alone + b * with previous turn)`` over ``PROXIMITY_GRID``, for
+      each of ``PROXIMITY_WINDOWS``;
+    - a question prior: ``-w`` for a turn that asks (``QUESTION_TURNS``), which echoes the
+      query's words without holding the answer.
+    """
+    p = {k: getattr(Settings(), k) for k in STORE_KEYS}
+    items = [store_items(f) for f in feats]
+    for window, query_window in PROXIMITY_WINDOWS:
+        prox = [proximity(f, it, window, query_window) for f, it in zip(feats, items)]
+        loco_tables(f"proximity {window}/{query_window} (a, b)", feats, {
+            g: [store_rows(it, p, [g[0] * (own + g[1] * both) for own, both in pr])
+                for it, pr in zip(items, prox, strict=True)]
+            for g in PROXIMITY_GRID if g[0] or not g[1]})
+    for name, asks in QUESTION_TURNS.items():
+        flags = [np.array([asks(t) for t in f.conv.text], np.float64) for f in feats]
+        loco_tables(f"question prior, turn {name} (w,)", feats, {
+            (w,): [store_rows(it, p, [-w * fl[item[0]] for item in it])
+                   for it, fl in zip(items, flags, strict=True)]
+            for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)})
 
 
 def diversified(score: dict[int, float], session: np.ndarray, penalty: float, free: int,
@@ -463,15 +563,7 @@ def diversity_lab(feats: list[Feats]) -> None:
                 r["cat"] = cat
                 conv_rows.append(r)
             rows[g].append(conv_rows)
-        print_table(f"diversify penalty {g[0]} free {g[1]} keep {g[2]}",
-                    summarize([r for cr in rows[g] for r in cr]))
-    held = []
-    for h in range(len(feats)):
-        best = max(DIVERSITY_GRID, key=lambda g: objective(
-            [r for i in range(len(feats)) if i != h for r in rows[g][i]]))
-        print(f"diversify LOCO held-out {feats[h].conv.sample_id}: {best}")
-        held += rows[best][h]
-    print_table("diversify (LOCO)", summarize(held))
+    loco_tables("diversify (penalty, free, keep)", feats, rows)
 
 
 # -------------------------------------------------------------------------------- metrics
@@ -523,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="evaluate the store's formula (LOCO settings, ablations) only")
     ap.add_argument("--diversify", action="store_true",
                     help="evaluate session diversification of the store's ranking only")
+    ap.add_argument("--extras", action="store_true",
+                    help="evaluate term proximity and a question prior added to the store's "
+                    "ranking only")
     ap.add_argument("--model-dir", type=Path, default=None,
                     help="a sentence-transformers model directory to embed with instead")
     args = ap.parse_args(argv)
@@ -537,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(len(f.conv.questions) for f in feats)} questions, features in "
           f"{time.time() - t0:.1f}s")
     report: dict[str, object] = {}
+    if args.extras:
+        extras_lab(feats)
+        print(f"total {time.time() - t0:.1f}s")
+        return 0
     if args.diversify:
         diversity_lab(feats)
         print(f"total {time.time() - t0:.1f}s")
