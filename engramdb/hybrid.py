@@ -108,38 +108,18 @@ def context_mix(ev: ContextEvidence, w: ContextWeights) -> np.ndarray:
     date priors."""
     # (In this order: with turn_lexical 1 and no coverage the arithmetic is, bit for bit,
     # that of the formula before coverage, which stores made then keep.)
-    lex = _weighted_sum(len(ev.bm25), (w.turn_lexical, ev.bm25), (w.context_lexical, ev.bm25_prev),
-                        (w.session_prior, ev.bm25_session))
-    dense = _weighted_sum(len(ev.cos), (1.0, ev.cos), (w.context_dense, ev.cos_prev))
+    lex = (w.turn_lexical * np.asarray(ev.bm25, np.float64) + w.context_lexical * ev.bm25_prev
+           + w.session_prior * ev.bm25_session)
+    dense = np.asarray(ev.cos, np.float64) + w.context_dense * ev.cos_prev
     mixed = w.lexical_weight * zscore(lex) + (1.0 - w.lexical_weight) * zscore(dense)
     # (mixed is a new array: the priors are added in place, the same sums.)
     if w.coverage_prior:
-        cover = ev.coverage + w.coverage_context * ev.coverage_prev
-        mixed += cover if w.coverage_prior == 1.0 else w.coverage_prior * cover
+        mixed += w.coverage_prior * (ev.coverage + w.coverage_context * ev.coverage_prev)
     if w.speaker_prior:
         mixed += w.speaker_prior * ev.speaker
     if w.date_prior:
         mixed += w.date_prior * ev.date
     return mixed
-
-
-def _weighted_sum(n: int, *terms: tuple[float, np.ndarray]) -> np.ndarray:
-    """``w1 * x1 + w2 * x2 + ...`` over ``n`` entries, as numpy evaluates it with ``x1`` cast
-    to float64 first (so the sum is float64; a later term is weighted in its own dtype).
-
-    A term of weight 0 is left out: its evidence is finite, so it would add a zero, which
-    changes no value (BM25 is never negative, so not even the sign of a zero sum); a weight
-    of 1 multiplies nothing. Both only save array passes.
-    """
-    out = None
-    for i, (weight, x) in enumerate(terms):
-        if not weight:
-            continue
-        if i == 0:
-            x = np.asarray(x, np.float64)
-        term = x if weight == 1.0 else weight * x
-        out = np.asarray(term, np.float64) if out is None else out + term
-    return np.zeros(n) if out is None else out
 
 
 def coverage(term_idf: np.ndarray, posting_term: np.ndarray, posting_eid: np.ndarray,

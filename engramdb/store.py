@@ -1915,12 +1915,10 @@ class Store:
             return ok
 
         # The lexical top list: the best ``pool`` allowed engrams (positions in lex_eids).
-        in_top = np.ones(len(lex_eids), bool) if unfiltered else allowed(lex_eids)
+        in_top = allowed(lex_eids)
         top_at = in_top.nonzero()[0]
         if len(top_at) > pool:
-            every = len(top_at) == len(lex_eids)  # (then top_at is 0, 1, 2, ...)
-            best_at = (-(lex_scores if every else lex_scores[top_at])).argpartition(pool - 1)
-            top_at = best_at[:pool] if every else top_at[best_at[:pool]]
+            top_at = top_at[np.argpartition(-lex_scores[top_at], pool - 1)[:pool]]
             in_top = np.zeros(len(lex_eids), bool)
             in_top[top_at] = True
         base = _union(dense_eids, lex_eids[top_at])
