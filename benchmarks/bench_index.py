@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engramdb.index import IndexConfig, VectorIndex
-from engramdb.rotation import Rotation
+from engramdb.derived.index import IndexConfig, VectorIndex
+from engramdb.derived.rotation import Rotation
 
 
 def clustered(n: int, dim: int, *, clusters: int = 200, noise: float = 1.5, decay: float = 0.5,

@@ -55,7 +55,7 @@ from machine_info import describe  # noqa: E402 - benchmarks/ is on sys.path
 
 import engramdb
 from engramdb.encoders import FunctionEncoder
-from engramdb.manifest import MANIFEST_NAME
+from engramdb.storage.manifest import MANIFEST_NAME
 from engramdb.store import Store
 
 DIM = 384

@@ -19,7 +19,7 @@ store's ranking (:func:`diversity_lab`), ``--extras`` term proximity and a quest
 added to it (:func:`extras_lab`); none adopted, docs/quality.md.
 
 ``--store`` evaluates the store's own recall formula instead (:func:`store_items`: the
-store's candidate pool, ``engramdb.hybrid.context_mix`` and ``hybrid.spread``, the previous
+store's candidate pool, ``engramdb.recall.hybrid.context_mix`` and ``hybrid.spread``, the previous
 turn's *stored* vector instead of an encoding of "previous turn + turn"): a leave-one-
 conversation-out choice of its settings over ``STORE_GRID``, and ablations of the defaults in
 ``engramdb.Settings``. ``benchmarks/locomo.py`` then measures the same through the public API.
@@ -42,10 +42,10 @@ import numpy as np
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engramdb import hybrid as hy  # noqa: E402
-from engramdb.lexical import STOPWORDS, LexicalIndex, tokenize  # noqa: E402
+from engramdb.derived.lexical import STOPWORDS, LexicalIndex, tokenize  # noqa: E402
+from engramdb.derived.temporal import date_affinity, parse_day, query_dates  # noqa: E402
+from engramdb.recall import hybrid as hy  # noqa: E402
 from engramdb.settings import Settings  # noqa: E402
-from engramdb.temporal import date_affinity, parse_day, query_dates  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "locomo" / (
     "locomo-dev.json")

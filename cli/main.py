@@ -23,7 +23,7 @@ import click
 
 import engramdb
 from engramdb.errors import EngramError, StoreLocked
-from engramdb.manifest import MANIFEST_NAME
+from engramdb.storage.manifest import MANIFEST_NAME
 
 from . import queries
 

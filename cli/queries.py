@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engramdb.catalog import KIND_CODES, KIND_NAMES
 from engramdb.errors import InvalidInput, NotFound
 from engramdb.store import Store
-from engramdb.types import Engram
+from engramdb.types import KIND_CODES, KIND_NAMES, Engram
 
 
 def list_engrams(

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from engramdb.catalog import KIND_NAMES
 from engramdb.content import decompress_text
-from engramdb.fsio import atomic_write_bytes
+from engramdb.storage.fsio import atomic_write_bytes
+from engramdb.types import KIND_NAMES
 
 PICTURES = ("kinds-over-time", "lifespan-left", "link-graph", "recall-counts")
 KIND_COLOURS = {"working": "#e4a11b", "short_term": "#3b82c4", "long_term": "#2e9e6a"}

@@ -24,10 +24,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from engramdb import catalog as cat
-from engramdb import collect, hybrid
-from engramdb import links as lk
-from engramdb.catalog import CATALOG_NAME, KIND_CODES, KIND_NAMES, Catalog, CatalogClosed
 from engramdb.content import (
     check_finite,
     check_label,
@@ -42,8 +38,16 @@ from engramdb.content import (
     validate_vectors,
     vector_checksum,
 )
-from engramdb.context import TurnContext
+from engramdb.derived.context import TurnContext
+from engramdb.derived.hotstate import HOT_COLUMNS, NEVER, HotState
+from engramdb.derived.index import IndexConfig, IndexDamaged, VectorIndex
+from engramdb.derived.indexer import BackgroundIndexer
+from engramdb.derived.lexical import TOKENIZER_ID, LexicalIndex, LexicalMatch
+from engramdb.derived.temporal import date_affinity, query_dates
 from engramdb.encoders import Encoder, from_spec
+from engramdb.engine import collect
+from engramdb.engine import links as lk
+from engramdb.engine.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
 from engramdb.errors import (
     CommitUncertain,
     CorruptStore,
@@ -57,21 +61,28 @@ from engramdb.errors import (
     StorageError,
     StoreClosed,
 )
-from engramdb.filters import kind_codes, occurrence_filter
-from engramdb.fsio import fsync_dir
-from engramdb.hotstate import HOT_COLUMNS, NEVER, HotState
-from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
-from engramdb.indexer import BackgroundIndexer
-from engramdb.lexical import TOKENIZER_ID, LexicalIndex, LexicalMatch
-from engramdb.lifespan import LONG_TERM, apply_reward, effective_kind, recall_reward
-from engramdb.locking import LOCK_NAME, StoreLock
-from engramdb.manifest import MANIFEST_NAME, Manifest
 from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
-from engramdb.segments import SEGMENT_DIR, SegmentStore
+from engramdb.recall import hybrid
+from engramdb.recall.filters import kind_codes, occurrence_filter
 from engramdb.settings import Settings
-from engramdb.temporal import date_affinity, query_dates
-from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, Turn, VerifyReport
+from engramdb.storage import catalog as cat
+from engramdb.storage.catalog import CATALOG_NAME, Catalog, CatalogClosed
+from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.locking import LOCK_NAME, StoreLock
+from engramdb.storage.manifest import MANIFEST_NAME, Manifest
+from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
+from engramdb.types import (
+    KIND_CODES,
+    KIND_NAMES,
+    Engram,
+    IngestResult,
+    Kind,
+    Occurrence,
+    Recall,
+    Turn,
+    VerifyReport,
+)
 
 INDEX_DIR = "index"
 # BM25 postings as of the last close (derived; see Store._load_lexical).
@@ -100,8 +111,8 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     :class:`~engramdb.errors.ModelMismatch`; a second process gets
     :class:`~engramdb.errors.StoreLocked` naming the holder's pid after ``lock_timeout``
     seconds. ``index`` overrides the vector index configuration (``levels``, ``M``,
-    ``ef_search``, ``candidate_multiplier``, ``exact_threshold``...; see ``engramdb.index``),
-    which is otherwise chosen from the dimension and size and recorded in the manifest.
+    ``ef_search``, ``candidate_multiplier``, ``exact_threshold``...; see
+    ``engramdb.derived.index``), which is otherwise chosen from the dimension and size and recorded in the manifest.
     Other errors: NotAStore, CorruptStore, FormatTooNew, InvalidInput.
 
     >>> import engramdb

@@ -37,8 +37,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb import catalog as cat
-from engramdb.catalog import KIND_CODES, KIND_NAMES
 from engramdb.content import (
     compress_text,
     content_id,
@@ -56,10 +54,12 @@ from engramdb.errors import (
     ModelMismatch,
     StorageError,
 )
-from engramdb.fsio import fsync_dir
-from engramdb.locking import StoreLock
 from engramdb.progress import progress_bar
 from engramdb.settings import Settings
+from engramdb.storage import catalog as cat
+from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.locking import StoreLock
+from engramdb.types import KIND_CODES, KIND_NAMES
 
 FORMAT = "engramdb-export"
 VERSION = 1

@@ -16,6 +16,13 @@ class Kind(StrEnum):
     DEAD = "dead"
 
 
+# The one table of kind codes as the catalog stores them (an int8 column).
+WORKING, SHORT_TERM, LONG_TERM = 0, 1, 2
+KIND_CODES = {Kind.WORKING.value: WORKING, Kind.SHORT_TERM.value: SHORT_TERM,
+              Kind.LONG_TERM.value: LONG_TERM}
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """What ``ingest`` did with one text: its id, and whether the content was new."""

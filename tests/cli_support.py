@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from engramdb.cli.main import main
 
 import engramdb
-from engramdb import catalog as cat
 from engramdb.encoders import HashingEncoder
+from engramdb.storage import catalog as cat
 
 TEXTS = [
     ("I adopted a guinea pig named Oscar.", "user", "s1", {"mood": "happy"}),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import engramdb
+from engramdb.derived.index import VectorIndex
 from engramdb.errors import StorageError
-from engramdb.index import VectorIndex
 
 DIM = 32
 GRAPH = {"exact_threshold": 50}  # search through the graph even in a small store

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import engramdb
+from engramdb.derived.temporal import date_affinity, parse_day, query_dates
 from engramdb.errors import InvalidInput
-from engramdb.temporal import date_affinity, parse_day, query_dates
 
 QUESTION = "What is the name of your dog?"
 ANSWER = "Biscuit, she is a small beagle."
@@ -267,7 +267,7 @@ def test_session_scores_equal_a_loop_over_terms(mem: engramdb.Store) -> None:
 
 
 def test_fast_zscore_and_spread_match_their_plain_versions() -> None:
-    from engramdb import hybrid
+    from engramdb.recall import hybrid
 
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 8, 9, 100, 257):
@@ -297,7 +297,7 @@ def test_fast_zscore_and_spread_match_their_plain_versions() -> None:
 def test_date_affinity_months_are_proleptic_gregorian() -> None:
     import datetime as dt
 
-    from engramdb.temporal import _month_of, _months_of
+    from engramdb.derived.temporal import _month_of, _months_of
 
     days = np.array([1, 59, 60, 693_596, 719_163, 738_648, 3_652_059])
     assert _months_of(days).tolist() == [_month_of(int(d)) for d in days]

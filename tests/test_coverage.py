@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engramdb
-from engramdb import hybrid
+from engramdb.recall import hybrid
 from engramdb.settings import Settings
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 import engramdb
-from engramdb import segments as segments_mod
 from engramdb.content import check_vectors, normalize_text
 from engramdb.encoders import HashingEncoder
 from engramdb.errors import InvalidInput
-from engramdb.segments import SEGMENT_DIR, segment_name
 from engramdb.settings import Settings
+from engramdb.storage import segments as segments_mod
+from engramdb.storage.segments import SEGMENT_DIR, segment_name
 from engramdb.transfer import export_store, import_store
 
 DIM = 16
@@ -161,7 +161,7 @@ def test_killed_fast_writer_keeps_everything_in_the_page_cache(tmp_path: Path) -
 
 
 class _FsyncCounter:
-    """Stands in for ``os`` in engramdb.segments and counts fsyncs of vector files."""
+    """Stands in for ``os`` in engramdb.storage.segments and counts fsyncs of vector files."""
 
     def __init__(self) -> None:
         self.fsyncs = 0

@@ -38,11 +38,13 @@ import numpy as np
 import pytest
 
 import engramdb
-from engramdb import catalog as catalog_mod
-from engramdb import collect, fsio, segments, transfer
+from engramdb import transfer
 from engramdb.content import check_vectors, normalize_text
 from engramdb.encoders import HashingEncoder
+from engramdb.engine import collect
 from engramdb.errors import CommitUncertain, EngramError, StoreClosed
+from engramdb.storage import catalog as catalog_mod
+from engramdb.storage import fsio, segments
 from engramdb.transfer import export_store, import_store
 
 LONG = os.environ.get("ENGRAMDB_FAULT_LONG") == "1"
@@ -218,7 +220,7 @@ def inj(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
         monkeypatch.setattr(module, "os", proxy)
         monkeypatch.setattr(module, "open", opener, raising=False)
     try:
-        from engramdb import index as index_mod  # derived index files, when present
+        from engramdb.derived import index as index_mod  # derived index files, when present
         monkeypatch.setattr(index_mod, "os", proxy)
         monkeypatch.setattr(index_mod, "open", opener, raising=False)
     except ImportError:

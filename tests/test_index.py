@@ -1,4 +1,4 @@
-"""Tests of the vector index (engramdb.index) and the rotation (engramdb.rotation)."""
+"""Tests of the vector index (engramdb.derived.index) and its rotation."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engramdb.derived.index import IndexConfig, IndexDamaged, VectorIndex
+from engramdb.derived.rotation import Rotation
 from engramdb.errors import DimensionMismatch, InvalidInput
-from engramdb.index import IndexConfig, IndexDamaged, VectorIndex
-from engramdb.rotation import Rotation
 
 DIM = 64
 N = 20_000
@@ -294,7 +294,7 @@ def _load_in_subprocess(d: Path) -> str:
     """Load in a child, so that a crash in hnswlib fails the test instead of killing pytest."""
     code = (
         "import sys\n"
-        "from engramdb.index import VectorIndex, IndexDamaged\n"
+        "from engramdb.derived.index import VectorIndex, IndexDamaged\n"
         "try:\n"
         f"    VectorIndex.load({str(d)!r}, {DIM})\n"
         "except IndexDamaged as e:\n"
@@ -342,7 +342,7 @@ def test_mapped_load_equals_hnswlib_load_index(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Graphs rebuilt from the mapped file (hnswlib's unpickling path) answer, delete and grow
     exactly like graphs read by hnswlib's own load_index (the fallback)."""
-    import engramdb.index as index_module
+    import engramdb.derived.index as index_module
 
     cfg = IndexConfig(levels=[24, 64], candidate_multiplier=20, exact_threshold=0, M=12,
                       ef_construction=48)
@@ -546,7 +546,7 @@ def test_add_delete_sequences_match_a_set_model(ops: list, graph: bool) -> None:
 def test_a_graph_file_written_short_is_an_io_error(saved: Path, tmp_path: Path) -> None:
     """hnswlib writes through an unchecked stream: a full disk leaves a short file, which
     the save reports as an OSError (the store's StorageError), never as a parse error."""
-    from engramdb.index import _file_heights
+    from engramdb.derived.index import _file_heights
 
     data = _level_file(saved, 0).read_bytes()
     for cut in (len(data) - 5, 100, 10, 0):
@@ -557,7 +557,7 @@ def test_a_graph_file_written_short_is_an_io_error(saved: Path, tmp_path: Path) 
 
 
 def test_a_label_too_large_changes_nothing() -> None:
-    from engramdb.label_states import MAX_LABEL
+    from engramdb.derived.label_states import MAX_LABEL
 
     idx = VectorIndex(DIM, IndexConfig(levels=[DIM]))
     idx.add(np.arange(3), X[:3])

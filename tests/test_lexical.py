@@ -1,4 +1,4 @@
-"""Tests of the BM25 lexical index (engramdb.lexical): scoring, stemming, deletes, filters,
+"""Tests of the BM25 lexical index (engramdb.derived.lexical): scoring, stemming, deletes, filters,
 and the round trip through DuckDB tables."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import duckdb
 import numpy as np
 import pytest
 
+from engramdb.derived.lexical import LexicalIndex, stem, tokenize
 from engramdb.errors import InvalidInput
-from engramdb.lexical import LexicalIndex, stem, tokenize
 
 CORPUS = [
     "cats chase mice",            # eid 10
@@ -238,7 +238,7 @@ def test_bulk_merge_path_matches_delta_path() -> None:
 
 
 def test_common_terms_are_skipped_in_large_indexes_when_rarer_ones_exist() -> None:
-    from engramdb.lexical import COMMON_TERM_MIN_DOCS
+    from engramdb.derived.lexical import COMMON_TERM_MIN_DOCS
 
     n = COMMON_TERM_MIN_DOCS
     idx = LexicalIndex()

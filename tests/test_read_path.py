@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engramdb.content import check_vectors, unit_rows, validate_vectors
+from engramdb.derived.hotstate import _Packed
 from engramdb.errors import InvalidInput
-from engramdb.hotstate import _Packed
 
 DIM = 24
 
@@ -77,7 +77,7 @@ def test_packed_column_reads_every_value(array: pa.Array) -> None:
 def test_hot_state_reads_payloads_from_every_record_batch() -> None:
     """The catalog's rows arrive in several record batches (eids in any order, a batch may
     be empty); each batch's ids and texts are read where they are, without a combined copy."""
-    from engramdb.hotstate import HotState
+    from engramdb.derived.hotstate import HotState
 
     eids = np.random.default_rng(7).permutation(10)
     cols = {"eid": eids, "seg": np.zeros(10, np.int32), "row": eids,
@@ -164,7 +164,7 @@ def test_mapping_made_before_a_removal_is_not_cached(tmp_path, monkeypatch) -> N
     """A view mapped while gc removes its segment (a prefault racing gc) is used once, never
     cached: the segment's number may come back with new rows of the same count."""
     import engramdb
-    from engramdb import segments as segments_module
+    from engramdb.storage import segments as segments_module
 
     _small_store(tmp_path / "m")
     with engramdb.open(tmp_path / "m", settings=engramdb.Settings(

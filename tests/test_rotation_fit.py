@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import engramdb
-from engramdb.index import VectorIndex
+from engramdb.derived.index import VectorIndex
 
 DIM = 96
 # One 8-d prefix level (fit_size 2,048), searched through the graph from 50 vectors on.

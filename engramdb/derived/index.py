@@ -6,7 +6,7 @@ vectors, so a damaged index file raises :class:`IndexDamaged` (internal) and the
 
 How a search works (DESIGN §3):
 
-1. Each indexed level is a prefix of the rotated vector (see :mod:`engramdb.rotation`),
+1. Each indexed level is a prefix of the rotated vector (see :mod:`engramdb.derived.rotation`),
    re-normalised so that hnswlib's inner product is the cosine on that prefix.
 2. The coarsest level's graph returns ``k * candidate_multiplier`` candidates.
 3. Finer indexed levels re-rank the candidates with the prefix vectors their graphs hold.
@@ -22,7 +22,7 @@ labels at a time during an exact scan (so it should be a vectorised gather, e.g.
 fancy-index), and may return float16 or float32 rows.
 
 This module imports only numpy, hnswlib, the standard library, :mod:`engramdb.errors` and
-:mod:`engramdb.rotation`.
+:mod:`engramdb.derived.rotation`.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from engramdb.derived.label_states import MAX_LABEL, LabelStates
+from engramdb.derived.rotation import Rotation, matvec
 from engramdb.errors import DimensionMismatch, InvalidInput
-from engramdb.label_states import MAX_LABEL, LabelStates
-from engramdb.rotation import Rotation, matvec
 
 __all__ = ["IndexConfig", "IndexDamaged", "Rotation", "VectorIndex"]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from engramdb.content import vector_checksum
 from engramdb.errors import CorruptStore, StorageError
-from engramdb.fsio import fsync_dir
+from engramdb.storage.fsio import fsync_dir
 
 SEGMENT_DIR = "segments"
 _SUFFIX = ".vec"

@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 
 from engramdb.errors import StorageError
-from engramdb.fsio import fsync_dir
+from engramdb.storage.fsio import fsync_dir
 
 COMPACT_DEAD_FRACTION = 0.25  # rewrite a segment once a quarter of its rows are unreferenced
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from engramdb.derived.index import VectorIndex
 from engramdb.errors import StorageError
-from engramdb.index import VectorIndex
 
 _CHUNK_ROWS = 512  # rows per hnswlib call: ~0.2-0.5 s of insertion at 384-d on 2 cores
 

@@ -37,8 +37,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from engramdb.hotstate import grow_array, grown_capacity
-from engramdb.temporal import parse_day
+from engramdb.derived.hotstate import grow_array, grown_capacity
+from engramdb.derived.temporal import parse_day
 
 __all__ = ["ContextRows", "TurnContext"]
 
@@ -410,7 +410,7 @@ class TurnContext:
         """BM25 of each session (indexed by code) as one document made of its turns.
 
         ``eids``/``tfs`` are the query terms' postings over the engrams, term after term,
-        ``counts[t]`` of them for term ``t`` (:class:`engramdb.lexical.QueryPostings`, slots
+        ``counts[t]`` of them for term ``t`` (:class:`engramdb.derived.lexical.QueryPostings`, slots
         mapped to eids; ``term``, if given, the term of each posting: ``counts`` spelled
         out); a session's term frequency is the sum over its visible turns. All
         terms are gathered in one ``bincount`` over term x session; each session's sum runs

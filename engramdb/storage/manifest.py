@@ -14,7 +14,7 @@ from typing import Any
 
 from engramdb.encoders.base import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
-from engramdb.fsio import atomic_write_bytes
+from engramdb.storage.fsio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"

@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from engramdb.settings import Settings
-
-WORKING, SHORT_TERM, LONG_TERM = 0, 1, 2
+from engramdb.types import LONG_TERM, SHORT_TERM, WORKING
 
 
 def effective_kind(kind: np.ndarray, created: np.ndarray, now: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Hebbian links: a sparse edge table in the catalog, never an N x N matrix.
 
 One row per undirected link ``(a, b)`` with ``a < b``, its weight as of ``tick``; the weight at
-any later tick is derived (lazy decay, see :mod:`engramdb.lifespan`), so time never rewrites
+any later tick is derived (lazy decay, see :mod:`engramdb.engine.lifespan`), so time never rewrites
 rows. Lookups are literal IN-lists over ``a`` and ``b``.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb import catalog as cat
-from engramdb.lifespan import decayed_weight, strengthened
+from engramdb.engine.lifespan import decayed_weight, strengthened
 from engramdb.settings import Settings
+from engramdb.storage import catalog as cat
 
 
 def in_list(values: Iterable[int]) -> str:

@@ -71,7 +71,7 @@ class ContextEvidence:
     ``cos_prev`` is the cosine of the candidate's previous turn (its own cosine when it has
     none); ``bm25_prev`` and ``bm25_session`` are 0 where there is no previous turn or
     session; ``speaker`` is 1 where the candidate's speaker is named in the query; ``date`` is
-    the date affinity of :func:`engramdb.temporal.date_affinity`; ``coverage`` and
+    the date affinity of :func:`engramdb.derived.temporal.date_affinity`; ``coverage`` and
     ``coverage_prev`` are :func:`coverage` of the candidate alone and of the candidate with
     its previous turn (its own where it has none).
     """

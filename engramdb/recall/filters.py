@@ -11,10 +11,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from engramdb.catalog import KIND_CODES
 from engramdb.content import encode_metadata
 from engramdb.errors import InvalidInput
-from engramdb.types import Kind
+from engramdb.types import KIND_CODES, Kind
 
 
 def kind_codes(kinds: Iterable[Kind | str] | None) -> list[int] | None:

@@ -18,14 +18,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from engramdb.derived.lexical import LexicalIndex
 from engramdb.errors import CommitUncertain, CorruptStore, StorageError
-from engramdb.lexical import LexicalIndex
 
 CATALOG_NAME = "catalog.duckdb"
 
-# kind codes as stored; the public names are engramdb.types.Kind
-KIND_CODES = {"working": 0, "short_term": 1, "long_term": 2}
-KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
