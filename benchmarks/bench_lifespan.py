@@ -208,18 +208,11 @@ SEARCH_PARTS = ("dense search", "exact scan", "lexical")
 def wrap_parts(mem: Store) -> dict[str, Timer]:
     """Wrap the store's search methods and its visibility mask with timers (this run only)."""
     timers: dict[str, Timer] = {}
-    if hasattr(mem, "_dense_search"):  # index or exact scan, whichever the store uses
-        timers["dense search"] = Timer(mem._dense_search)
-        mem._dense_search = timers["dense search"]  # type: ignore[method-assign]
-    else:
-        timers["exact scan"] = Timer(mem._exact_search)
-        mem._exact_search = timers["exact scan"]  # type: ignore[method-assign]
-    if hasattr(mem.lexical, "match"):  # BM25: the query's postings and their scores
-        timers["lexical"] = Timer(mem.lexical.match)
-        mem.lexical.match = timers["lexical"]  # type: ignore[method-assign]
-    elif hasattr(mem, "_lexical_scores"):  # the code before LexicalIndex.match
-        timers["lexical"] = Timer(mem._lexical_scores)
-        mem._lexical_scores = timers["lexical"]  # type: ignore[method-assign]
+    searcher = mem._searcher  # the read path (engramdb.recall.searcher.Searcher)
+    timers["dense search"] = Timer(searcher.dense_search)  # index or exact scan
+    searcher.dense_search = timers["dense search"]  # type: ignore[method-assign]
+    timers["lexical"] = Timer(mem.lexical.match)  # BM25: the query's postings and scores
+    mem.lexical.match = timers["lexical"]  # type: ignore[method-assign]
     timers["mask"] = Timer(mem.hot.visible)
     mem.hot.visible = timers["mask"]  # type: ignore[method-assign]
     return timers

@@ -154,11 +154,11 @@ def embed(texts: list[str]) -> np.ndarray:
 def bm25_matrix(docs: list[str], queries: list[list[str]], **kw: object) -> np.ndarray:
     """(n_queries, n_docs) BM25 scores of pre-tokenized queries over ``docs``."""
     idx = LexicalIndex(**kw)  # type: ignore[arg-type]
-    idx.add(np.arange(len(docs)), docs)
+    idx.apply_add(idx.add_rows(np.arange(len(docs)), docs))
     m = np.zeros((len(queries), len(docs)), np.float32)
     for qi, terms in enumerate(queries):
-        slots, sc = idx.score_terms(terms)
-        m[qi, idx.eids_of(slots)] = sc
+        found = idx.match(terms)
+        m[qi, found.eids] = found.scores
     return m
 
 
@@ -302,8 +302,9 @@ STORE_GRID = {"lexical_weight": [0.4, 0.5, 0.6], "turn_lexical": [0.0],
 
 
 def store_items(f: Feats) -> list[tuple]:
-    """Per question, what ``Store._fuse_context`` sees: the candidates (dense and BM25 top
-    ``STORE_POOL`` plus the turns right after them), their evidence, and their neighbours."""
+    """Per question, what ``engramdb.recall.fusion_context.fuse_context`` sees: the candidates
+    (dense and BM25 top ``STORE_POOL`` plus the turns right after them), their evidence, and
+    their neighbours."""
     conv = f.conv
     n = len(conv.text)
     qtok = [tokenize(q["q"]) for q in conv.questions]
@@ -351,6 +352,16 @@ def store_items(f: Feats) -> list[tuple]:
     return items
 
 
+def neighbour_lift(c: np.ndarray, mixed: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
+                   seeds: int, weight: float) -> dict[int, tuple[float, int]]:
+    """The store's neighbour step (``hybrid.spread``) from the ``seeds`` best candidates
+    (``c`` ascending; ties: the smaller eid) to their neighbours ``prev``/``nxt`` (-1: none)."""
+    if seeds <= 0 or weight <= 0 or len(mixed) == 0:
+        return {}
+    order = np.lexsort((c, -mixed))[:seeds]
+    return hy.spread(c, mixed, order, prev[order], nxt[order], weight)
+
+
 def store_rows(items: list[tuple], p: dict, extra: list[np.ndarray] | None = None
                ) -> list[dict]:
     """Recall@k rows of the store's formula with settings ``p`` (keys ``STORE_KEYS``);
@@ -362,8 +373,8 @@ def store_rows(items: list[tuple], p: dict, extra: list[np.ndarray] | None = Non
         if extra is not None:
             mixed = mixed + extra[qi]
         score = dict(zip(c.tolist(), mixed.tolist()))
-        for e, (m, _) in hy.spread(c, mixed, prev, nxt, p["neighbour_seeds"],
-                                   p["neighbour_weight"]).items():
+        for e, (m, _) in neighbour_lift(c, mixed, prev, nxt, p["neighbour_seeds"],
+                                          p["neighbour_weight"]).items():
             score[e] = m
         ranked = [e for e, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:20]]
         r = {f"R@{k}": len(evidence & set(ranked[:k])) / len(evidence) for k in KS}
@@ -546,8 +557,8 @@ def diversity_lab(feats: list[Feats]) -> None:
         for c, ev, prev, nxt, evidence, cat in store_items(f):
             mixed = hy.context_mix(ev, w)
             score = dict(zip(c.tolist(), mixed.tolist(), strict=True))
-            for e, (m, _) in hy.spread(c, mixed, prev, nxt, p["neighbour_seeds"],
-                                       p["neighbour_weight"]).items():
+            for e, (m, _) in neighbour_lift(c, mixed, prev, nxt, p["neighbour_seeds"],
+                                              p["neighbour_weight"]).items():
                 score[e] = m
             per_q.append((score, evidence, cat))
         scored.append((np.array(f.conv.session), per_q))

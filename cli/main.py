@@ -201,7 +201,7 @@ def inspect(path: Path, wait: float, as_json: bool, log_limit: int) -> None:
     """
     with opened(path, wait) as mem:
         data = mem.stats()
-        data["forgetting_log"] = queries.forgetting_log(mem, log_limit) if log_limit else []
+        data["forgetting_log"] = mem.forgetting_log(log_limit) if log_limit else []
     if as_json:
         _echo_json(data)
         return

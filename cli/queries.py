@@ -1,8 +1,7 @@
 """Read-only catalog queries the CLI needs and the Store API does not offer (yet).
 
-Each function here stands in for a Store method (named in its docstring); when the store
-grows that method, the CLI should call it and the function here should go. Nothing here
-writes.
+Each runs on a :meth:`Store.snapshot` (read-only SQL); the listing stands in for a
+``Store.engrams(where=..., kinds=..., limit=...)`` method and should go when the store has it.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from typing import Any
 
 from engramdb.errors import InvalidInput, NotFound
 from engramdb.store import Store
-from engramdb.types import KIND_CODES, KIND_NAMES, Engram
+from engramdb.types import KIND_CODES, Engram
 
 
 def list_engrams(
@@ -44,11 +43,12 @@ def list_engrams(
     if since is not None:
         clauses.append("o.tick >= ?")
         params.append(since)
-    rows = store.catalog.query(
-        "SELECT e.id, max(o.seq) AS last FROM engrams e JOIN occurrences o ON o.eid = e.eid "
-        f"WHERE {' AND '.join(clauses)} GROUP BY e.id ORDER BY last DESC, e.id LIMIT ?",
-        [*params, limit],
-    )
+    with store.snapshot() as snap:
+        rows = snap.query(
+            "SELECT e.id, max(o.seq) AS last FROM engrams e JOIN occurrences o ON o.eid = e.eid "
+            f"WHERE {' AND '.join(clauses)} GROUP BY e.id ORDER BY last DESC, e.id LIMIT ?",
+            [*params, limit],
+        )
     return [store.get(ident) for ident, _ in rows]
 
 
@@ -60,27 +60,11 @@ def resolve_id(store: Store, ident: str) -> str:
     if len(ident) < 8 or any(c not in "0123456789abcdef" for c in ident):
         raise InvalidInput(f"not an engram id or id prefix: {ident!r}",
                            hint="pass the 64-hex-digit id, or a unique prefix of 8+ digits")
-    rows = store.catalog.query(
-        "SELECT id FROM engrams WHERE starts_with(id, ?) ORDER BY id LIMIT 2", [ident]
-    )
+    with store.snapshot() as snap:
+        rows = snap.query(
+            "SELECT id FROM engrams WHERE starts_with(id, ?) ORDER BY id LIMIT 2", [ident])
     if not rows:
         raise NotFound(f"no engram id starts with {ident}")
     if len(rows) > 1:
         raise InvalidInput(f"id prefix {ident} is ambiguous", hint="pass more digits")
     return str(rows[0][0])
-
-
-def forgetting_log(store: Store, limit: int = 10) -> list[dict[str, Any]]:
-    """The most recent forgetting-log entries: id, tick, reason, kind.
-
-    Uses ``Store.forgetting_log(limit)`` when the store has it; reads the catalog otherwise.
-    """
-    method = getattr(store, "forgetting_log", None)
-    if callable(method):
-        return list(method(limit))
-    rows = store.catalog.query(
-        "SELECT id, tick, reason, kind FROM forgotten ORDER BY tick DESC, eid DESC LIMIT ?",
-        [limit],
-    )
-    return [{"id": i, "tick": int(t), "reason": r, "kind": KIND_NAMES.get(int(k), str(k))}
-            for i, t, r, k in rows]

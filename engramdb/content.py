@@ -12,6 +12,7 @@ import math
 import threading
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -19,7 +20,7 @@ import zstandard
 from engramdb.errors import DimensionMismatch, InvalidInput
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB of UTF-8 per engram: a memory, not a document store
-_ZSTD_LEVEL = 3  # about 4x on conversational text at a negligible cost (DESIGN section 3)
+_ZSTD_LEVEL = 3  # about 4x on conversational text at a negligible cost (docs/format.md)
 
 
 def normalize_text(text: object, *, what: str = "text") -> str:
@@ -43,6 +44,16 @@ def normalize_text(text: object, *, what: str = "text") -> str:
             hint="split long documents into passages and ingest them with ingest_many",
         )
     return norm
+
+
+def fingerprint_of(spec: dict[str, Any]) -> str:
+    """Return the hex sha256 of an encoder spec's canonical JSON: the store's model identity.
+
+    It lives here, not with the encoders, because the manifest and exports check it without
+    needing any encoder code.
+    """
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def content_id(fingerprint: str, normalized: str) -> str:

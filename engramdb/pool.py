@@ -1,6 +1,7 @@
 """A pool of per-user stores: open on demand, keep at most ``max_open``, close idle ones.
 
-A server with 10,000 users must not hold 10,000 DuckDB handles (DESIGN section 2). A
+A server with 10,000 users must not hold 10,000 DuckDB handles (each store has its own
+catalog, docs/format.md). A
 :class:`Pool` maps each user id to its own store directory directly under ``root``, opens a
 store the first time it is asked for, and closes the least recently used ones beyond
 ``max_open`` or idle for ``idle_seconds``. A store in use (leased through :meth:`Pool.session`
@@ -360,8 +361,8 @@ class Pool:
 
 
 def _is_closed(store: Store) -> bool:
-    # Store has no public "closed" flag; a handle the user closed by hand must not be reused.
-    return bool(getattr(store, "_closed", False))
+    # A handle the user closed by hand must not be reused.
+    return store.closed
 
 
 __all__ = ["Pool", "user_dirname"]

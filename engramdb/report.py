@@ -48,12 +48,12 @@ def write_report(store: Any, out: str | os.PathLike[str]) -> Path:
 def collect(store: Any) -> dict[str, Any]:
     """Gather everything the report shows with read-only queries, as one snapshot: writers
     (gc's catalog rewrite among them) wait until it is gathered."""
-    with store._write_lock:
-        return _collect_locked(store)
+    with store.snapshot() as snap:
+        return _collect_locked(store, snap)
 
 
-def _collect_locked(store: Any) -> dict[str, Any]:
-    q = store.catalog.query
+def _collect_locked(store: Any, snap: Any) -> dict[str, Any]:
+    q = snap.query
     now = store.clock
     stats = store.stats()
     mentions = q(
@@ -84,16 +84,8 @@ def _collect_locked(store: Any) -> dict[str, Any]:
 
 
 def _links(store: Any) -> list[tuple[str, str, float]]:
-    """The strongest links: ``Store.links(limit)`` when it exists, else the raw edge table."""
-    method = getattr(store, "links", None)
-    if callable(method):
-        return [(str(a), str(b), float(w)) for a, b, w in method(MAX_LINKS)]
-    rows = store.catalog.query(
-        "SELECT ea.id, eb.id, x.weight FROM edges x JOIN engrams ea ON ea.eid = x.a "
-        "JOIN engrams eb ON eb.eid = x.b ORDER BY x.weight DESC, ea.id, eb.id LIMIT ?",
-        [MAX_LINKS],
-    )
-    return [(a, b, float(w)) for a, b, w in rows]
+    """The strongest links now."""
+    return [(str(a), str(b), float(w)) for a, b, w in store.links(MAX_LINKS)]
 
 
 # -- rendering ----------------------------------------------------------------------------------

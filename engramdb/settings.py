@@ -62,7 +62,7 @@ class Settings:
     # them exactly meanwhile); past it, ingest waits for the indexer. 0: index before returning.
     index_backlog_mb: float = 128.0
 
-    # -- lifespan engine (DESIGN section 4) --
+    # -- lifespan engine (docs/lifespan.md) --
     # A tick is usually one chatbot turn. 64 (Memoria-like) lost half of what LoCoMo asks
     # about (R@10 0.69 -> 0.32, docs/quality.md): a fact must outlive a long conversation.
     short_term_lifespan: float = 2048.0  # ticks a new engram lives unless used

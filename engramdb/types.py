@@ -8,7 +8,7 @@ from typing import Any
 
 
 class Kind(StrEnum):
-    """The stage of an engram's life (DESIGN section 4)."""
+    """The stage of an engram's life (docs/lifespan.md, "Kinds")."""
 
     WORKING = "working"
     SHORT_TERM = "short_term"

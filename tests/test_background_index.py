@@ -48,10 +48,10 @@ def test_pending_rows_are_found_exactly(tmp_path: Path, held_graph: threading.Ev
     with engramdb.open(tmp_path / "m", dim=DIM, index=GRAPH) as mem:
         held_graph.set()
         mem.ingest_many([f"old{i}" for i in range(300)], vectors=x[:300])
-        mem._indexer.drain()
+        mem.indexer.drain()
         held_graph.clear()  # from here the worker stalls: the next rows stay pending
         mem.ingest_many([f"new{i}" for i in range(300)], vectors=x[300:])
-        assert len(mem._indexer) == 300
+        assert len(mem.indexer) == 300
         alive = np.ones(600, bool)
         for qi in (5, 305, 450, 599):
             got = [h.text for h in mem.recall(vector=x[qi], top_k=5,
@@ -64,9 +64,9 @@ def test_pending_rows_are_found_exactly(tmp_path: Path, held_graph: threading.Ev
         mem.forget(gone)
         assert gone not in {h.id for h in mem.recall(vector=x[450], top_k=10)}
         held_graph.set()
-        mem._indexer.drain()
+        mem.indexer.drain()
         assert gone not in {h.id for h in mem.recall(vector=x[450], top_k=10)}
-        assert len(mem._indexer) == 0
+        assert len(mem.indexer) == 0
         assert mem.verify().ok
 
 
@@ -77,7 +77,7 @@ def test_close_with_rows_pending_replays_them(tmp_path: Path,
     with engramdb.open(path, dim=DIM, index=GRAPH) as mem:
         held_graph.set()
         mem.ingest_many([f"a{i}" for i in range(200)], vectors=x[:200])
-        mem._indexer.drain()
+        mem.indexer.drain()
         held_graph.clear()
         ids = [r.id for r in mem.ingest_many([f"b{i}" for i in range(200)], vectors=x[200:])]
         before = [h.id for h in mem.recall(vector=x[250], top_k=5)]
@@ -94,7 +94,7 @@ def test_failing_worker_keeps_rows_searchable(tmp_path: Path,
     path = tmp_path / "m"
     with engramdb.open(path, dim=DIM, index=GRAPH) as mem:
         mem.ingest_many([f"a{i}" for i in range(100)], vectors=x[:100])
-        mem._indexer.drain()
+        mem.indexer.drain()
 
         def broken(self, labels, vectors, **kw):  # type: ignore[no-untyped-def]
             raise MemoryError("no room for the graph")
@@ -103,7 +103,7 @@ def test_failing_worker_keeps_rows_searchable(tmp_path: Path,
         res = mem.ingest_many([f"b{i}" for i in range(100)], vectors=x[100:200])
         assert mem.recall(vector=x[150], top_k=1)[0].text == "b50"
         with pytest.raises(StorageError, match="background indexing failed"):
-            mem._indexer.drain()
+            mem.indexer.drain()
         with pytest.raises(StorageError):
             mem.ingest_many([f"c{i}" for i in range(100)], vectors=x[200:])
         monkeypatch.undo()
@@ -125,13 +125,13 @@ def test_rebuild_restarts_a_failed_worker(tmp_path: Path,
             MemoryError("full")))
         mem.ingest_many([f"a{i}" for i in range(100)], vectors=x[:100])
         with pytest.raises(StorageError):
-            mem._indexer.drain()  # the worker has failed by now
+            mem.indexer.drain()  # the worker has failed by now
         with pytest.raises(StorageError):
             mem.ingest("refused", vector=x[100])
         monkeypatch.setattr(VectorIndex, "add", real_add)
         mem.rebuild()
         mem.ingest_many([f"b{i}" for i in range(200)], vectors=x[100:])
-        mem._indexer.drain()
+        mem.indexer.drain()
         assert len(mem.index) == 300
         assert mem.recall(vector=x[42], top_k=1)[0].text == "a42"
         assert mem.verify().ok
@@ -142,7 +142,7 @@ def test_synchronous_when_backlog_is_zero(tmp_path: Path) -> None:
     with engramdb.open(tmp_path / "m", dim=DIM, index=GRAPH,
                        settings=engramdb.Settings(index_backlog_mb=0)) as mem:
         mem.ingest_many([f"a{i}" for i in range(200)], vectors=x)
-        assert len(mem._indexer) == 0 and len(mem.index) == 200
+        assert len(mem.indexer) == 0 and len(mem.index) == 200
 
 
 def test_recall_while_bulk_ingest_runs(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import engramdb
@@ -193,3 +194,17 @@ def test_export_of_a_damaged_store_fails(tmp_path: Path) -> None:
     result = run("export", src, tmp_path / "a.jsonl")
     assert result.exit_code == 1 and "checksum mismatch" in result.output
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_restore_only_into_a_new_empty_store(tmp_path: Path) -> None:
+    src = tmp_path / "a.engram"
+    build_store(src, rich=False)
+    with engramdb.open(src) as mem:
+        with pytest.raises(InvalidInput, match="is not empty"):
+            mem.restorer()
+    with engramdb.open(tmp_path / "new.engram", dim=8) as mem:
+        restorer = mem.restorer()
+        nothing = pa.table({})
+        restorer.finish(nothing, nothing, {}, None)
+        with pytest.raises(InvalidInput, match="this restore is finished"):
+            restorer.finish(nothing, nothing, {}, None)

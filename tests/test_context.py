@@ -69,8 +69,8 @@ def test_context_does_not_cross_sessions(mem: engramdb.Store) -> None:
     for h in hits:
         if h.id == ids["answer"]:
             assert h.scores.get("context_lexical", 0.0) == 0.0
-    q_eid = mem._lookup_ids([ids["question"]])[ids["question"]]
-    a_eid = mem._lookup_ids([ids["answer"]])[ids["answer"]]
+    q_eid = mem._writer.lookup_ids([ids["question"]])[ids["question"]]
+    a_eid = mem._writer.lookup_ids([ids["answer"]])[ids["answer"]]
     assert mem.context.prev[a_eid] == -1 and mem.context.next[q_eid] == -1
 
 
@@ -127,7 +127,7 @@ def test_forgetting_the_next_turn_relinks_like_a_reopen(store_path: Path, encode
         b = mem.ingest("first reply", session="s1").id
         mem.ingest("Thanks!", session="s1")  # said again: one engram, two occurrences
         mem.ingest("second reply", session="s1")
-        eid = mem._lookup_ids([a, b])
+        eid = mem._writer.lookup_ids([a, b])
         assert mem.context.next[eid[a]] == eid[b]
         mem.forget(b)
         mem.gc()
@@ -199,10 +199,10 @@ def test_date_prior(mem: engramdb.Store) -> None:
 def test_duplicate_content_keeps_its_first_context(mem: engramdb.Store) -> None:
     first = mem.ingest_many(["hello there", "Thanks!"], sessions=["s1", "s1"])
     mem.ingest_many(["another topic", "Thanks!", "after thanks"], sessions=["s2"] * 3)
-    eid = mem._lookup_ids([r.id for r in first])
+    eid = mem._writer.lookup_ids([r.id for r in first])
     thanks, hello = eid[first[1].id], eid[first[0].id]
     assert mem.context.prev[thanks] == hello  # its home occurrence, in s1
-    after = mem._lookup_ids([mem.ingest("after thanks").id])
+    after = mem._writer.lookup_ids([mem.ingest("after thanks").id])
     a = next(iter(after.values()))
     assert mem.context.prev[a] == thanks  # the repeat in s2 came right before it
 
@@ -250,13 +250,17 @@ def test_session_scores_equal_a_loop_over_terms(mem: engramdb.Store) -> None:
     _conversation(mem)
     lex, ctx = mem.lexical, mem.context
     visible = mem.hot.visible(mem.clock)
-    qp = lex.query_postings(lex.tokenizer("name dog weather trains soup beagle"))
+    found = lex.match(lex.tokenizer("name dog weather trains soup beagle"))
+    qp = found.postings
     assert len(qp.counts) >= 3
-    got = ctx.session_scores(lex.eids_of(qp.slots), qp.tfs, qp.counts, visible, 1.2, 0.75)
+    got = ctx.session_scores(found.posting_eids, qp.tfs, qp.counts, visible, 1.2, 0.75,
+                             term=np.arange(len(qp.counts)).repeat(qp.counts))
     n = int(np.count_nonzero(ctx.session_turns > 0))
     avglen = float(ctx.session_len.sum()) / n
     want = np.zeros(len(ctx.session_len))
-    for eids, tfs in lex.term_postings(lex.tokenizer("name dog weather trains soup beagle")):
+    bounds = np.cumsum(qp.counts)[:-1]
+    for eids, tfs in zip(np.split(found.posting_eids, bounds), np.split(qp.tfs, bounds),
+                         strict=True):
         tf = np.bincount(ctx.session[eids], tfs.astype(np.float64),
                          minlength=len(ctx.session_len))
         nz = np.flatnonzero(tf)
@@ -268,6 +272,7 @@ def test_session_scores_equal_a_loop_over_terms(mem: engramdb.Store) -> None:
 
 def test_fast_zscore_and_spread_match_their_plain_versions() -> None:
     from engramdb.recall import hybrid
+    from engramdb.recall.fusion import best_first
 
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 8, 9, 100, 257):
@@ -275,13 +280,18 @@ def test_fast_zscore_and_spread_match_their_plain_versions() -> None:
         std = float(x.std())
         plain = np.zeros_like(x) if std == 0.0 else (x - float(x.mean())) / std
         assert np.array_equal(hybrid.zscore(x), plain)
+        ties = np.round(x, 0)
+        for k in (1, 5, 40):
+            assert np.array_equal(best_first(ties, k), (-ties).argsort(kind="stable")[:k])
     eids = np.arange(10, 30)
     mixed = np.round(rng.standard_normal(20), 1)  # ties on purpose
     prev = np.where(rng.random(20) < 0.3, -1, rng.integers(0, 40, 20))
     nxt = np.where(rng.random(20) < 0.3, -1, rng.integers(0, 40, 20))
-    lifted = hybrid.spread(eids, mixed, prev, nxt, 5, 0.8)
+    seeds = best_first(mixed, 5)  # how recall picks the seeds
+    lifted = hybrid.spread(eids, mixed, seeds, prev[seeds], nxt[seeds], 0.8)
     floor = float(mixed.min())
     order = np.lexsort((eids, -mixed))[:5]
+    assert np.array_equal(seeds, order)
     want: dict[int, tuple[float, int]] = {}
     for i in order:
         passed = floor + 0.8 * (float(mixed[i]) - floor)

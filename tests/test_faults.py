@@ -38,14 +38,16 @@ import numpy as np
 import pytest
 
 import engramdb
-from engramdb import transfer
 from engramdb.content import check_vectors, normalize_text
 from engramdb.encoders import HashingEncoder
 from engramdb.engine import collect
 from engramdb.errors import CommitUncertain, EngramError, StoreClosed
 from engramdb.storage import catalog as catalog_mod
 from engramdb.storage import fsio, segments
+from engramdb.transfer import export as transfer_export
 from engramdb.transfer import export_store, import_store
+from engramdb.transfer import formats as transfer_formats
+from engramdb.transfer import importer as transfer_importer
 
 LONG = os.environ.get("ENGRAMDB_FAULT_LONG") == "1"
 DIM = 16
@@ -216,11 +218,12 @@ def inj(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
     injector = Injector()
     proxy = FaultyOs(injector)
     opener = _faulty_open(injector)
-    for module in (segments, fsio, collect, transfer):
+    for module in (segments, fsio, collect, transfer_export, transfer_formats,
+                   transfer_importer):
         monkeypatch.setattr(module, "os", proxy)
         monkeypatch.setattr(module, "open", opener, raising=False)
     try:
-        from engramdb.derived import index as index_mod  # derived index files, when present
+        from engramdb.derived import index_files as index_mod  # the index files, when present
         monkeypatch.setattr(index_mod, "os", proxy)
         monkeypatch.setattr(index_mod, "open", opener, raising=False)
     except ImportError:

@@ -79,7 +79,7 @@ def recall(idx: VectorIndex, allowed: np.ndarray | None = None) -> float:
         labels, scores, level_scores = idx.search(q, K, fetch=fetch, allowed=allowed)
         np.testing.assert_allclose(scores, SCORES[i, labels], atol=1e-5)  # scores are exact
         assert (np.diff(scores) <= 1e-7).all()  # best first
-        assert level_scores.shape == (len(labels), len(idx.levels))
+        assert level_scores.shape == (len(labels), len(idx.config.levels))
         hits += len(set(labels.tolist()) & set(exact(i, K, allowed).tolist()))
     return hits / (K * len(Q))
 
@@ -230,8 +230,8 @@ def test_capacity_grows_by_doubling() -> None:
     caps = set()
     for start in range(0, 3000, 100):
         idx.add(np.arange(start, start + 100), X[start:start + 100])
-        caps.add(idx.capacity)
-        assert len(idx) <= idx.capacity <= max(1024, 2 * len(idx))
+        caps.add(idx._capacity)
+        assert len(idx) <= idx._capacity <= max(1024, 2 * len(idx))
     assert len(caps) <= 4  # 1024, 2048, 4096: a handful of resizes, not one per add
 
 
@@ -241,10 +241,10 @@ def test_build_from_fetch_fits_a_rotation_and_reports_progress() -> None:
     idx = VectorIndex.build(labels, lambda ls: X[ls - 100], IndexConfig(levels=[16]),
                             dim=DIM, progress=lambda d, t: seen.append((d, t)), batch_size=1000)
     assert seen == [(1000, 3000), (2000, 3000), (3000, 3000)]
-    assert idx.rotation is not None
+    assert idx._rotation is not None
     np.testing.assert_array_equal(idx.labels(), labels)
     # PCA puts more of the data's variance in the prefix than the random rotation would.
-    fitted = np.linalg.norm(idx.rotation.apply(X[:500], 16), axis=1).mean()
+    fitted = np.linalg.norm(idx._rotation.apply(X[:500], 16), axis=1).mean()
     rand = np.linalg.norm(Rotation.random(DIM, 0).apply(X[:500], 16), axis=1).mean()
     assert fitted > rand
 
@@ -259,8 +259,9 @@ def test_save_load_round_trip_gives_identical_results(built: VectorIndex, tmp_pa
     names = {f["name"] for f in manifest["files"].values()} | {"index.json"}
     assert set(os.listdir(tmp_path)) == names
     again, generation = VectorIndex.load(tmp_path, DIM)
-    assert generation == 8 and len(again) == len(built) and again.levels == built.levels
-    np.testing.assert_array_equal(again.deleted_labels(), built.deleted_labels())
+    assert generation == 8 and len(again) == len(built)
+    assert again.config.levels == built.config.levels
+    np.testing.assert_array_equal(again._labels.dead(), built._labels.dead())
     allowed = np.arange(0, N, 2)
     for q in Q[:20]:
         for a in (None, allowed):
@@ -342,7 +343,7 @@ def test_mapped_load_equals_hnswlib_load_index(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Graphs rebuilt from the mapped file (hnswlib's unpickling path) answer, delete and grow
     exactly like graphs read by hnswlib's own load_index (the fallback)."""
-    import engramdb.derived.index as index_module
+    import engramdb.derived.index_hnsw as index_module
 
     cfg = IndexConfig(levels=[24, 64], candidate_multiplier=20, exact_threshold=0, M=12,
                       ef_construction=48)
@@ -351,7 +352,7 @@ def test_mapped_load_equals_hnswlib_load_index(tmp_path: Path,
     mapped, _ = VectorIndex.load(tmp_path, DIM)
     monkeypatch.setattr(index_module, "_hnswlib_state_template", lambda: None)
     plain, _ = VectorIndex.load(tmp_path, DIM)
-    assert mapped.capacity == plain.capacity
+    assert mapped._capacity == plain._capacity
     for idx in (mapped, plain):
         idx.mark_deleted(np.arange(0, 5000, 7))
         # Grow the graphs after the load, 4 rows per call: hnswlib inserts that few on one
@@ -406,7 +407,7 @@ def test_a_format_2_index_without_heights_loads_the_same_graph(saved: Path,
     old, _ = VectorIndex.load(d, DIM)
     new, _ = VectorIndex.load(saved, DIM)
     assert old.stale_format and not new.stale_format
-    np.testing.assert_array_equal(old.deleted_labels(), new.deleted_labels())
+    np.testing.assert_array_equal(old._labels.dead(), new._labels.dead())
     for q in Q[:20]:
         a, b = old.search(q, 10, fetch=fetch), new.search(q, 10, fetch=fetch)
         np.testing.assert_array_equal(a[0], b[0])
@@ -546,14 +547,14 @@ def test_add_delete_sequences_match_a_set_model(ops: list, graph: bool) -> None:
 def test_a_graph_file_written_short_is_an_io_error(saved: Path, tmp_path: Path) -> None:
     """hnswlib writes through an unchecked stream: a full disk leaves a short file, which
     the save reports as an OSError (the store's StorageError), never as a parse error."""
-    from engramdb.derived.index import _file_heights
+    from engramdb.derived.index_hnsw import file_heights
 
     data = _level_file(saved, 0).read_bytes()
     for cut in (len(data) - 5, 100, 10, 0):
         short = tmp_path / f"short{cut}.hnsw"
         short.write_bytes(data[:cut])
         with pytest.raises(OSError):
-            _file_heights(short, 16)
+            file_heights(short, 16)
 
 
 def test_a_label_too_large_changes_nothing() -> None:

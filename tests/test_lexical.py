@@ -1,5 +1,5 @@
-"""Tests of the BM25 lexical index (engramdb.derived.lexical): scoring, stemming, deletes, filters,
-and the round trip through DuckDB tables."""
+"""Tests of the BM25 lexical index (engramdb.derived.lexical): scoring, stemming, deletes,
+and the round trips through DuckDB tables and the snapshot file."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from engramdb.derived.lexical import LexicalIndex, stem, tokenize
 from engramdb.errors import InvalidInput
+from engramdb.storage.schema import LEXICAL_TABLES, lexical_delete_sql
 
 CORPUS = [
     "cats chase mice",            # eid 10
@@ -39,9 +40,30 @@ def _bm25(query: list[str], docs: list[list[str]], k1: float = 1.2, b: float = 0
     return out
 
 
+def _add(idx: LexicalIndex, eids, texts: list[str]) -> None:
+    """Add a batch as the store does, minus the catalog: its rows, then memory."""
+    idx.apply_add(idx.add_rows(eids, texts))
+
+
+def _scores(idx: LexicalIndex, query: str) -> dict[int, float]:
+    """The BM25 score of every live document that matches ``query``, by eid."""
+    found = idx.match(idx.tokenizer(query))
+    return dict(zip(found.eids.tolist(), found.scores.tolist(), strict=True))
+
+
+def _assert_same(a: LexicalIndex, b: LexicalIndex, query: str, *, exact: bool = False) -> None:
+    """Both indexes match the same documents with the same scores (bit for bit if ``exact``)."""
+    sa, sb = _scores(a, query), _scores(b, query)
+    assert sorted(sa) == sorted(sb), query
+    if exact:
+        assert sa == sb, query
+    else:
+        assert np.allclose([sa[e] for e in sorted(sa)], [sb[e] for e in sorted(sa)]), query
+
+
 def _index() -> LexicalIndex:
     idx = LexicalIndex()
-    idx.add(EIDS, CORPUS)
+    _add(idx, EIDS, CORPUS)
     return idx
 
 
@@ -59,76 +81,52 @@ def test_scores_match_hand_formula() -> None:
     docs = [tokenize(t) for t in CORPUS]
     for q in ["cat", "dogs chasing cats", "garden night", "mice dog"]:
         expected = _bm25(tokenize(q), docs)
-        eids, scores = idx.search(q, k=10)
-        got = dict(zip(eids.tolist(), scores.tolist(), strict=True))
+        got = _scores(idx, q)
         for eid, e in zip(EIDS, expected, strict=True):
             assert got.get(eid, 0.0) == pytest.approx(e, rel=1e-5), (q, eid)
-        assert list(scores) == sorted(scores, reverse=True)
+        assert all(score > 0 for score in got.values())  # only documents that match
 
 
-def test_stemming_unifies_inflections_in_search() -> None:
+def test_stemming_unifies_inflections_in_queries() -> None:
     idx = LexicalIndex()
-    idx.add([1, 2], ["She painted a sunrise", "He likes swimming"])
-    assert idx.search("paintings", k=5)[0].tolist() == [1]
-    assert idx.search("swims", k=5)[0].tolist() == [2]
-    assert idx.search("when", k=5)[0].tolist() == []  # stopword only: no match
+    _add(idx, [1, 2], ["She painted a sunrise", "He likes swimming"])
+    assert list(_scores(idx, "paintings")) == [1]
+    assert list(_scores(idx, "swims")) == [2]
+    assert _scores(idx, "when") == {}  # stopword only: no match
 
 
 def test_deletes_vanish_and_stats_follow() -> None:
     idx = _index()
-    assert 20 in idx.search("cat", k=10)[0]
+    assert 20 in _scores(idx, "cat")
     assert idx.apply_delete([20, 999]) == 1
     assert len(idx) == 3
-    assert 20 not in idx.search("cat", k=10)[0]
+    assert 20 not in _scores(idx, "cat")
     # After the delete, scores equal a fresh index built without the document.
     fresh = LexicalIndex()
-    fresh.add([10, 30, 40], [CORPUS[0], CORPUS[2], CORPUS[3]])
+    _add(fresh, [10, 30, 40], [CORPUS[0], CORPUS[2], CORPUS[3]])
     for q in ["cat", "dog chase"]:
-        a, sa = idx.search(q, k=10)
-        b, sb = fresh.search(q, k=10)
-        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+        _assert_same(idx, fresh, q)
     idx.compact()
-    a, sa = idx.search("dog chase", k=10)
-    assert a.tolist() == fresh.search("dog chase", k=10)[0].tolist()
-
-
-def test_allowed_filter_is_exact() -> None:
-    idx = LexicalIndex()
-    rng = np.random.default_rng(0)
-    words = ["apple", "banana", "cherry", "date", "elder", "fig"]
-    texts = [" ".join(rng.choice(words, 5)) for _ in range(200)]
-    idx.add(np.arange(200), texts)
-    allowed = np.arange(0, 200, 7)
-    eids, scores = idx.search("apple fig", k=10, allowed=allowed)
-    assert len(eids) == 10 and set(eids.tolist()) <= set(allowed.tolist())
-    # Exact: same as the unfiltered full ranking restricted to the allowed set.
-    all_e, all_s = idx.search("apple fig", k=200)
-    ref = [(s, e) for e, s in zip(all_e.tolist(), all_s.tolist(), strict=True) if e % 7 == 0]
-    assert eids.tolist() == [e for _, e in ref[:10]]
-    assert idx.search("apple", k=5, allowed=[])[0].tolist() == []
+    _assert_same(idx, fresh, "dog chase")
 
 
 def test_incremental_add_equals_bulk_and_rejects_bad_input() -> None:
     bulk = _index()
     inc = LexicalIndex()
     for e, t in zip(EIDS, CORPUS, strict=True):
-        inc.add([e], [t])
+        _add(inc, [e], [t])
     for q in ["cat dog", "night"]:
-        a, sa = bulk.search(q, k=4)
-        b, sb = inc.search(q, k=4)
-        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+        _assert_same(bulk, inc, q)
     with pytest.raises(InvalidInput):
         inc.add_rows([1, 1], ["a", "b"])
     with pytest.raises(InvalidInput):
         inc.add_rows([1], ["a", "b"])
-    with pytest.raises(InvalidInput):
-        inc.search("cat", k=0)
 
 
 def test_round_trip_through_duckdb(tmp_path) -> None:
     path = str(tmp_path / "catalog.duckdb")
     con = duckdb.connect(path)
-    for sql in LexicalIndex.schema_sql():
+    for sql in LEXICAL_TABLES:
         con.execute(sql)
     idx = LexicalIndex()
     rows = idx.add_rows(EIDS, CORPUS)
@@ -144,7 +142,7 @@ def test_round_trip_through_duckdb(tmp_path) -> None:
     con.execute("ROLLBACK")
     # Forget eid 30 in the catalog and in memory.
     con.execute("BEGIN")
-    for sql, params in LexicalIndex.delete_sql([30]):
+    for sql, params in lexical_delete_sql([30]):
         con.execute(sql, params)
     con.execute("COMMIT")
     idx.apply_delete([30])
@@ -156,12 +154,11 @@ def test_round_trip_through_duckdb(tmp_path) -> None:
     con.close()
     assert len(loaded) == 3
     for q in ["cat", "dogs chase", "garden", "mice"]:
-        a, sa = idx.search(q, k=10)
-        b, sb = loaded.search(q, k=10)
-        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
+        _assert_same(idx, loaded, q)
     # The loaded index keeps accepting adds (delta on top of the loaded arrays).
-    loaded.add([50], ["a cat in the garden"])
-    assert loaded.search("garden cat", k=1)[0].tolist() == [50]
+    _add(loaded, [50], ["a cat in the garden"])
+    got = _scores(loaded, "garden cat")
+    assert max(got, key=got.__getitem__) == 50
 
 
 def test_snapshot_round_trip_gives_identical_scores(tmp_path) -> None:
@@ -171,8 +168,8 @@ def test_snapshot_round_trip_gives_identical_scores(tmp_path) -> None:
     words = [f"w{i}" for i in range(300)] + ["café", "naïve", "日本"]
     texts = [" ".join(rng.choice(words, 8)) for _ in range(3000)]
     live = LexicalIndex()
-    live.add(np.arange(3000), texts)  # bulk (CSC) ...
-    live.add([5000], ["a forgettable zyzzyva"])  # ... then the delta and a tombstone
+    _add(live, np.arange(3000), texts)  # bulk (CSC) ...
+    _add(live, [5000], ["a forgettable zyzzyva"])  # ... then the delta and a tombstone
     live.apply_delete([5000, 7, 8])
     path = tmp_path / "lexical.snapshot"
     live.save_snapshot(path, {"generation": 3})
@@ -184,14 +181,12 @@ def test_snapshot_round_trip_gives_identical_scores(tmp_path) -> None:
 
     def same() -> None:
         for q in queries:
-            a, sa = live.search(q, k=25)
-            b, sb = loaded.search(q, k=25)
-            assert a.tolist() == b.tolist() and sa.tolist() == sb.tolist()
+            _assert_same(live, loaded, q, exact=True)
 
     same()
-    assert "w1" in loaded._vocab and "nope" not in loaded._vocab
+    assert loaded._vocab.get("w1") is not None and loaded._vocab.get("nope") is None
     for idx in (live, loaded):
-        idx.add(np.arange(6000, 6100), [f"fresh w1 term{i % 7}" for i in range(100)])
+        _add(idx, np.arange(6000, 6100), [f"fresh w1 term{i % 7}" for i in range(100)])
         idx.apply_delete(np.arange(10, 400, 5))
     queries += ["fresh term3", "term6 w1"]
     same()
@@ -223,18 +218,16 @@ def test_bulk_merge_path_matches_delta_path() -> None:
     words = [f"w{i}" for i in range(50)]
     texts = [" ".join(rng.choice(words, 6)) for _ in range(2000)]
     bulk = LexicalIndex()
-    bulk.add(np.arange(2000), texts)  # > 4096 postings: merged into the CSC arrays at once
+    _add(bulk, np.arange(2000), texts)  # > 4096 postings: merged into the CSC arrays at once
     small = LexicalIndex()
     for i in range(0, 2000, 10):  # small batches: the delta path
-        small.add(np.arange(i, i + 10), texts[i:i + 10])
+        _add(small, np.arange(i, i + 10), texts[i:i + 10])
     for idx in (bulk, small):
         idx.apply_delete(np.arange(0, 2000, 3))
     bulk.compact()
     for q in ["w1 w2", "w7", "w3 w30 w49"]:
-        a, sa = bulk.search(q, k=20)
-        b, sb = small.search(q, k=20)
-        assert a.tolist() == b.tolist() and np.allclose(sa, sb)
-        assert not set(a.tolist()) & set(range(0, 2000, 3))
+        _assert_same(bulk, small, q)
+        assert not set(_scores(bulk, q)) & set(range(0, 2000, 3))
 
 
 def test_common_terms_are_skipped_in_large_indexes_when_rarer_ones_exist() -> None:
@@ -244,46 +237,46 @@ def test_common_terms_are_skipped_in_large_indexes_when_rarer_ones_exist() -> No
     idx = LexicalIndex()
     texts = [f"common words here number{i}" + (" zebra" if i % 2000 == 0 else "")
              for i in range(n)]
-    idx.add(np.arange(n), texts)
-    eids, _ = idx.search("common zebra", k=50)
+    _add(idx, np.arange(n), texts)
     # "common" is in every document: only the rare term's documents are scored.
-    assert sorted(eids.tolist()) == list(range(0, n, 2000))
-    eids, _ = idx.search("common", k=5)  # a query of common terms only still matches
-    assert len(eids) == 5
+    assert sorted(_scores(idx, "common zebra")) == list(range(0, n, 2000))
+    assert len(_scores(idx, "common")) == n  # a query of common terms only still matches
 
 
-def test_query_postings_score_like_the_textbook_formula_on_either_aggregation_path() -> None:
-    """score_postings aggregates sparsely (few postings) or densely (many); both give the
+def test_match_scores_like_the_textbook_formula_on_either_aggregation_path() -> None:
+    """match aggregates the postings sparsely (few of them) or densely (many); both give the
     textbook scores, and per document the terms are summed in query order either way."""
     rng = np.random.default_rng(7)
     words = [f"w{i}" for i in range(400)]
     docs = [list(rng.choice(words, int(rng.integers(1, 12)))) for _ in range(600)]
     idx = LexicalIndex()
-    idx.add(np.arange(600), [" ".join(d) for d in docs])
+    _add(idx, np.arange(600), [" ".join(d) for d in docs])
     for terms, sparse in ((["w1", "w2", "w3"], True), (words[:120], False)):
-        qp = idx.query_postings(terms)
+        found = idx.match(terms)
+        qp = found.postings
         assert (len(qp.slots) * 8 < 600) is sparse
-        assert qp.counts == [int(np.count_nonzero([t in d for d in docs])) for t in terms
-                             if any(t in d for d in docs)]
-        slots, scores = idx.score_postings(qp)
-        assert np.array_equal(np.sort(slots), slots)
+        held = [t for t in terms if any(t in d for d in docs)]
+        assert qp.counts == [int(np.count_nonzero([t in d for d in docs])) for t in held]
+        assert np.array_equal(np.sort(found.eids), found.eids)  # slot order: eids here
         ref = _bm25(terms, docs)
         got = np.zeros(600)
-        got[idx.eids_of(slots)] = scores
+        got[found.eids] = found.scores
         assert np.allclose(got, ref, rtol=1e-5)
-        per_term = idx.term_postings(terms)
-        assert [len(e) for e, _ in per_term] == qp.counts
+        # Term after term, the postings name the documents that hold the term.
+        per_term = np.split(found.posting_eids, np.cumsum(qp.counts)[:-1])
+        assert [sorted(e.tolist()) for e in per_term] == [
+            [i for i, d in enumerate(docs) if t in d] for t in held]
 
 
 def test_snapshot_vocabulary_remembers_lookups_and_sees_terms_added_later(tmp_path) -> None:
     idx = LexicalIndex()
-    idx.add(np.array(EIDS), CORPUS)
+    _add(idx, np.array(EIDS), CORPUS)
     idx.save_snapshot(tmp_path / "lex.snapshot", {})
     snap, _ = LexicalIndex.load_snapshot(tmp_path / "lex.snapshot")
-    before = snap.search("zebra garden", k=4)
-    assert snap.search("zebra garden", k=4)[0].tolist() == before[0].tolist() == [40]
-    snap.add(np.array([50]), ["a zebra"])  # a term the snapshot lacked (cached as a miss)
-    assert snap.search("zebra", k=4)[0].tolist() == [50]
+    before = _scores(snap, "zebra garden")
+    assert _scores(snap, "zebra garden") == before and list(before) == [40]
+    _add(snap, np.array([50]), ["a zebra"])  # a term the snapshot lacked (cached as a miss)
+    assert list(_scores(snap, "zebra")) == [50]
 
 
 def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
@@ -293,7 +286,7 @@ def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
     import threading
 
     idx = LexicalIndex()
-    idx.add(np.arange(50), ["apple pie and apple juice"] * 50)
+    _add(idx, np.arange(50), ["apple pie and apple juice"] * 50)
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -301,8 +294,8 @@ def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
         try:
             eid = 50
             for round_ in range(300):
-                idx.add(np.arange(eid, eid + 8), ["apple tart", "apple", "pear apple", "fig",
-                                                  "apple apple", "plum", "apple fig", "kiwi"])
+                _add(idx, np.arange(eid, eid + 8), ["apple tart", "apple", "pear apple", "fig",
+                                                   "apple apple", "plum", "apple fig", "kiwi"])
                 eid += 8
                 if round_ % 25 == 24:  # enough tombstones to force a compaction
                     idx.apply_delete(np.arange(eid - 200, eid - 60))
@@ -320,8 +313,6 @@ def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
             assert len(found.eids) == len(found.scores)
             assert len(found.posting_eids) == sum(found.postings.counts)
             assert np.isfinite(found.scores).all() and (found.scores > 0).all()
-            eids, scores = idx.search("apple fig", k=5)
-            assert len(eids) == len(scores) <= 5
             reads += 1
     finally:
         t.join()

@@ -195,11 +195,11 @@ def test_scan_ignores_rows_committed_after_the_mask(tmp_path) -> None:
 
     vecs = _small_store(tmp_path / "m", n=1020)
     with engramdb.open(tmp_path / "m") as mem:
-        mask = mem.hot.visible(mem._clock).copy()
+        mask = mem.hot.visible(mem.clock).copy()
         extra = np.random.default_rng(4).standard_normal((40, vecs.shape[1])).astype(np.float32)
         mem.ingest_many([f"late {i}" for i in range(40)], vectors=extra)
         q = check_vectors(extra[0], vecs.shape[1], 1)[0]
-        eids, _ = mem._exact_search(q, 10, mask)
+        eids, _ = mem._searcher.exact_search(q, 10, mask)
         assert len(eids) == 10 and (eids < len(mask)).all()
 
 

@@ -63,7 +63,8 @@ def built(tmp_path: Path) -> tuple[Path, list[list[tuple[str, float]]]]:
 
 
 def _uses_fast_paths(mem: engramdb.Store) -> bool:
-    return mem._lexical_saved == mem._generation and not mem.index.stale_format
+    generation = mem._committer.counters.generation
+    return mem._loader.lexical_saved == generation and not mem.index.stale_format
 
 
 def test_reopen_restores_identical_answers(built: tuple[Path, list]) -> None:
@@ -77,7 +78,7 @@ def test_reopen_restores_identical_answers(built: tuple[Path, list]) -> None:
     # Without the snapshot the tables are read: the same answers, and close() writes it again.
     (path / "lexical.snapshot").unlink()
     with engramdb.open(path) as mem:
-        assert mem._lexical_saved is None
+        assert mem._loader.lexical_saved is None
         assert _answers(mem) == answers
     assert (path / "lexical.snapshot").exists()
 
@@ -96,7 +97,7 @@ def test_a_damaged_snapshot_is_ignored(built: tuple[Path, list], damage: str) ->
         snap.write_bytes(b"x" * len(data))
     with engramdb.open(path) as mem:
         assert any("lexical snapshot" in r for r in mem.recovered), mem.recovered
-        assert mem._lexical_saved is None
+        assert mem._loader.lexical_saved is None
         assert _answers(mem) == answers and mem.verify().ok
 
 
@@ -111,7 +112,7 @@ def test_a_stale_snapshot_is_not_trusted(built: tuple[Path, list], tmp_path: Pat
         mem.drain_index()  # answers from the graph, as after a reopen (not from the backlog)
         answers = _answers(mem)
     with engramdb.open(crashed) as mem:
-        assert mem._lexical_saved is None  # generation moved on: the tables were read
+        assert mem._loader.lexical_saved is None  # generation moved on: the tables were read
         assert _answers(mem) == answers
 
 

@@ -49,10 +49,10 @@ def test_rotation_is_fitted_once_the_store_has_enough_vectors(tmp_path: Path) ->
         res = mem.ingest_many([f"a{i}" for i in range(1000)], vectors=x[:1000])
         mem.drain_index()
         assert mem.index.rotation_fitted_on == 0  # not enough data yet
-        random_prefix = mem.index.rotation
+        random_prefix = mem.index._rotation
         res += mem.ingest_many([f"b{i}" for i in range(2000)], vectors=x[1000:])
         assert mem.index.rotation_fitted_on == 2048
-        assert mem.index.rotation is not random_prefix
+        assert mem.index._rotation is not random_prefix
         ids = [r.id for r in res]
         fitted = _recall_at_10(mem, x, ids, queries)
         # The fitted prefix holds the variance: the 8-d graph finds the true neighbours.

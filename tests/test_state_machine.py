@@ -212,7 +212,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if not self.mem._closed:
+            if not self.mem.closed:
                 report = self.mem.verify()
                 assert report.ok, report.problems
                 self.mem.close()

@@ -1,6 +1,6 @@
 """Conversation structure of the engrams: session, previous and next turn, speaker and date.
 
-Recall needs more than a lone turn's words (``docs/recall.md``, ``engramdb/hybrid.py``): the
+Recall needs more than a lone turn's words (``docs/recall.md``, ``engramdb/recall/hybrid.py``): the
 answer to a question often sits in the turn *after* the one that matches it, a topic lives in
 a session, a question names a speaker or a date. This module keeps, per engram, where it was
 first said (its *home* occurrence: the first occurrence of its content):
@@ -12,8 +12,9 @@ first said (its *home* occurrence: the first occurrence of its content):
 - ``day``: the date of the occurrence (``Settings.date_key`` in its metadata), as an ordinal;
 - per session, the summed token count of its turns (BM25 over a session as one document).
 
-Persistence follows the lexical index: the catalog tables ``turns`` (one row per engram whose
-home occurrence has a session, role or date) and ``labels`` (label strings and their codes; for
+Persistence follows the lexical index: the catalog tables (their DDL is storage's:
+:data:`engramdb.storage.schema.CONTEXT_TABLES`) ``turns`` (one row per engram whose home
+occurrence has a session, role or date) and ``labels`` (label strings and their codes; for
 a session also the engram said last in it) are written in the engram's transaction
 (:meth:`TurnContext.plan` then :meth:`TurnContext.insert`), and memory follows after the commit
 (:meth:`TurnContext.apply`). Recall reads only memory. A store without the tables (written by an
@@ -77,38 +78,14 @@ class TurnContext:
         self.last: dict[int, int] = {}  # session code -> eid of the occurrence said last in it
         self.session_len = np.zeros(0, np.float64)  # per code: summed length of its turns
         self.session_turns = np.zeros(0, np.int64)  # per code: its turns
-        # (k1, b, sessions with turns, BM25 length norm per code) while the sessions stand.
-        # (k1, b, sessions with turns, norm per code, _sessions_version it was computed at)
+        # (k1, b, sessions with turns, BM25 length norm per code, _sessions_version it was
+        # computed at): kept while the sessions stand.
         self._session_norm: tuple[float, float, int, np.ndarray, int] | None = None
         self._sessions_version = 0  # bumped after every change to the session arrays
         self.role_words: dict[str, set[int]] = {}  # a word of a role label -> role codes
         self._next_code = 0
 
     # ---------------------------------------------------------------------------- catalog
-    @staticmethod
-    def schema_sql() -> list[str]:
-        """The CREATE TABLE statements of the context tables (idempotent)."""
-        return [
-            ("CREATE TABLE IF NOT EXISTS turns (eid BIGINT NOT NULL, prev BIGINT, "
-             "session INTEGER, role INTEGER, day INTEGER)"),
-            ("CREATE TABLE IF NOT EXISTS labels (code INTEGER NOT NULL, label VARCHAR NOT NULL, "
-             "last BIGINT)"),
-        ]
-
-    @staticmethod
-    def delete_sql(eids: Sequence[int] | np.ndarray) -> list[tuple[str, list[object]]]:
-        """``(sql, params)`` pairs that delete these engrams' context rows (forget, gc)."""
-        ids = [int(e) for e in np.asarray(eids, np.int64).reshape(-1)]
-        return [("DELETE FROM turns WHERE list_contains(?, eid)", [ids])]
-
-    @staticmethod
-    def unused_labels_sql() -> str:
-        """A query for the codes of labels no occurrence uses any more (gc drops them: a label
-        is content too)."""
-        return ("SELECT code FROM labels WHERE label NOT IN (SELECT session FROM occurrences "
-                "WHERE session IS NOT NULL UNION SELECT role FROM occurrences "
-                "WHERE role IS NOT NULL)")
-
     @staticmethod
     def insert(con: duckdb.DuckDBPyConnection, rows: ContextRows) -> None:
         """Write ``rows`` through ``con`` inside the caller's transaction."""
@@ -379,10 +356,6 @@ class TurnContext:
             out |= self.role_words.get(term, _NO_ROLES)
         return out
 
-    def neighbours(self, eids: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(prev, next) of each eid; -1 where there is none or it is not ``visible``."""
-        return self.neighbour(eids, visible, self.prev), self.neighbour(eids, visible, self.next)
-
     def neighbour(self, eids: np.ndarray, visible: np.ndarray, link: np.ndarray, *,
                   ascending: bool = False) -> np.ndarray:
         """``link`` (:attr:`prev` or :attr:`next`) of each eid (non-negative; ``ascending``
@@ -406,22 +379,20 @@ class TurnContext:
 
     def session_scores(self, eids: np.ndarray, tfs: np.ndarray, counts: Sequence[int],
                        visible: np.ndarray, k1: float, b: float,
-                       term: np.ndarray | None = None) -> np.ndarray:
+                       term: np.ndarray) -> np.ndarray:
         """BM25 of each session (indexed by code) as one document made of its turns.
 
         ``eids``/``tfs`` are the query terms' postings over the engrams, term after term,
-        ``counts[t]`` of them for term ``t`` (:class:`engramdb.derived.lexical.QueryPostings`, slots
-        mapped to eids; ``term``, if given, the term of each posting: ``counts`` spelled
-        out); a session's term frequency is the sum over its visible turns. All
-        terms are gathered in one ``bincount`` over term x session; each session's sum runs
-        term after term, as a loop over the terms would.
+        ``counts[t]`` of them for term ``t`` (:class:`engramdb.derived.lexical.QueryPostings`,
+        slots mapped to eids); ``term`` is the term of each posting (``counts`` spelled out).
+        A session's term frequency is the sum over its visible turns. All terms are gathered
+        in one ``bincount`` over term x session; each session's sum runs term after term, as a
+        loop over the terms would.
         """
         n_codes = len(self.session_len)
         n, norm = self._session_lengths(k1, b)
         if n == 0 or not counts:
             return np.zeros(n_codes, np.float64)
-        if term is None:
-            term = np.arange(len(counts)).repeat(counts)
         if len(eids) and int(eids.max()) >= min(self.capacity, len(visible)):
             ok = eids < min(self.capacity, len(visible))
             eids, term, tfs = eids[ok], term[ok], tfs[ok]

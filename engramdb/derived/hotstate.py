@@ -20,7 +20,6 @@ HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick, id, text'  # fro
 _TAIL_FLUSH = 4096  # payloads kept as Python objects before they are packed into Arrow
 
 
-
 def grown_capacity(need: int, capacity: int) -> int:
     """The capacity a per-eid array grows to: doubling, at least 1,024 and ``need``."""
     return max(need, 2 * capacity, 1024)
@@ -31,6 +30,7 @@ def grow_array(arr: np.ndarray, cap: int, fill: object) -> np.ndarray:
     out = np.full(cap, fill, arr.dtype)
     out[: len(arr)] = arr
     return out
+
 
 class _Packed:
     """An Arrow string or binary column read one value at a time without Arrow scalars.

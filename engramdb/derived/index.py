@@ -4,7 +4,7 @@ The store keeps every engram's full-resolution, L2-normalised vector in memmap s
 it by an int64 label (its eid). This index is *derived state*: it can always be rebuilt from those
 vectors, so a damaged index file raises :class:`IndexDamaged` (internal) and the store rebuilds.
 
-How a search works (DESIGN §3):
+How a search works (docs/recall.md, "Dense search"):
 
 1. Each indexed level is a prefix of the rotated vector (see :mod:`engramdb.derived.rotation`),
    re-normalised so that hnswlib's inner product is the cosine on that prefix.
@@ -13,40 +13,35 @@ How a search works (DESIGN §3):
 4. Unless the finest level is the full dimension (then its scores are already exact), the
    survivors are re-ranked exactly on full vectors gathered by the caller's ``fetch(labels)``.
 
-Small stores and selective filters skip the graph and scan exactly. hnswlib forbids a query
-while an insert or resize runs (nmslib/hnswlib#29, #562: "mixing searches and insertions can
-cause segfault"), so searches take a shared lock and writes an exclusive one.
+Small stores and selective filters skip the graph and scan exactly. Searches take a shared lock
+and writes an exclusive one (:mod:`engramdb.derived.index_lock`).
 
 The caller's ``fetch`` is called without any index lock held, with at most ~1 MiB of vectors'
 labels at a time during an exact scan (so it should be a vectorised gather, e.g. a memmap
 fancy-index), and may return float16 or float32 rows.
 
-This module imports only numpy, hnswlib, the standard library, :mod:`engramdb.errors` and
-:mod:`engramdb.derived.rotation`.
+The configuration is :mod:`engramdb.derived.index_config`; the files on disk are
+:mod:`engramdb.derived.index_files` (manifest, save, load), :mod:`engramdb.derived.index_hnsw`
+(hnswlib's graph files) and :mod:`engramdb.derived.index_checksums`. This module imports only
+numpy, hnswlib, the standard library, :mod:`engramdb.errors` and those derived modules.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import hashlib
-import json
-import mmap
 import os
-import re
-import secrets
-import struct
 import threading
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hnswlib
 import numpy as np
 
+from engramdb.derived.index_checksums import IndexDamaged
+from engramdb.derived.index_config import IndexConfig
+from engramdb.derived.index_files import IndexWriter, read_index
+from engramdb.derived.index_lock import RWLock
 from engramdb.derived.label_states import MAX_LABEL, LabelStates
 from engramdb.derived.rotation import Rotation, matvec
 from engramdb.errors import DimensionMismatch, InvalidInput
@@ -55,25 +50,6 @@ __all__ = ["IndexConfig", "IndexDamaged", "Rotation", "VectorIndex"]
 
 Fetch = Callable[[np.ndarray], np.ndarray]
 """``fetch(labels) -> (len(labels), dim)`` full vectors, in the order of ``labels``."""
-
-FORMAT = "engramdb-index"
-# 3: each graph's element heights are saved beside it ("heights<j>"), so a load slices the
-# upper-level link lists out instead of walking them (0.3 s at 1M). 2 (still read): files
-# carry a CRC-32 ("crc32"). 1 (still read): a sha256, which cost 2.6 s per open at 1M.
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
-MANIFEST = "index.json"
-
-# Every file this module writes in an index directory matches this, so cleanup after a save
-# never touches a file it did not write.
-_OWN_FILE = re.compile(
-    r"^(level\d+-\d+|heights\d+|rotation|labels|deleted)\.g\d+-[0-9a-f]+\.(hnsw|npy)$")
-_OWN_TMP = re.compile(r"^index\.json\.tmp-[0-9a-f]+$")
-
-# hnswlib's saveIndex header: offsetLevel0, max_elements, cur_element_count,
-# size_data_per_element, label_offset, offsetData (size_t), maxlevel (int), enterpoint (uint32),
-# maxM, maxM0, M (size_t), mult (double), ef_construction (size_t).
-_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
 # An exact scan gathers and scores ~1 MiB of vectors at a time: the chunk stays in cache between
 # the gather and the dot products, a small buffer is reused instead of page-faulting a new one,
@@ -89,246 +65,6 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class IndexDamaged(Exception):
-    """An index file is missing, truncated, fails its checksum or disagrees with the manifest.
-
-    Internal: the store catches it and rebuilds the index from the segments (derived state).
-    """
-
-
-@dataclass
-class IndexConfig:
-    """How the index is built and searched; recorded in the store's manifest.
-
-    Fields:
-        levels: prefix dimensions indexed, coarsest first, strictly increasing, each <= dim. One
-            hnswlib graph per level. ``[dim]`` is a single full-resolution graph.
-        M: hnswlib graph degree (memory ~ dim*4 + M*8 bytes per vector per level).
-        ef_construction: hnswlib build-time beam width (higher: better graph, slower build).
-        ef_search: hnswlib query beam width; the effective beam is
-            ``max(ef_search, k * candidate_multiplier)``.
-        candidate_multiplier: ``m``; the coarsest level returns ``k * m`` candidates that finer
-            levels and the exact re-rank narrow to ``k``.
-        exact_threshold: with at most this many live vectors, search is an exact scan.
-        filter_crossover: a filter that allows ``a`` of ``n`` live vectors is answered by an
-            exact scan of the allowed vectors when ``a * a * dim < filter_crossover * L0 * n``
-            (``L0`` the coarsest level's dimension), else by a filtered graph walk. Measured on
-            2 cores: the scan costs ~1.5 ns per float (``a * dim``); the walk visits ~1/p nodes
-            per useful one, ~0.5-1.4 us per (L0 / p): the ratio of the two is ~500. At 384-d
-            that is ~7% allowed at 100k and ~2% at 1M; at 2048-d x 50k with a full graph ~10%.
-        seed: hnswlib's random seed (graph levels), for reproducible builds.
-
-    Raises ``InvalidInput`` (from :meth:`validate`) for an inconsistent configuration.
-
-    Example::
-
-        cfg = IndexConfig.choose(dim=384, n_expected=100_000)
-        cfg = IndexConfig.from_dict({**cfg.to_dict(), "ef_search": 128})   # user override
-    """
-
-    levels: list[int]
-    M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 64
-    candidate_multiplier: int = 1
-    exact_threshold: int = 5_000
-    filter_crossover: float = 500.0
-    seed: int = 100
-    # Fields a future version may add are kept out of equality so an old manifest compares equal.
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def choose(cls, dim: int, n_expected: int = 100_000) -> IndexConfig:
-        """Pick defaults for ``dim``-d vectors and about ``n_expected`` of them, from measurement.
-
-        Measured on the 2-core, 24 GiB development machine with ``benchmarks/bench_index.py``
-        (clustered unit vectors, 200 centres, spectrum decaying as i**-0.5, 500 fresh queries,
-        recall@10 against an exact scan, hnswlib 0.8.0, M=16, ef_construction=200). The
-        figures below were taken while other jobs loaded the machine, so latencies and build
-        rates are pessimistic; recall is not affected.
-
-        ``n_expected`` is recorded for the manifest; between 100k (measured here) and 1M
-        (DESIGN §3) the measured choice did not change with the size, so it does not yet
-        change the result.
-
-        Raises ``InvalidInput`` for a non-positive ``dim``.
-
-        Example: ``IndexConfig.choose(4096, 250_000).levels == [256]``
-        """
-        if dim <= 0:
-            raise InvalidInput(f"dim must be positive, got {dim}")
-        # Below exact_threshold live vectors search scans exactly (recall 1.0). Exact scan
-        # through fetch at 384-d: 2k 0.26 ms, 5k 0.65 ms, 10k 1.9 ms, 100k 28 ms (p50); at
-        # 2048-d: 1k 0.63 ms, 2k 1.4 ms. A graph query costs 0.28 ms (384-d, ef 64), so scan
-        # up to ~0.7 ms worth of floats: 5,000 x 384 = 1.92M floats, whatever the dimension.
-        exact_threshold = max(256, min(20_000, (5_000 * 384) // dim))
-        if dim <= _FULL_DIM_MAX:
-            # 384-d x 100k: full graph, ef 32/64/128 -> recall 0.949/0.984/0.993 at 0.18/0.28/
-            # 0.52 ms p50, building 1,520 vectors/s. A 96-d PCA prefix + exact re-rank (m=10)
-            # scored 0.990 at 0.29 ms and built 3.2x faster, but only because this synthetic
-            # spectrum puts 79% of the variance in the prefix. With isotropic clusters
-            # (--decay 0, 384-d x 50k) the same prefix scored 0.641/0.858/0.992 at m=5/10/20
-            # against 0.998 for the full graph (DESIGN §3: 0.937 vs 0.983 at 1M). The full
-            # graph does not depend on the spectrum, its scores are exact (no memmap reads at
-            # query time) and 384-1024-d graphs fit in RAM, so it is the default up to 1024-d
-            # (not measured between 384 and 2048: the bound is where the full graph's build
-            # rate is expected to fall to about half of the 384-d one).
-            return cls(
-                levels=[dim],
-                ef_search=_FULL_EF_SEARCH,
-                candidate_multiplier=1,
-                exact_threshold=exact_threshold,
-            )
-        # 2048-d x 50k: full graph builds at 274 vectors/s (3 minutes for 50k, 1 hour for
-        # 1M) and holds 8 KiB per vector in RAM; ef 64 -> 0.996 at 1.4 ms. A 256-d prefix +
-        # exact re-rank of k*m candidates from the memmap: m=5 -> 0.995 at 0.37 ms, m=10 ->
-        # 0.998 at 0.61 ms, building 2-2.6x faster (PCA fit included) with 1/8 of the graph
-        # RAM. m=10 keeps a margin for spectra flatter than the synthetic one. A second,
-        # intermediate level did not pay: re-ranking through hnswlib's get_items cost more
-        # (2 ms at 384-d) than the exact re-rank it saves when the vectors are in page cache.
-        # The re-rank reads k*m full vectors (k*m*dim*2 bytes from float16 segments), so its
-        # cost grows with dim: at 4,096-d x 250k (bench_highdim.py, PCA fitted) m=10 -> 0.994
-        # at 2.5-4.9 ms p50 (100 random 8 KiB rows cost ~1.5 ms here), m=5 -> 0.985 at
-        # 1.7 ms, m=3 -> 0.979 at 1.5 ms. Above 2,048-d the multiplier halves, so the bytes
-        # read per query stay what m=10 reads at 2,048-d.
-        return cls(
-            levels=[min(_PREFIX_DIM, dim)],
-            ef_search=_PREFIX_EF_SEARCH,
-            candidate_multiplier=_PREFIX_MULTIPLIER if dim <= 2048 else _PREFIX_MULTIPLIER // 2,
-            exact_threshold=exact_threshold,
-        )
-
-    def validate(self, dim: int) -> None:
-        """Raise ``InvalidInput`` unless this configuration can index ``dim``-d vectors.
-
-        Example: ``IndexConfig(levels=[64, 32]).validate(64)`` raises (levels must increase).
-        """
-        lv = list(self.levels)
-        if not lv:
-            raise InvalidInput("levels must name at least one prefix dimension")
-        if any(not isinstance(x, int) or isinstance(x, bool) or x <= 0 for x in lv):
-            raise InvalidInput(f"levels must be positive integers, got {lv}")
-        if any(b <= a for a, b in zip(lv, lv[1:])):
-            raise InvalidInput(f"levels must be strictly increasing (coarsest first), got {lv}")
-        if lv[-1] > dim:
-            raise InvalidInput(f"level {lv[-1]} exceeds the vector dimension {dim}")
-        for name in ("M", "ef_construction", "ef_search", "candidate_multiplier"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
-        if self.M < 2:
-            raise InvalidInput(f"M must be at least 2, got {self.M}")
-        if not isinstance(self.exact_threshold, int) or self.exact_threshold < 0:
-            raise InvalidInput(f"exact_threshold must be >= 0, got {self.exact_threshold!r}")
-        if not float(self.filter_crossover) >= 0.0:  # also refuses NaN
-            raise InvalidInput(f"filter_crossover must be >= 0, got {self.filter_crossover!r}")
-
-    def same_graphs(self, other: IndexConfig) -> bool:
-        """Whether graphs built under ``other`` are the graphs this configuration builds.
-
-        Only ``levels``, ``M``, ``ef_construction`` and ``seed`` shape a graph; the search
-        fields (``ef_search``, ``candidate_multiplier``, ``exact_threshold``,
-        ``filter_crossover``) can change on a saved index without rebuilding it.
-
-        Example: ``cfg.same_graphs(IndexConfig.from_dict({**cfg.to_dict(), "ef_search": 200}))``
-        """
-        return (list(self.levels), self.M, self.ef_construction, self.seed) == (
-            list(other.levels), other.M, other.ef_construction, other.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (unknown fields read by :meth:`from_dict` included).
-
-        Example: ``IndexConfig.from_dict(cfg.to_dict()) == cfg``
-        """
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name[0] != "_"}
-        d["levels"] = [int(x) for x in self.levels]
-        return {**self._extra, **d}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
-        """Build from :meth:`to_dict` output; missing fields take their defaults.
-
-        Raises ``InvalidInput`` if ``levels`` is missing or a field has the wrong type. Unknown
-        keys are kept (a newer engramdb may have written them) but otherwise ignored.
-
-        Example: ``IndexConfig.from_dict({"levels": [384], "ef_search": 96})``
-        """
-        if not isinstance(d, dict) or "levels" not in d:
-            raise InvalidInput("an index config needs at least 'levels'")
-        names = {f.name for f in dataclasses.fields(cls) if f.name[0] != "_"}
-        known = {k: v for k, v in d.items() if k in names}
-        extra = {k: v for k, v in d.items() if k not in names}
-        try:
-            known["levels"] = [int(x) for x in known["levels"]]
-            for name in ("M", "ef_construction", "ef_search", "candidate_multiplier",
-                         "exact_threshold", "seed"):
-                if name in known:
-                    known[name] = _as_int(known[name], name)
-            if "filter_crossover" in known:
-                known["filter_crossover"] = float(known["filter_crossover"])
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"bad index config {d!r}: {exc}") from exc
-        return cls(**known, _extra=extra)
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-# Measured defaults (benchmarks/bench_index.py); see IndexConfig.choose.
-_FULL_DIM_MAX = 1024
-_FULL_EF_SEARCH = 64
-_PREFIX_DIM = 256
-_PREFIX_EF_SEARCH = 64
-_PREFIX_MULTIPLIER = 10
-
-
-class _RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation).
-
-    Not re-entrant: a thread holding it must not acquire it again.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 def _block_rows(dim: int) -> int:
     """Rows per ~8 MiB float32 block: the unit of work of checks that must not copy a whole
     batch at once."""
@@ -339,76 +75,6 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (a zero row stays zero)."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0).astype(x.dtype)
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file: the checksum of format-1 manifests (still read, never written)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _crc32(data: Any) -> str:
-    """CRC-32 (zlib's) of a buffer, as 8 hex digits.
-
-    Why CRC-32 rather than sha256: the index files are derived state guarded against accidental
-    damage (bit rot, torn or misdirected writes, truncation), not against an adversary who could
-    as well rewrite ``index.json``. CRC-32 detects every burst of up to 32 bits and any other
-    damage but for 1 case in 2**32; it runs at ~1.6 GB/s here against ~0.5 GB/s for sha256
-    (1.7 GB of graph at 1M vectors: 1 s instead of 3.4 s).
-    """
-    # One call: zlib holds no GIL for the whole pass, so it can run beside hnswlib (which holds
-    # it) in _load_graph.
-    return f"{zlib.crc32(memoryview(data).cast('B')):08x}"
-
-
-def _file_crc32(path: Path) -> str:
-    """CRC-32 of a file, read 16 MiB at a time into one buffer (a whole-file read cost a
-    transient copy of the graph at every save: 1.7 GB at 1M x 384-d)."""
-    crc = 0
-    buf = bytearray(16 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return f"{crc:08x}"
-
-
-def _check_sum(path: Path, info: dict[str, Any], data: Any = None) -> None:
-    """Raise :class:`IndexDamaged` unless the file (or its bytes ``data``) matches ``info``."""
-    if "crc32" in info:
-        got = _crc32(data) if data is not None else _file_crc32(path)
-        ok = got == str(info["crc32"])
-    elif "sha256" in info:  # a format-1 manifest
-        if data is not None:
-            ok = hashlib.sha256(data).hexdigest() == info["sha256"]
-        else:
-            ok = _sha256(path) == info["sha256"]
-    else:
-        raise IndexDamaged(f"the manifest gives no checksum for {path.name}")
-    if not ok:
-        raise IndexDamaged(f"index file {path.name} fails its checksum")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # platforms that cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class VectorIndex:
@@ -472,7 +138,7 @@ class VectorIndex:
         self._graphs = [self._new_graph(lv, self._capacity) for lv in self._levels]
         # Live labels, and dead ones: marked deleted in every graph, their bytes still there.
         self._labels = LabelStates()
-        self._lock = _RWLock()
+        self._lock = RWLock()
         self._save_lock = threading.Lock()  # one save at a time (they share temp naming)
         self._stale_format = False  # loaded from an older index format
 
@@ -487,16 +153,6 @@ class VectorIndex:
     def config(self) -> IndexConfig:
         """The configuration this index was built with (treat as read-only)."""
         return self._config
-
-    @property
-    def levels(self) -> list[int]:
-        """The indexed prefix dimensions, coarsest first."""
-        return list(self._levels)
-
-    @property
-    def rotation(self) -> Rotation | None:
-        """The rotation that orders components, or ``None`` for a single full-dim level."""
-        return self._rotation
 
     @property
     def rotation_fitted_on(self) -> int | None:
@@ -537,11 +193,6 @@ class VectorIndex:
                 g.set_ef(int(config.ef_search))
 
     @property
-    def capacity(self) -> int:
-        """Slots allocated in each graph (live + deleted + free); grows by doubling."""
-        return self._capacity
-
-    @property
     def stale_format(self) -> bool:
         """Whether :meth:`load` read an older index format: :meth:`save` it to upgrade."""
         return self._stale_format
@@ -564,14 +215,6 @@ class VectorIndex:
         """
         with self._lock.read():
             return self._labels.live()
-
-    def deleted_labels(self) -> np.ndarray:
-        """Labels marked deleted (their bytes stay in the graph files until a rebuild), sorted.
-
-        Example: ``assert 7 in idx.deleted_labels()`` after ``idx.mark_deleted([7])``
-        """
-        with self._lock.read():
-            return self._labels.dead()
 
     # ---- vectors to level vectors -----------------------------------------------------------
 
@@ -900,7 +543,7 @@ class VectorIndex:
 
         If a prefix level is indexed and ``rotation`` is ``None``, a PCA rotation is fitted on
         ``fit_sample`` vectors drawn at random (default: 8x the finest prefix, at least 2048);
-        a rebuild refits it, as DESIGN §3 says.
+        a rebuild refits it (docs/recall.md).
         ``progress(done, total)`` is called after every batch (the store passes a tqdm update).
         Raises ``InvalidInput`` / ``DimensionMismatch`` like :meth:`add`.
 
@@ -954,6 +597,7 @@ class VectorIndex:
                 progress(stop, len(lab))
         return idx
 
+
     # ---- persistence ------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str], generation: int) -> None:
@@ -967,87 +611,26 @@ class VectorIndex:
 
         Example: ``idx.save(store_dir / "index", generation=42)``
         """
-        if int(generation) < 0:
-            raise InvalidInput(f"generation must be >= 0, got {generation}")
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        token = f"g{int(generation)}-{secrets.token_hex(4)}"
-        written: list[Path] = []
-        replaced = False
-        with self._save_lock:
-            try:
-                with self._lock.read():
-                    files: dict[str, str] = {}
-                    for j, (lv, g) in enumerate(zip(self._levels, self._graphs)):
-                        name = f"level{j}-{lv}.{token}.hnsw"
-                        written.append(d / name)
-                        try:
-                            g.save_index(str(d / name))
-                        except RuntimeError as exc:  # hnswlib reports I/O errors this way
-                            raise OSError(f"could not write {d / name}: {exc}") from exc
-                        files[f"level{j}"] = name
-                    arrays = {"labels": self._labels.live(), "deleted": self._labels.dead()}
-                    if self._rotation is not None:
-                        arrays["rotation"] = self._rotation.matrix
-                    for key, arr in arrays.items():
-                        name = f"{key}.{token}.npy"
-                        written.append(d / name)
-                        with open(d / name, "wb") as f:
-                            np.save(f, arr, allow_pickle=False)
-                        files[key] = name
-                    count, n_dead = self._labels.n_live, self._labels.n_dead
-                    capacity = self._capacity
-                    config = self._config.to_dict()
-                    fitted_on = self._fitted_on
-                    m = self._config.M
-                # Derived from the files just written (hnswlib has no call that returns them
-                # without copying the whole graph), outside the lock: writers need not wait.
-                for j in range(len(self._levels)):
-                    name = f"heights{j}.{token}.npy"
-                    written.append(d / name)
-                    heights = _file_heights(d / files[f"level{j}"], m)
-                    with open(d / name, "wb") as f:
-                        np.save(f, heights, allow_pickle=False)
-                    files[f"heights{j}"] = name
-                manifest = {
-                    "format": FORMAT,
-                    "version": FORMAT_VERSION,
+        out = IndexWriter(Path(directory), generation, self._config.M)
+        with self._save_lock, out:
+            with self._lock.read():
+                for j, (lv, g) in enumerate(zip(self._levels, self._graphs)):
+                    out.graph(j, lv, g)
+                out.array("labels", self._labels.live())
+                out.array("deleted", self._labels.dead())
+                if self._rotation is not None:
+                    out.array("rotation", self._rotation.matrix)
+                fields: dict[str, Any] = {
                     "dim": self._dim,
-                    "generation": int(generation),
                     "levels": list(self._levels),
-                    "config": config,
-                    "count": count,
-                    "deleted": n_dead,
-                    "capacity": capacity,
-                    "files": {},
+                    "config": self._config.to_dict(),
+                    "count": self._labels.n_live,
+                    "deleted": self._labels.n_dead,
+                    "capacity": self._capacity,
                 }
-                if fitted_on is not None:
-                    manifest["rotation_fitted_on"] = fitted_on
-                for key, name in files.items():
-                    _fsync_file(d / name)
-                    manifest["files"][key] = {
-                        "name": name,
-                        "bytes": (d / name).stat().st_size,
-                        "crc32": _file_crc32(d / name),
-                    }
-                tmp = d / f"{MANIFEST}.tmp-{secrets.token_hex(4)}"
-                written.append(tmp)
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(manifest, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, d / MANIFEST)
-                replaced = True
-                _fsync_dir(d)
-            except BaseException:
-                if not replaced:  # nothing references them: the old manifest still rules
-                    for p in written:
-                        p.unlink(missing_ok=True)
-                raise
-            keep = set(files.values())
-            for entry in os.listdir(d):
-                if entry not in keep and (_OWN_FILE.match(entry) or _OWN_TMP.match(entry)):
-                    (d / entry).unlink(missing_ok=True)
+                if self._fitted_on is not None:
+                    fields["rotation_fitted_on"] = self._fitted_on
+            out.commit(fields)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], dim: int) -> tuple[VectorIndex, int]:
@@ -1057,9 +640,9 @@ class VectorIndex:
         manifest *before* hnswlib reads it (hnswlib trusts its input: a truncated or garbage
         file can crash the process or make it allocate wildly), then the graphs' headers,
         upper-level link lists and label sets are checked against each other. Each graph file
-        is read once, through a memory map (see ``_load_graph``). Raises :class:`IndexDamaged`
-        for anything missing, damaged or inconsistent, including an index of another
-        dimension; the caller rebuilds (the index is derived).
+        is read once, through a memory map (see :mod:`engramdb.derived.index_hnsw`). Raises
+        :class:`IndexDamaged` for anything missing, damaged or inconsistent, including an index
+        of another dimension; the caller rebuilds (the index is derived).
 
         Example::
 
@@ -1068,395 +651,13 @@ class VectorIndex:
             except IndexDamaged:
                 idx = VectorIndex.build(eids, segments.gather, cfg, dim=384)
         """
-        d = Path(directory)
-        try:
-            with open(d / MANIFEST, encoding="utf-8") as f:
-                man = json.load(f)
-        except FileNotFoundError as exc:
-            raise IndexDamaged(f"no {MANIFEST} in {d}") from exc
-        except (OSError, ValueError) as exc:
-            raise IndexDamaged(f"unreadable {d / MANIFEST}: {exc}") from exc
-        try:
-            return cls._load_checked(d, man, dim)
-        except IndexDamaged:
-            raise
-        except (KeyError, TypeError, ValueError, OSError, RuntimeError, MemoryError) as exc:
-            raise IndexDamaged(f"inconsistent index in {d}: {exc!r}") from exc
-
-    @classmethod
-    def _load_checked(cls, d: Path, man: dict[str, Any], dim: int) -> tuple[VectorIndex, int]:
-        if not isinstance(man, dict) or man.get("format") != FORMAT:
-            raise IndexDamaged(f"{d / MANIFEST} is not an engramdb index manifest")
-        if man.get("version") not in _READABLE_VERSIONS:
-            raise IndexDamaged(f"index format version {man.get('version')!r} is not supported")
-        if int(man["dim"]) != dim:
-            raise IndexDamaged(f"index is {man['dim']}-d, the store is {dim}-d")
-        try:
-            config = IndexConfig.from_dict(man["config"])
-            config.validate(dim)
-        except InvalidInput as exc:
-            raise IndexDamaged(f"bad config in {d / MANIFEST}: {exc}") from exc
-        levels = [int(x) for x in man["levels"]]
-        if levels != config.levels:
-            raise IndexDamaged("manifest levels disagree with its config")
-        files = man["files"]
-        expected = {f"level{j}" for j in range(len(levels))} | {"labels", "deleted"}
-        if int(man["version"]) >= 3:
-            expected |= {f"heights{j}" for j in range(len(levels))}
-        if levels[0] < dim:
-            expected.add("rotation")
-        if set(files) != expected:
-            raise IndexDamaged(f"manifest lists files {sorted(files)}, expected {sorted(expected)}")
-        paths: dict[str, Path] = {}
-        for key, info in files.items():
-            name = str(info["name"])
-            if not _OWN_FILE.match(name):
-                raise IndexDamaged(f"manifest names a foreign file {name!r}")
-            p = d / name
-            try:
-                size = p.stat().st_size
-            except FileNotFoundError as exc:
-                raise IndexDamaged(f"index file {name} is missing") from exc
-            if size != int(info["bytes"]):
-                raise IndexDamaged(f"index file {name} is {size} bytes, expected {info['bytes']}")
-            if not key.startswith("level"):  # graphs are checked as they are mapped, below
-                _check_sum(p, info)
-            paths[key] = p
-
-        live = np.load(paths["labels"], allow_pickle=False)
-        dead = np.load(paths["deleted"], allow_pickle=False)
-        for name, arr in (("labels", live), ("deleted", dead)):
-            if arr.dtype != np.int64 or arr.ndim != 1:
-                raise IndexDamaged(f"{name} file has dtype {arr.dtype} and shape {arr.shape}")
-        if len(live) != int(man["count"]) or len(dead) != int(man["deleted"]):
-            raise IndexDamaged("label files disagree with the manifest's counts")
-        rotation = None
-        if "rotation" in paths:
-            try:
-                rotation = Rotation.load(paths["rotation"])
-            except ValueError as exc:
-                raise IndexDamaged(f"bad rotation: {exc}") from exc
-            if rotation.dim != dim or rotation.rows < levels[-1]:
-                raise IndexDamaged(f"rotation is {rotation.rows} x {rotation.dim}, expected "
-                                   f"at least {levels[-1]} x {dim}")
-
-        n_total = len(live) + len(dead)
-        try:
-            states = LabelStates.from_arrays(live, dead)
-        except ValueError as exc:
-            raise IndexDamaged(f"bad label files: {exc}") from exc
-        fitted_on = man.get("rotation_fitted_on") if rotation is not None else None
-        if fitted_on is not None and (not isinstance(fitted_on, int) or fitted_on < 0):
-            raise IndexDamaged(f"bad rotation_fitted_on {fitted_on!r}")
-        # placeholder graphs, replaced below
-        idx = cls(dim, config, rotation, capacity=1, fitted_on=fitted_on)
-        graphs = []
-        for j, lv in enumerate(levels):
-            heights = None
-            if f"heights{j}" in paths:
-                heights = np.load(paths[f"heights{j}"], allow_pickle=False)
-                if heights.dtype != np.uint8 or heights.shape != (n_total,):
-                    raise IndexDamaged(f"heights file {j} has dtype {heights.dtype} and shape "
-                                       f"{heights.shape}, expected uint8 ({n_total},)")
-            g, ids = _load_graph(paths[f"level{j}"], files[f"level{j}"], lv, config.M, n_total,
-                                 idx._threads, heights)
-            if not states.holds_exactly(ids):
-                raise IndexDamaged(f"level {j} graph holds other labels than the label files")
-            g.set_ef(config.ef_search)
-            g.set_num_threads(idx._threads)
-            graphs.append(g)
-        capacities = {g.get_max_elements() for g in graphs}
-        if len(capacities) != 1:
-            raise IndexDamaged(f"the level graphs have different capacities {capacities}")
-        # Deleted flags live in the graph files: spot-check that they agree with the label files
-        # (hnswlib's get_items refuses a deleted label).
-        for j, g in enumerate(graphs):
-            for x in dead[:32].tolist():
-                try:
-                    g.get_items([x])
-                except RuntimeError:
-                    continue
-                raise IndexDamaged(f"label {x} is deleted in the manifest, live in level {j}")
-            for x in live[:32].tolist():
-                try:
-                    g.get_items([x])
-                except RuntimeError as exc:
-                    raise IndexDamaged(f"label {x} is live in the manifest, not in level {j}") \
-                        from exc
-        idx._graphs = graphs
-        idx._capacity = capacities.pop()
-        idx._labels = states
-        idx._stale_format = int(man["version"]) < FORMAT_VERSION
-        return idx, int(man["generation"])
-
-
-class _Header:
-    """The fields of an hnswlib ``saveIndex`` header (see ``_HNSW_HEADER``)."""
-
-    def __init__(self, raw: bytes) -> None:
-        (self.offset_level0, self.max_elements, self.count, self.per_element, self.label_offset,
-         self.offset_data, self.max_level, self.enterpoint, self.max_m, self.max_m0, self.m,
-         self.mult, self.ef_construction) = _HNSW_HEADER.unpack(raw)
-
-
-def _check_hnsw_header(name: str, head: bytes, size: int, level_dim: int, m: int,
-                       n_total: int) -> _Header:
-    """Sanity-check an hnswlib file's header against what this level must hold.
-
-    A second line of defence after the checksum: a file whose checksum matches was written by
-    us, but a manifest from another build could still pair it with the wrong level. Returns the
-    header. Raises :class:`IndexDamaged`.
-    """
-    if len(head) != _HNSW_HEADER.size:
-        raise IndexDamaged(f"{name} is shorter than an hnswlib header")
-    h = _Header(head)
-    expected_per_el = 4 + 2 * m * 4 + level_dim * 4 + 8  # links0 size + links + vector + label
-    if (
-        h.offset_level0 != 0 or h.m != m or h.max_m != m or h.max_m0 != 2 * m
-        or h.per_element != expected_per_el or h.offset_data != 4 + 2 * m * 4
-        or h.label_offset != h.offset_data + level_dim * 4
-        or h.count != n_total or h.count > h.max_elements
-        or size < _HNSW_HEADER.size + h.count * (h.per_element + 4)
-        or h.max_elements > 4 * (n_total + 1024) + (1 << 20)
-        or (h.count and not (0 <= h.max_level < 64 and h.enterpoint < h.count))
-    ):
-        raise IndexDamaged(f"{name} header does not match a {level_dim}-d M={m} graph "
-                           f"of {n_total} vectors")
-    return h
-
-
-def _check_into(failed: list[BaseException], path: Path, info: dict[str, Any],
-                data: Any) -> None:
-    """:func:`_check_sum` for a thread: what it raises is appended to ``failed``."""
-    try:
-        _check_sum(path, info, data)
-    except BaseException as exc:  # re-raised by the caller
-        failed.append(exc)
-
-
-def _map_file(f: Any, size: int) -> mmap.mmap:
-    """Map a whole file read-only, populated up front where the platform can (one pass of
-    read-ahead instead of a page fault per 4 KiB)."""
-    try:
-        return mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                         prot=mmap.PROT_READ)
-    except (AttributeError, TypeError):  # Windows: no flags/prot
-        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-
-
-def _load_graph(path: Path, info: dict[str, Any], level_dim: int, m: int, n_total: int,
-                threads: int, heights: np.ndarray | None = None,
-                ) -> tuple[hnswlib.Index, np.ndarray]:
-    """Map one level's graph file, check it and hand it to hnswlib.
-
-    ``heights`` (each element's top layer, saved beside the graph since format 3) lets the
-    upper-level link lists be sliced out directly; without it they are found by walking the
-    file's records (:func:`_walk_heights`).
-
-    Returns the graph and its labels (int64, in hnswlib's internal order, read from the file).
-    The file is read once: its checksum, header, labels and upper-level link lists are checked
-    on the mapping, and hnswlib copies its arrays from the same mapping (:func:`_graph_from`),
-    which avoids ``load_index``'s second read and its per-element seek pass (with the CRC
-    instead of a sha256: 1.7x less CPU at 100k vectors). Only if this hnswlib's pickling layout
-    is not the one known here does it fall back to ``load_index`` on the checked file. Raises
-    :class:`IndexDamaged`.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size != int(info["bytes"]):
-            raise IndexDamaged(f"index file {path.name} is {size} bytes, expected {info['bytes']}")
-        if size < _HNSW_HEADER.size:
-            raise IndexDamaged(f"{path.name} is shorter than an hnswlib header")
-        mm = _map_file(f, size)
-    try:
-        h = _check_hnsw_header(path.name, mm[:_HNSW_HEADER.size], size, level_dim, m, n_total)
-        # The checksum runs on a second thread while hnswlib copies the arrays: building from
-        # unchecked bytes is safe (the header bounds every size, _upper_links checks the link
-        # lists' layout, and building follows no link), and the graph is dropped unused if
-        # the checksum then fails. At 1M vectors they cost ~0.45 s and ~1.3 s of CPU.
-        failed: list[BaseException] = []
-        checker = threading.Thread(target=_check_into, args=(failed, path, info, mm),
-                                   name="engramdb-index-crc", daemon=True)
-        checker.start()
-        try:
-            labels = np.ndarray((h.count,), np.uint64, buffer=mm,
-                                offset=_HNSW_HEADER.size + h.label_offset,
-                                strides=(h.per_element,)).astype(np.int64) if h.count else \
-                np.empty(0, np.int64)
-            g = _graph_from(mm, h, level_dim, labels, threads, heights)
-        finally:
-            checker.join()
-        if failed:
-            g = None
-            raise failed[0]
-    finally:
-        try:
-            mm.close()
-        except BufferError:  # a view is still alive somewhere: let the GC unmap it
-            pass
-    if g is None:
-        g = hnswlib.Index(space="ip", dim=level_dim)
-        g.load_index(str(path), max_elements=h.max_elements)
-    return g, labels
-
-
-# The keys of hnswlib's pickled state (``Index.__getstate__``) as of hnswlib 0.8 (checked at
-# run time on a tiny graph): _graph_from builds that state from a mapped file. Another layout
-# (a future hnswlib): load_index.
-_STATE_KEYS = frozenset({
-    "ser_version", "space", "dim", "index_inited", "ep_added", "normalize", "num_threads", "seed",
-    "offset_level0", "max_elements", "cur_element_count", "size_data_per_element",
-    "label_offset", "offset_data", "max_level", "enterpoint_node", "max_M", "max_M0", "M",
-    "mult", "ef_construction", "ef", "has_deletions", "size_links_per_element",
-    "allow_replace_deleted", "label_lookup_external", "label_lookup_internal",
-    "element_levels", "data_level0", "link_lists",
-})
-_state_template: list[dict[str, Any] | None] = []
-
-
-def _hnswlib_state_template() -> dict[str, Any] | None:
-    """The scalar fields of a tiny graph's pickled state, or None if the layout is unknown."""
-    if not _state_template:
-        template = None
-        try:
-            g = hnswlib.Index(space="ip", dim=4)
-            g.init_index(max_elements=2, M=2, ef_construction=8)
-            g.add_items(np.eye(1, 4, dtype=np.float32), np.array([0]))
-            state = g.__getstate__()
-            st = state[0] if isinstance(state, tuple) and len(state) == 1 else state
-            if isinstance(st, dict) and set(st) == _STATE_KEYS and st["ser_version"] == 1:
-                template = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
-        except Exception:  # any surprise means: use load_index
-            template = None
-        _state_template.append(template)
-    return _state_template[0]
-
-
-def _graph_from(mm: mmap.mmap, h: _Header, level_dim: int, labels: np.ndarray,
-                threads: int, heights: np.ndarray | None = None) -> hnswlib.Index | None:
-    """Build a graph from a mapped ``saveIndex`` file through hnswlib's unpickling path.
-
-    hnswlib's file is: header, ``count`` fixed-size level-0 records (links, vector, label),
-    then per element a uint32 byte count and that element's upper-level link lists. Its
-    pickled state holds the same level-0 block, the upper lists concatenated, each element's
-    level and the label map, so the state is views of the mapping plus two small arrays.
-    Returns None (caller falls back to ``load_index``) for an empty graph or an unknown layout.
-    """
-    template = _hnswlib_state_template()
-    if template is None or h.count == 0:
-        return None
-    size_links = 4 + 4 * h.m
-    level0 = h.count * h.per_element
-    words = _upper_words(mm, h)
-    element_levels = _walk_heights(words, h.count, size_links) if heights is None \
-        else heights.astype(np.int32)
-    links = _upper_links(words, element_levels, size_links)
-    if int(element_levels.max()) != h.max_level or element_levels[h.enterpoint] != h.max_level:
-        raise IndexDamaged("the graph's levels disagree with its header")
-    state = dict(template)
-    state.update(
-        dim=level_dim, num_threads=threads, seed=1, ef=10, normalize=False, space="ip",
-        index_inited=True, ep_added=True, allow_replace_deleted=False, has_deletions=True,
-        offset_level0=h.offset_level0, max_elements=h.max_elements, cur_element_count=h.count,
-        size_data_per_element=h.per_element, label_offset=h.label_offset,
-        offset_data=h.offset_data, max_level=h.max_level, enterpoint_node=h.enterpoint,
-        max_M=h.max_m, max_M0=h.max_m0, M=h.m, mult=h.mult, ef_construction=h.ef_construction,
-        size_links_per_element=size_links,
-        label_lookup_external=labels.astype(np.uint64),
-        label_lookup_internal=np.arange(h.count, dtype=np.uint32),
-        element_levels=element_levels,
-        data_level0=np.frombuffer(mm, np.int8, count=level0, offset=_HNSW_HEADER.size),
-        link_lists=links.view(np.int8),
-    )
-    # seed=1: load_index leaves hnswlib's level generator at its default seed (1), so graphs
-    # loaded either way grow identically afterwards.
-    try:
-        return hnswlib.Index(state)
-    finally:
-        state.clear()  # drop the views of the mapping before the caller unmaps it
-
-
-def _upper_words(mm: Any, h: _Header) -> np.ndarray:
-    """The upper-level section of a mapped graph file (after the level-0 records) as words."""
-    tail = len(mm) - _HNSW_HEADER.size - h.count * h.per_element
-    if tail % 4:
-        raise IndexDamaged("the upper-level link lists are not whole 32-bit words")
-    return np.frombuffer(mm, np.uint32, count=tail // 4,
-                         offset=_HNSW_HEADER.size + h.count * h.per_element)
-
-
-def _walk_heights(words: np.ndarray, count: int, size_links: int) -> np.ndarray:
-    """Each element's height (top layer) from the upper-level section of a graph file.
-
-    Each element has a uint32 byte count (0 for the ~15/16 of elements that live on level 0
-    only) followed by that many bytes, so finding the records is a walk: only non-empty
-    records cost a Python step (a bisect over the non-zero words finds the next one). Raises
-    :class:`IndexDamaged` unless ``count`` records exactly fill the section.
-    """
-    n_words = len(words)
-    nonzero = np.flatnonzero(words)
-    at = nonzero.tolist()
-    size = words[nonzero].tolist()
-    chain: list[int] = []  # indexes into `at` of the non-empty records' size words
-    i = 0
-    while i < len(at):
-        chain.append(i)
-        i = bisect.bisect_left(at, at[i] + 1 + size[i] // 4, i + 1)
-    levels = np.zeros(count, np.int32)
-    if not chain:
-        return levels
-    st = nonzero[np.asarray(chain, np.int64)]  # where each non-empty record starts
-    ln = words[st].astype(np.int64) // 4  # its payload, in words
-    elems = st - (np.cumsum(ln) - ln)  # one word per record before it, plus earlier payloads
-    if ((ln * 4) % size_links).any() or int(elems[-1]) >= count \
-            or int(st[-1] + 1 + ln[-1]) > n_words:
-        raise IndexDamaged("the upper-level link lists do not fill the graph file")
-    levels[elems] = ln * 4 // size_links
-    return levels
-
-
-def _upper_links(words: np.ndarray, heights: np.ndarray, size_links: int) -> np.ndarray:
-    """The upper-level link lists of a graph file, concatenated in element order, given each
-    element's height. Raises :class:`IndexDamaged` unless every element's record holds the
-    byte count its height implies and the records exactly fill the section."""
-    ln = heights.astype(np.int64) * (size_links // 4)  # each record's payload, in words
-    n_payload = int(ln.sum())
-    if len(words) != len(heights) + n_payload:
-        raise IndexDamaged("the upper-level link lists do not fill the graph file")
-    st = np.arange(len(heights), dtype=np.int64)  # where each record's byte count sits
-    st[1:] += np.cumsum(ln[:-1])
-    if not np.array_equal(words[st], (ln * 4).astype(np.uint32)):
-        raise IndexDamaged("the upper-level link lists disagree with the elements' heights")
-    payload = np.ones(len(words), bool)
-    payload[st] = False
-    return words[payload]
-
-
-def _file_heights(path: Path, m: int) -> np.ndarray:
-    """Each element's height (uint8) in a graph file written by hnswlib's ``save_index``.
-
-    hnswlib writes through an unchecked stream, so a full disk leaves a short file: anything
-    that does not parse is reported as the I/O failure it is (``OSError``)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < _HNSW_HEADER.size:
-            raise OSError(f"{path.name} is {size} bytes: the graph was not written whole")
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    try:
-        h = _Header(mm[:_HNSW_HEADER.size])
-        if h.count == 0:
-            return np.zeros(0, np.uint8)
-        try:
-            words = _upper_words(mm, h)
-            heights = _walk_heights(words, h.count, 4 + 4 * h.m)
-            del words
-        except (IndexDamaged, ValueError) as exc:
-            raise OSError(f"{path.name} was not written whole: {exc}") from exc
-        if h.m != m or int(heights.max()) > 255:
-            raise OSError(f"{path.name} is not the graph just written")
-        return heights.astype(np.uint8)
-    finally:
-        try:
-            mm.close()
-        except BufferError:
-            pass
+        threads = _cpu_count()
+        got = read_index(Path(directory), dim, threads)
+        # The constructor checks the parts and sets up the locks; its empty graphs give way.
+        idx = cls(dim, got.config, got.rotation, capacity=1, fitted_on=got.fitted_on)
+        idx._threads = threads
+        idx._graphs = got.graphs
+        idx._capacity = got.capacity
+        idx._labels = got.labels
+        idx._stale_format = got.stale_format
+        return idx, got.generation

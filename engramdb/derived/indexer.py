@@ -1,6 +1,6 @@
 """Background indexing: committed vectors join the vector index on a worker thread.
 
-hnswlib insertion is the slowest step of a write by far (DESIGN §3: everything else is about
+hnswlib insertion is the slowest step of a write by far (docs/recall.md; everything else is about
 40x faster), so a write is acknowledged once it is durable (segments + catalog) and its
 vectors are handed to this indexer, which adds them to the graph behind the caller's back.
 Until a vector is in the graph it is *pending*: :meth:`BackgroundIndexer.snapshot` gives the

@@ -4,26 +4,29 @@ Why this exists: on real conversations a lexical ranking beats a small dense enc
 evidence R@10: BM25 0.60 vs MiniLM 0.46), and fusing both beats either. DuckDB's ``fts``
 extension cannot be installed here, so the index is ours:
 
-* **Persistence** lives in two catalog tables (:meth:`LexicalIndex.schema_sql`): ``lex_docs``
-  (one row per engram: its token count) and ``lex_postings`` (one row per distinct term of an
-  engram: term, eid, term frequency). :meth:`LexicalIndex.add_rows` turns a batch of texts into
-  two Arrow tables that the store inserts *in the same transaction* as the engram rows (one Arrow
-  insert per table per batch, never ``executemany``); :meth:`LexicalIndex.delete_sql` gives the
-  statements that remove an engram's rows in the transaction that forgets it.
+* **Persistence** lives in two catalog tables (their DDL is storage's:
+  :data:`engramdb.storage.schema.LEXICAL_TABLES`): ``lex_docs`` (one row per engram: its token
+  count) and ``lex_postings`` (one row per distinct term of an engram: term, eid, term
+  frequency). :meth:`LexicalIndex.add_rows` turns a batch of texts into two Arrow tables that
+  the store inserts *in the same transaction* as the engram rows (one Arrow insert per table
+  per batch, never ``executemany``); :func:`engramdb.storage.schema.lexical_delete_sql`
+  gives the statements that remove an engram's rows in the transaction that forgets it.
 * **Queries never touch DuckDB**: :meth:`LexicalIndex.load` reads the tables once on open into a
   compressed-sparse-column structure (per-term postings as numpy slices); the store calls
   :meth:`LexicalIndex.apply_add` / :meth:`LexicalIndex.apply_delete` after each commit so memory
   follows the catalog. Memory is only ever changed after the catalog commit succeeded, so a
   failed transaction leaves both sides as they were.
 * **Snapshot**: :meth:`LexicalIndex.save_snapshot` writes the in-memory structure to one file
-  (CRC-32 per array) that :meth:`LexicalIndex.load_snapshot` maps back without sorting
-  anything; the store writes it on close and reads it instead of the tables only while the
-  catalog has not changed since (docs/format.md). The tables stay the truth.
+  (CRC-32 per array; the format is ``lexical_snapshot``'s) that
+  :meth:`LexicalIndex.load_snapshot` maps back without sorting anything; the store writes it on
+  close and reads it instead of the tables only while the catalog has not changed since
+  (docs/format.md). The tables stay the truth.
 
-Erasure: ``forget`` + ``gc`` must run :meth:`LexicalIndex.delete_sql` for the erased engrams
-(removing their terms from ``lex_postings``/``lex_docs``) and :meth:`LexicalIndex.apply_delete`,
-and the catalog file must be rewritten (e.g. ``CHECKPOINT``/copy) before the erasure is claimed,
-because DuckDB can keep deleted row bytes in freed blocks until then. In memory,
+Erasure: ``forget`` + ``gc`` run :func:`engramdb.storage.schema.lexical_delete_sql` for the
+erased engrams (removing their terms from ``lex_postings``/``lex_docs``) and
+:meth:`LexicalIndex.apply_delete`, and the catalog file must be rewritten (e.g.
+``CHECKPOINT``/copy) before the erasure is claimed, because DuckDB can keep deleted row
+bytes in freed blocks until then. In memory,
 :meth:`LexicalIndex.apply_delete` tombstones the documents at once (they are never returned
 again) and physically drops their postings at the next compaction, which
 :meth:`LexicalIndex.compact` forces.
@@ -32,6 +35,7 @@ Scoring is Okapi BM25 with Lucene's non-negative idf,
 ``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))`` and
 ``score(d) = sum_t idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avglen))``
 over the distinct query terms, where ``N``, ``df`` and ``avglen`` count live documents only.
+Texts become terms through ``lexical_tokenizer`` (re-exported here).
 
 Engram ids (``eids``) are the store's integer row keys (int64), the same integers that label the
 vector index; uniqueness is enforced by the ``lex_docs`` primary key inside the transaction.
@@ -40,25 +44,20 @@ vector index; uniqueness is enforced by the ``lex_docs`` primary key inside the 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import mmap
 import os
-import re
 import threading
-import unicodedata
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from engramdb.errors import InvalidInput
+from engramdb.derived.lexical_snapshot import SnapshotVocab, read_snapshot, write_snapshot
+from engramdb.derived.lexical_tokenizer import STOPWORDS, TOKENIZER_ID, stem, tokenize
+from engramdb.errors import CorruptStore, InvalidInput
 
 __all__ = [
     "STOPWORDS",
@@ -71,96 +70,9 @@ __all__ = [
     "tokenize",
 ]
 
-#: Identifies the tokenizer below. Persisted postings are only valid for the tokenizer that
-#: wrote them: the store records this id in its manifest and rebuilds the lexical tables from
-#: the engram texts when it changes.
-TOKENIZER_ID = "engramdb-lex-1"
 #: Below this many documents BM25 is exact; above it, terms in more than half of them are
-#: skipped when the query has rarer terms (see :meth:`LexicalIndex.score_terms`).
+#: skipped when the query has rarer terms (see :meth:`LexicalIndex.match`).
 COMMON_TERM_MIN_DOCS = 10_000
-
-#: English function words. Kept small on purpose: words that carry meaning in a personal memory
-#: ("home", "work", "never", "first") stay searchable; question words go, because queries are
-#: questions and "when"/"what" would otherwise match every question-shaped turn.
-_STOPWORD_TEXT = """
-    a about above after again against all also am an and any are aren as at be because been
-    before being below between both but by can cannot could couldn did didn do does doesn doing
-    don down during each few for from further had hadn has hasn have haven having he her here
-    hers herself him himself his how i if in into is isn it its itself just ll me more most
-    mustn my myself no nor not now of off on once only or other ought our ours ourselves out
-    over own re same shan she should shouldn so some such than that the their theirs them
-    themselves then there these they this those through to too under until up ve very was
-    wasn we were weren what when where which while who whom why will with won would wouldn you
-    your yours yourself yourselves oh hey hi yeah yes ok okay wow um uh hmm s t d m
-"""
-STOPWORDS: frozenset[str] = frozenset(_STOPWORD_TEXT.split())
-
-# A word is a run of letters/digits, optionally joined by apostrophes ("don't", "o'neil").
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_VOWEL = re.compile(r"[aeiouy]")
-
-
-@lru_cache(maxsize=1 << 16)
-def stem(word: str) -> str:
-    """Return a light English stem of a lowercase word (plural, -ing, -ed, -ly).
-
-    Deliberately light (an "S-stemmer" plus -ing/-ed/-ly): it unifies inflections
-    ("paints", "painted", "painting" -> "paint"; "cities" -> "city") without the aggressive
-    conflations of full Porter stemming ("university" ~ "universe"). Words of three letters or
-    fewer, and words without a vowel left after stripping, are returned unchanged.
-    """
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    w = word
-    if w.endswith("ies") and len(w) >= 5:
-        w = w[:-3] + "y"
-    elif w.endswith(("sses", "shes", "ches", "xes", "zes")):
-        w = w[:-2]
-    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        w = w[:-1]
-    for suffix, repl in (("ingly", ""), ("edly", ""), ("ing", ""), ("ied", "y"), ("ed", ""),
-                         ("ly", "")):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            base = w[: len(w) - len(suffix)] + repl
-            if not _VOWEL.search(base):
-                continue  # "sing", "bed", "fly": the ending is the word
-            # Undo consonant doubling ("running" -> "run", "planned" -> "plan") but keep
-            # genuine double letters ("falling" -> "fall", "passed" -> "pass").
-            if (len(base) >= 3 and base[-1] == base[-2] and base[-1] not in "lsz"
-                    and base[-1] not in "aeiou"):
-                base = base[:-1]
-            # Restore a silent e after a short stem ("baked" -> "bak" -> "bake").
-            elif suffix in ("ing", "ed") and len(base) <= 4 and _cvc(base):
-                base += "e"
-            w = base
-            break
-    return w
-
-
-def _cvc(s: str) -> bool:
-    """True for consonant-vowel-consonant endings such as "bak", "hop" (not w, x, y)."""
-    return (len(s) >= 3 and s[-1] not in "aeiouwxy" and s[-2] in "aeiou"
-            and s[-3] not in "aeiou")
-
-
-def tokenize(text: str) -> list[str]:
-    """Split ``text`` into index terms: NFKC, casefold, unicode words, stopwords out, stemmed.
-
-    A trailing possessive "'s" is dropped ("Caroline's" -> "caroline"); single letters and
-    stopwords are dropped; numbers are kept ("2022", "10"), since dates and counts matter in a
-    memory. The same function is used for documents and queries.
-    """
-    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
-    out: list[str] = []
-    for w in _WORD.findall(text):  # (no capturing group: whole words)
-        if w.endswith("'s"):
-            w = w[:-2]
-        if len(w) < 2 or w in STOPWORDS:
-            continue
-        w = stem(w.replace("'", "")) if "'" in w else stem(w)
-        if w and w not in STOPWORDS:
-            out.append(w)
-    return out
 
 
 @dataclass(frozen=True)
@@ -192,7 +104,7 @@ class LexicalMatch:
 
 @dataclass(frozen=True)
 class QueryPostings:
-    """The postings a query scores (:meth:`LexicalIndex.query_postings`): its terms' live
+    """The postings a query scores (:attr:`LexicalMatch.postings`): its terms' live
     documents, term after term. ``slots`` and ``tfs`` hold all terms' postings one after the
     other; ``counts[t]`` is how many belong to term ``t`` (its document frequency)."""
 
@@ -200,107 +112,6 @@ class QueryPostings:
     tfs: np.ndarray
     counts: list[int]
 
-
-_SNAPSHOT_MAGIC = b"engramdb-lexical-snapshot\n"
-
-
-def _map_private(fd: int) -> mmap.mmap:
-    """A copy-on-write map of a whole file, its pages mapped up front where the platform can
-    (queries then take no page fault on first touching a posting list)."""
-    try:
-        return mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    except (AttributeError, TypeError):  # Windows: no flags/prot
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-
-
-def _snapshot_stats(eids: np.ndarray, lens: np.ndarray, n_postings: int) -> dict[str, int]:
-    """What a snapshot holds, in numbers the catalog tables can be compared with."""
-    return {"docs": int(len(eids)), "postings": int(n_postings),
-            "eid_sum": int(eids.sum(dtype=np.int64)), "len_sum": int(lens.sum(dtype=np.float64))}
-
-
-class _SnapshotVocab:
-    """Term -> term id for an index read from a snapshot, with no Python object per term.
-
-    ``dict(zip(terms, ids))`` over the 1M terms of a 1M-engram store costs ~0.5 s of CPU and
-    ~100 MB at open; this finds a term by its CRC-32 (of the UTF-8) in the snapshot's sorted
-    hashes and compares the bytes (~3 us a lookup, so a query pays microseconds). Terms added
-    after the load (:meth:`setdefault`) go to a small dict. Supports what
-    :class:`LexicalIndex` uses of a dict: ``get``, ``setdefault``, ``len``, ``in``, ``[]``,
-    iteration and ``items``. Not thread-safe for writers (callers serialise writes).
-    """
-
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray, hashes: np.ndarray,
-                 by_hash: np.ndarray) -> None:
-        self._blob = memoryview(blob).cast("B")
-        self._off = offsets
-        self._hashes = hashes
-        self._by_hash = by_hash
-        self._n = len(by_hash)
-        self._extra: dict[str, int] = {}
-        # Lookups of snapshot terms (hit or miss), so a query pays the search once per term.
-        # A term the snapshot lacks stays absent from it: one added later goes to ``_extra``,
-        # which :meth:`get` consults first, so a cached miss never hides it.
-        self._seen: dict[str, int] = {}
-
-    def _find(self, term: str) -> int:
-        key = term.encode("utf-8", "surrogatepass")
-        h = np.uint32(zlib.crc32(key))  # the array's dtype: a Python int would copy it
-        hashes, off = self._hashes, self._off
-        i = int(hashes.searchsorted(h))
-        while i < self._n and hashes[i] == h:
-            tid = int(self._by_hash[i])
-            if self._blob[int(off[tid]):int(off[tid + 1])] == key:
-                return tid
-            i += 1
-        return -1
-
-    def get(self, term: str, default: int | None = None) -> int | None:
-        """The id of ``term``, or ``default``."""
-        tid = self._extra.get(term)
-        if tid is not None:
-            return tid
-        tid = self._seen.get(term) if isinstance(term, str) else -1
-        if tid is None:
-            if len(self._seen) >= _VOCAB_CACHE:
-                self._seen.clear()
-            tid = self._seen[term] = self._find(term)
-        return default if tid < 0 else tid
-
-    def setdefault(self, term: str, default: int) -> int:
-        """The id of ``term``; a new term gets ``default``."""
-        tid = self.get(term)
-        if tid is None:
-            self._extra[term] = tid = default
-        return tid
-
-    def __getitem__(self, term: str) -> int:
-        tid = self.get(term)
-        if tid is None:
-            raise KeyError(term)
-        return tid
-
-    def __contains__(self, term: object) -> bool:
-        return isinstance(term, str) and self.get(term) is not None
-
-    def __len__(self) -> int:
-        return self._n + len(self._extra)
-
-    def items(self) -> Iterator[tuple[str, int]]:
-        """Every (term, id), the snapshot's first."""
-        off = self._off.tolist()
-        blob = self._blob
-        for tid in range(self._n):
-            yield bytes(blob[off[tid]:off[tid + 1]]).decode("utf-8", "surrogatepass"), tid
-        yield from self._extra.items()
-
-    def __iter__(self) -> Iterator[str]:
-        return (term for term, _ in self.items())
-
-
-#: Most snapshot term lookups :class:`_SnapshotVocab` remembers (then it starts over).
-_VOCAB_CACHE = 1 << 16
 
 _DOCS_SCHEMA = pa.schema([("eid", pa.int64()), ("len", pa.int32())])
 _POSTINGS_SCHEMA = pa.schema([("term", pa.string()), ("eid", pa.int64()), ("tf", pa.int32())])
@@ -329,7 +140,8 @@ class LexicalIndex:
         self.k1 = float(k1)
         self.b = float(b)
         self.tokenizer = tokenizer
-        self._vocab: dict[str, int] = {}
+        # Term -> term id (a SnapshotVocab once read from a snapshot).
+        self._vocab: dict[str, int] | SnapshotVocab = {}
         # Documents (slots).
         self._eids = np.empty(0, np.int64)
         self._len = np.empty(0, np.float32)
@@ -347,15 +159,6 @@ class LexicalIndex:
         self._mutex = threading.RLock()
 
     # ----------------------------------------------------------------- persistence (catalog)
-    @staticmethod
-    def schema_sql() -> list[str]:
-        """Return the CREATE TABLE statements of the lexical tables (idempotent)."""
-        return [
-            "CREATE TABLE IF NOT EXISTS lex_docs (eid BIGINT PRIMARY KEY, len INTEGER NOT NULL)",
-            ("CREATE TABLE IF NOT EXISTS lex_postings ("
-             "term VARCHAR NOT NULL, eid BIGINT NOT NULL, tf INTEGER NOT NULL)"),
-        ]
-
     def add_rows(self, eids: Sequence[int] | np.ndarray, texts: Sequence[str]) -> LexicalRows:
         """Tokenize a batch and return its catalog rows; the in-memory index is NOT changed.
 
@@ -403,19 +206,6 @@ class LexicalIndex:
             con.unregister("_lex_docs_batch")
             con.unregister("_lex_postings_batch")
 
-    @staticmethod
-    def delete_sql(eids: Sequence[int] | np.ndarray) -> list[tuple[str, list[object]]]:
-        """Return ``(sql, params)`` pairs that delete these engrams' lexical rows.
-
-        Run them in the transaction that forgets (or garbage-collects) the engrams, then call
-        :meth:`apply_delete`. This is part of erasure: the postings hold the engram's terms.
-        """
-        ids = [int(e) for e in np.asarray(eids, dtype=np.int64).reshape(-1)]
-        return [
-            ("DELETE FROM lex_postings WHERE list_contains(?, eid)", [ids]),
-            ("DELETE FROM lex_docs WHERE list_contains(?, eid)", [ids]),
-        ]
-
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, **kwargs: object) -> LexicalIndex:
         """Build an index from the ``lex_docs``/``lex_postings`` tables read through ``con``.
@@ -441,7 +231,6 @@ class LexicalIndex:
             slots = np.searchsorted(eids, post.column("eid").to_numpy())
             if (slots >= len(eids)).any() or (eids[np.minimum(slots, len(eids) - 1)]
                                               != post.column("eid").to_numpy()).any():
-                from engramdb.errors import CorruptStore
                 raise CorruptStore("lex_postings names engrams that lex_docs lacks")
             idx._vocab = {t: i for i, t in enumerate(vocab)}
             idx._indptr = np.zeros(len(vocab) + 1, np.int64)
@@ -476,51 +265,12 @@ class LexicalIndex:
             # copy its own (empty) delta.
             src = copy.copy(self)
             src.compact()
-        counts = np.diff(src._indptr)
-        terms = [""] * len(counts)
+        terms = [""] * (len(src._indptr) - 1)
         for term, tid in src._vocab.items():
             if tid < len(terms):
                 terms[tid] = term
-        keep = counts > 0
-        encoded = [t.encode("utf-8", "surrogatepass")
-                   for t, k in zip(terms, keep.tolist()) if k]
-        term_off = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=term_off[1:])
-        hashes = np.fromiter(map(zlib.crc32, encoded), np.uint32, len(encoded))
-        by_hash = np.argsort(hashes, kind="stable").astype(np.int32)
-        indptr = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum(counts[keep], out=indptr[1:])
-        arrays = {"eids": src._eids.astype(np.int64, copy=False),
-                  "len": src._len.astype(np.float32, copy=False), "indptr": indptr,
-                  "pslot": src._pslot.astype(np.int32, copy=False),
-                  "ptf": src._ptf.astype(np.float32, copy=False),
-                  "terms": np.frombuffer(b"".join(encoded), np.uint8), "term_off": term_off,
-                  "term_hash": hashes[by_hash], "term_by_hash": by_hash}
-        specs: dict[str, Any] = {}
-        offset = 0
-        for name, arr in arrays.items():
-            specs[name] = {"dtype": arr.dtype.str, "count": int(arr.size), "offset": offset,
-                           "crc32": zlib.crc32(memoryview(arr).cast("B"))}
-            offset += -(-arr.nbytes // 64) * 64
-        header = json.dumps({
-            "format": _SNAPSHOT_MAGIC.decode().strip(), "version": 1, "meta": meta,
-            "arrays": specs, "stats": _snapshot_stats(arrays["eids"], arrays["len"],
-                                                       len(arrays["pslot"])),
-        }).encode("utf-8")
-        start = -(-(len(_SNAPSHOT_MAGIC) + 8 + len(header)) // 64) * 64
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_SNAPSHOT_MAGIC + len(header).to_bytes(8, "little") + header)
-                for name, arr in arrays.items():
-                    f.seek(start + specs[name]["offset"])
-                    f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
-                f.truncate(start + offset)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_snapshot(path, meta, eids=src._eids, lens=src._len, indptr=src._indptr,
+                       pslot=src._pslot, ptf=src._ptf, terms=terms)
 
     @classmethod
     def load_snapshot(cls, path: str | os.PathLike[str],
@@ -536,51 +286,14 @@ class LexicalIndex:
 
         Example: ``lex, info = LexicalIndex.load_snapshot(store_dir / "lexical.snapshot")``
         """
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < len(_SNAPSHOT_MAGIC) + 8:
-                raise ValueError(f"{path} is too short for a lexical snapshot")
-            mm = _map_private(f.fileno())
-        if mm[:len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
-            raise ValueError(f"{path} is not a lexical snapshot")
-        n_head = int.from_bytes(mm[len(_SNAPSHOT_MAGIC):len(_SNAPSHOT_MAGIC) + 8], "little")
-        if n_head > size:
-            raise ValueError(f"{path}: header of {n_head} bytes in a file of {size}")
-        first = len(_SNAPSHOT_MAGIC) + 8
-        info = json.loads(bytes(mm[first:first + n_head]))
-        start = -(-(first + n_head) // 64) * 64
-        a: dict[str, np.ndarray] = {}
-        for name in ("eids", "len", "indptr", "pslot", "ptf", "terms", "term_off", "term_hash",
-                     "term_by_hash"):
-            spec = info["arrays"][name]
-            dtype, count, offset = np.dtype(spec["dtype"]), int(spec["count"]), int(spec["offset"])
-            if count < 0 or offset < 0 or start + offset + count * dtype.itemsize > size:
-                raise ValueError(f"{path}: array {name} lies outside the file")
-            arr = np.frombuffer(mm, dtype, count=count, offset=start + offset)
-            if zlib.crc32(memoryview(arr).cast("B")) != spec["crc32"]:
-                raise ValueError(f"{path}: array {name} fails its CRC-32")
-            a[name] = arr
-        n_docs, n_post, indptr = len(a["eids"]), len(a["pslot"]), a["indptr"]
-        if (len(a["len"]) != n_docs or len(a["ptf"]) != n_post or len(indptr) < 1
-                or indptr[0] != 0 or indptr[-1] != n_post or (np.diff(indptr) < 0).any()
-                or (n_post and (int(a["pslot"].min()) < 0 or int(a["pslot"].max()) >= n_docs))):
-            raise ValueError(f"{path}: inconsistent arrays")
-        n_terms, off, by_hash = len(indptr) - 1, a["term_off"], a["term_by_hash"]
-        if (len(off) != n_terms + 1 or off[0] != 0 or off[-1] != len(a["terms"])
-                or (np.diff(off) < 0).any() or len(a["term_hash"]) != n_terms
-                or len(by_hash) != n_terms or (np.diff(a["term_hash"]) < 0).any()
-                or (n_terms and (int(by_hash.min()) < 0 or int(by_hash.max()) >= n_terms
-                                 or (np.bincount(by_hash, minlength=n_terms) != 1).any()))):
-            raise ValueError(f"{path}: inconsistent vocabulary arrays")
-        if info.get("stats") != _snapshot_stats(a["eids"], a["len"], n_post):
-            raise ValueError(f"{path}: its stats disagree with its arrays")
+        snap, info = read_snapshot(path)
         idx = cls(**kwargs)  # type: ignore[arg-type]
-        idx._eids, idx._len, idx._indptr = a["eids"], a["len"], indptr
-        idx._pslot, idx._ptf = a["pslot"], a["ptf"]
-        idx._live = np.ones(n_docs, bool)
-        idx._n_live = n_docs
+        idx._eids, idx._len, idx._indptr = snap.eids, snap.lens, snap.indptr
+        idx._pslot, idx._ptf = snap.pslot, snap.ptf
+        idx._live = np.ones(len(snap.eids), bool)
+        idx._n_live = len(snap.eids)
         idx._total_len = float(idx._len.sum(dtype=np.float64))
-        idx._vocab = _SnapshotVocab(a["terms"], off, a["term_hash"], by_hash)  # type: ignore[assignment]
+        idx._vocab = snap.vocab
         return idx, info
 
     # ------------------------------------------------------------------ in-memory updates
@@ -626,12 +339,6 @@ class LexicalIndex:
         self._delta_n += post.num_rows
         if self._delta_n > max(65536, len(self._pslot) // 4):
             self.compact()
-
-    def add(self, eids: Sequence[int] | np.ndarray, texts: Sequence[str]) -> LexicalRows:
-        """Tokenize and add a batch to memory only (no catalog); returns the rows anyway."""
-        rows = self.add_rows(eids, texts)
-        self.apply_add(rows)
-        return rows
 
     def apply_delete(self, eids: Iterable[int] | np.ndarray) -> int:
         """Tombstone these engrams (committed deletes); returns how many were live here."""
@@ -721,24 +428,9 @@ class LexicalIndex:
             return LexicalMatch(self._eids[slots], scores, self._eids[postings.slots],
                                 postings, idf)
 
-    def score_terms(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 of already-tokenized ``terms`` (distinct ones count once): (slots, scores).
-
-        Returns only documents with a positive score, unordered. Slots map to eids through
-        :meth:`eids_of`. Exposed for callers that fuse or re-rank (e.g. recall pipelines).
-        """
-        with self._mutex:
-            return self._score_postings(self._query_postings(terms))
-
-    def query_postings(self, terms: Sequence[str]) -> QueryPostings:
-        """The postings of the query terms that scoring uses, term after term: the live
-        documents holding each (terms no live document holds are left out). Pass them to
-        :meth:`score_postings`, or group them otherwise (a session as one document,
-        ``engramdb/context.py``) without looking the terms up twice."""
-        with self._mutex:
-            return self._query_postings(terms)
-
     def _query_postings(self, terms: Sequence[str]) -> QueryPostings:
+        """The postings of the query terms that scoring uses, term after term: the live
+        documents holding each (terms no live document holds are left out)."""
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         if self._n_live:
             for tid in self._query_tids(terms):
@@ -756,26 +448,22 @@ class LexicalIndex:
                              np.concatenate([tf for _, tf in parts]),
                              [len(sl) for sl, _ in parts])
 
-    def score_postings(self, postings: QueryPostings) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 (slots, scores) of the documents in ``postings`` (from :meth:`query_postings`,
-        made at the index's current state); the same as :meth:`score_terms`."""
-        with self._mutex:
-            return self._score_postings(postings)
-
     def _idf(self, counts: Sequence[int]) -> np.ndarray:
         """BM25 idf (float64) of terms held by ``counts`` live documents each."""
         n = float(self._n_live)
         return np.array([math.log1p((n - df + 0.5) / (df + 0.5)) for df in counts], np.float64)
 
-    def _score_postings(self, postings: QueryPostings, idf: np.ndarray | None = None,
-                        ) -> tuple[np.ndarray, np.ndarray]:
+    def _score_postings(self, postings: QueryPostings,
+                        idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 (slots, scores) of the documents in ``postings``, whose terms have ``idf``:
+        only documents with a positive score, unordered."""
         counts = postings.counts
         if self._n_live == 0 or not counts:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         avglen = max(self._total_len / float(self._n_live), 1e-9)
         k1, b = self.k1, self.b
         # Per term: idf x (k1 + 1), in float32 like the term frequencies it multiplies.
-        lift = ((self._idf(counts) if idf is None else idf) * (k1 + 1.0)).astype(np.float32)
+        lift = (idf * (k1 + 1.0)).astype(np.float32)
         slots, tfs = postings.slots, postings.tfs
         # k1 (1 - b + b len / avglen) + tf, in place (the same float32 operations as written
         # out, without a temporary array per step).
@@ -820,16 +508,6 @@ class LexicalIndex:
             tids = rare or tids
         return tids
 
-    def term_postings(self, terms: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each query term that scoring uses: (eids, term frequencies) of the live
-        documents holding it. Lets callers score other groupings of the same documents (a
-        session as one document, ``engramdb/context.py``)."""
-        found = self.match(terms)
-        qp = found.postings
-        bounds = np.cumsum(qp.counts)[:-1]
-        return list(zip(np.split(found.posting_eids, bounds), np.split(qp.tfs, bounds),
-                        strict=True)) if qp.counts else []
-
     def doc_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(eids, token counts) of the live documents."""
         with self._mutex:
@@ -841,39 +519,3 @@ class LexicalIndex:
             self._indptr) else 0
         delta = self._delta.get(tid)
         return compacted + (len(delta[0]) if delta else 0)
-
-    def eids_of(self, slots: np.ndarray) -> np.ndarray:
-        """Map slots (as returned by :meth:`score_terms`, at the same state) to engram ids."""
-        with self._mutex:
-            return self._eids[slots]
-
-    def search(self, query: str, k: int = 10,
-               allowed: Iterable[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return the top ``k`` (eids int64, scores float32) for ``query``, best first.
-
-        ``allowed`` restricts results to these eids exactly (a filter applied inside the
-        search, so ``k`` results come back whenever ``k`` allowed documents match). Ties are
-        broken by eid so results are deterministic.
-        """
-        if k <= 0:
-            raise InvalidInput(f"k must be positive, got {k}", hint="pass k >= 1")
-        found = self.match(self.tokenizer(query))
-        eids, scores = found.eids, found.scores
-        if allowed is not None:
-            allow = np.asarray(
-                allowed if isinstance(allowed, np.ndarray) else list(allowed), np.int64)
-            keep = np.isin(eids, allow)
-            eids, scores = eids[keep], scores[keep]
-        if len(eids) > k:
-            part = np.argpartition(-scores, k - 1)[:k]
-            # argpartition may cut through a tie at the k-th score: take all tied, then sort.
-            kth = scores[part].min()
-            part = np.flatnonzero(scores >= kth)
-            eids, scores = eids[part], scores[part]
-        order = np.lexsort((eids, -scores))[:k]
-        return eids[order], scores[order]
-
-    def memory_bytes(self) -> int:
-        """Approximate bytes held by the numpy arrays (the vocabulary dict not included)."""
-        return int(sum(a.nbytes for a in (self._eids, self._len, self._live, self._indptr,
-                                          self._pslot, self._ptf)))

@@ -1,6 +1,6 @@
 """An orthonormal rotation whose rows are ordered by variance, so a prefix is a good summary.
 
-Multi-resolution recall (DESIGN §3) indexes a *prefix* of each rotated vector: level ``k`` of a
+Multi-resolution recall (docs/recall.md) indexes a *prefix* of each rotated vector: level ``k`` of a
 vector ``v`` is ``(v @ R.T)[:levels[k]]``. Because ``R`` is orthonormal the full rotated vector
 has exactly the dot products of the original, and because its rows are ordered by variance
 (PCA), the first components carry most of what tells vectors apart.

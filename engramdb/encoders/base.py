@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+# Re-exported: fingerprint_of was public here before it moved to the foundation layer.
+from engramdb.content import fingerprint_of
 from engramdb.errors import InvalidInput
-
-
-def fingerprint_of(spec: dict[str, Any]) -> str:
-    """Return the hex sha256 of a spec's canonical JSON: the store's model identity."""
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 class Encoder(ABC):

@@ -160,6 +160,111 @@ def _hash_tokenizer(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def _checked_model(model: object) -> str:
+    """``model`` as a str; InvalidInput unless it is a non-blank str or path."""
+    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+        raise InvalidInput(f"model must be a hub name or a path, got {model!r}")
+    return os.fspath(model)
+
+
+def _check_options(pooling: object, layer: object, batch_size: object, max_length: object) -> None:
+    """Raise InvalidInput for an unknown pooling, a non-int layer or a non-positive size."""
+    if pooling not in _POOLINGS:
+        raise InvalidInput(f"pooling must be one of {_POOLINGS}, got {pooling!r}")
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise InvalidInput(f"layer must be an int, got {layer!r}")
+    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise InvalidInput(f"{name} must be a positive int, got {value!r}")
+
+
+def _torch_dtype_and_device(torch: Any, dtype: Any, device: str) -> tuple[Any, Any]:
+    """The torch dtype and device named by ``dtype`` and ``device``, or InvalidInput."""
+    torch_dtype = getattr(torch, _dtype_name(dtype), None)
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise InvalidInput(f"dtype must be a floating torch dtype, got {dtype!r}")
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInput(f"unknown torch device {device!r}: {exc}") from exc
+    return torch_dtype, torch_device
+
+
+def _split_gguf_path(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Split a path to a .gguf file into (directory, file name), the form transformers loads."""
+    if gguf_file is None and model.lower().endswith(".gguf") and Path(model).is_file():
+        gguf_path = Path(model).expanduser().resolve()
+        return str(gguf_path.parent), gguf_path.name
+    return model, gguf_file
+
+
+def _recorded_name(model: str, is_local: bool) -> str:
+    """The model name the spec records: a local directory as an absolute path, others as given.
+
+    A ``pkg:`` reference is kept as is so the spec stays portable across machines.
+    """
+    if is_local and not model.startswith(PKG_PREFIX):
+        return str(Path(model).expanduser().resolve())
+    return model
+
+
+def _load_pretrained(
+    transformers: Any, location: str, model: str, gguf_file: str | None, *, local_only: bool
+) -> tuple[Any, Any]:
+    """Load ``(tokenizer, model)`` from ``location``; EncoderRequired if that fails.
+
+    Raises InvalidInput for an encoder-decoder model (not supported).
+    """
+    load_kwargs: dict[str, Any] = {"local_files_only": local_only}
+    if gguf_file is not None:
+        load_kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **load_kwargs)
+        loaded = transformers.AutoModel.from_pretrained(location, **load_kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise _load_error(exc, model, gguf_file) from exc
+    if getattr(loaded.config, "is_encoder_decoder", False):
+        raise InvalidInput(
+            f"{model!r} is an encoder-decoder model, which TransformersEncoder does not support",
+            hint="use an encoder-only or a causal (decoder-only) model",
+        )
+    return tokenizer, loaded
+
+
+def _load_error(exc: Exception, model: str, gguf_file: str | None) -> EncoderRequired:
+    """The EncoderRequired to raise for a failed load: install hints for GGUF, else a path hint."""
+    # transformers reports a missing gguf/accelerate as ImportError or ValueError.
+    msg = str(exc).lower()
+    missing = isinstance(exc, ImportError) or ("install" in msg and "accelerate" in msg)
+    if gguf_file is not None and missing:
+        return EncoderRequired(
+            f"loading the GGUF file {gguf_file!r} through transformers failed: {exc}",
+            hint=f"{GGUF_HINT} (transformers needs both to read GGUF checkpoints)",
+        )
+    return EncoderRequired(
+        f"could not load transformers model {model!r}"
+        + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
+        + f": {exc}",
+        hint="check the path or name; no model hub is contacted for local paths or "
+        "with HF_HUB_OFFLINE=1, so hub models must already be in the local cache",
+    )
+
+
+def _pad_right(tokenizer: Any) -> None:
+    """Make ``tokenizer`` pad on the right, giving it a pad token if it has none.
+
+    Padding is masked out, so which token pads does not matter: eos, else unk, else id 0.
+    """
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            fallback = tokenizer.convert_ids_to_tokens(0)
+        tokenizer.pad_token = fallback
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real (non-padding) token in each row of an attention mask.
 
@@ -232,36 +337,12 @@ class TransformersEncoder(Encoder):
         progress: bool = False,
     ) -> None:
         torch, transformers = _backend()
-        if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
-            raise InvalidInput(f"model must be a hub name or a path, got {model!r}")
-        model = os.fspath(model)
-        if pooling not in _POOLINGS:
-            raise InvalidInput(f"pooling must be one of {_POOLINGS}, got {pooling!r}")
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise InvalidInput(f"layer must be an int, got {layer!r}")
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise InvalidInput(f"{name} must be a positive int, got {value!r}")
-        torch_dtype = getattr(torch, _dtype_name(dtype), None)
-        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-            raise InvalidInput(f"dtype must be a floating torch dtype, got {dtype!r}")
-        try:
-            torch_device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InvalidInput(f"unknown torch device {device!r}: {exc}") from exc
-
-        # A .gguf path is split into directory + file, the form transformers loads.
-        if gguf_file is None and model.lower().endswith(".gguf") and Path(model).is_file():
-            gguf_path = Path(model).expanduser().resolve()
-            model, gguf_file = str(gguf_path.parent), gguf_path.name
+        model = _checked_model(model)
+        _check_options(pooling, layer, batch_size, max_length)
+        torch_dtype, torch_device = _torch_dtype_and_device(torch, dtype, device)
+        model, gguf_file = _split_gguf_path(model, gguf_file)
         location, is_local = _resolve_location(model)
-        self.model_name = (
-            str(Path(model).expanduser().resolve())
-            if is_local and not model.startswith(PKG_PREFIX)
-            else model
-        )
+        self.model_name = _recorded_name(model, is_local)
         self.gguf_file = gguf_file
         self.pooling = pooling
         self.batch_size = batch_size
@@ -269,49 +350,27 @@ class TransformersEncoder(Encoder):
         self.dtype = _dtype_name(torch_dtype)
         self.progress = progress
 
-        load_kwargs: dict[str, Any] = {"local_files_only": is_local or _offline()}
-        if gguf_file is not None:
-            load_kwargs["gguf_file"] = gguf_file
-        try:
-            self._tokenizer = transformers.AutoTokenizer.from_pretrained(location, **load_kwargs)
-            self._model = transformers.AutoModel.from_pretrained(location, **load_kwargs)
-        except (OSError, ValueError, ImportError) as exc:
-            # transformers reports a missing gguf/accelerate as ImportError or ValueError.
-            msg = str(exc).lower()
-            missing = isinstance(exc, ImportError) or ("install" in msg and "accelerate" in msg)
-            if gguf_file is not None and missing:
-                raise EncoderRequired(
-                    f"loading the GGUF file {gguf_file!r} through transformers failed: {exc}",
-                    hint=f"{GGUF_HINT} (transformers needs both to read GGUF checkpoints)",
-                ) from exc
-            raise EncoderRequired(
-                f"could not load transformers model {model!r}"
-                + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
-                + f": {exc}",
-                hint="check the path or name; no model hub is contacted for local paths or "
-                "with HF_HUB_OFFLINE=1, so hub models must already be in the local cache",
-            ) from exc
-        if getattr(self._model.config, "is_encoder_decoder", False):
-            raise InvalidInput(
-                f"{model!r} is an encoder-decoder model, which TransformersEncoder does not "
-                "support",
-                hint="use an encoder-only or a causal (decoder-only) model",
-            )
+        self._tokenizer, self._model = _load_pretrained(
+            transformers, location, model, gguf_file, local_only=is_local or _offline()
+        )
         self._model.to(device=torch_device, dtype=torch_dtype)
         self._model.eval()
-
         # Hash before we touch the tokenizer (pad token, padding side) so the hash describes
         # the tokenizer as shipped and from_spec reproduces it.
         self._tokenizer_sha256 = _hash_tokenizer(self._tokenizer)
-        self._tokenizer.padding_side = "right"
-        if self._tokenizer.pad_token is None:
-            fallback = self._tokenizer.eos_token or self._tokenizer.unk_token
-            if fallback is None:  # padding is masked out, so any existing token will do
-                fallback = self._tokenizer.convert_ids_to_tokens(0)
-            self._tokenizer.pad_token = fallback
+        _pad_right(self._tokenizer)
 
-        # One forward pass on a single token tells the number of hidden states and their
-        # width for any architecture, without relying on per-model config attribute names.
+        self._probe_layer(torch, torch_device, layer)
+        self.max_positions = self._max_positions()
+        self.max_length = self._checked_max_length(max_length, location)
+        self._content_sha256: str | None = None
+
+    def _probe_layer(self, torch: Any, torch_device: Any, layer: int) -> None:
+        """Set ``layer`` (as an absolute index), ``num_hidden_states`` and ``dim``.
+
+        One forward pass on a single token tells the number of hidden states and their width
+        for any architecture, without relying on per-model config attribute names.
+        """
         with torch.inference_mode():
             probe = self._model(
                 input_ids=torch.zeros((1, 1), dtype=torch.long, device=torch_device),
@@ -328,15 +387,15 @@ class TransformersEncoder(Encoder):
         self.num_hidden_states = n_states
         self.dim = int(probe.hidden_states[self.layer].shape[-1])
 
-        self.max_positions = self._max_positions()
+    def _checked_max_length(self, max_length: int | None, location: str) -> int:
+        """The requested token limit, or the model's default; never past its context size."""
         if max_length is None:
             max_length = self._default_max_length(location)
         if self.max_positions is not None and max_length > self.max_positions:
             raise InvalidInput(
                 f"max_length={max_length} exceeds the model's {self.max_positions} positions"
             )
-        self.max_length = max_length
-        self._content_sha256: str | None = None
+        return max_length
 
     @property
     def model(self) -> Any:
@@ -470,24 +529,7 @@ class TransformersEncoder(Encoder):
         if not texts:
             return out
 
-        # A first tokenisation (no padding, no tensors: cheap next to the forward pass) finds
-        # empty and over-long texts up front and gives the lengths to batch by.
-        lengths = [len(ids) for ids in self._tokenizer(texts, verbose=False)["input_ids"]]
-        empty = [i for i, n in enumerate(lengths) if n == 0]
-        if empty:
-            raise InvalidInput(
-                f"{len(empty)} text(s) produce no tokens (indices {empty[:10]})",
-                hint="pass non-empty text; this tokenizer adds no special tokens",
-            )
-        truncated = sum(n > self.max_length for n in lengths)
-        if truncated:
-            warnings.warn(
-                f"{truncated} of {len(texts)} text(s) exceed max_length={self.max_length} "
-                "tokens and were truncated (only their start is encoded)",
-                UserWarning,
-                stacklevel=2,
-            )
-
+        lengths = self._token_lengths(texts)
         order = np.argsort(lengths, kind="stable")
         starts = range(0, len(texts), self.batch_size)
         from tqdm.auto import tqdm
@@ -506,6 +548,30 @@ class TransformersEncoder(Encoder):
                 out[idx] = self._encode_batch([texts[i] for i in idx])
                 bar.update(len(idx))
         return out
+
+    def _token_lengths(self, texts: list[str]) -> list[int]:
+        """Token count of each text; InvalidInput for a text with none, one warning for any
+        that will be truncated.
+
+        This first tokenisation (no padding, no tensors: cheap next to the forward pass) finds
+        empty and over-long texts up front and gives the lengths to batch by.
+        """
+        lengths = [len(ids) for ids in self._tokenizer(texts, verbose=False)["input_ids"]]
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if empty:
+            raise InvalidInput(
+                f"{len(empty)} text(s) produce no tokens (indices {empty[:10]})",
+                hint="pass non-empty text; this tokenizer adds no special tokens",
+            )
+        truncated = sum(n > self.max_length for n in lengths)
+        if truncated:
+            warnings.warn(
+                f"{truncated} of {len(texts)} text(s) exceed max_length={self.max_length} "
+                "tokens and were truncated (only their start is encoded)",
+                UserWarning,
+                stacklevel=3,  # the caller of encode(), as when this lived inside it
+            )
+        return lengths
 
     def _encode_batch(self, batch: list[str]) -> np.ndarray:
         torch, _ = _backend()

@@ -1,4 +1,4 @@
-"""The rules of the Hebbian lifespan engine, as pure functions (DESIGN section 4).
+"""The rules of the Hebbian lifespan engine, as pure functions (docs/lifespan.md).
 
 Nothing here touches disk; the store applies these rules inside its transactions. Every
 number is in ticks of the store's logical clock, and every parameter comes from
@@ -13,6 +13,9 @@ these functions step by step, and ``tests/test_lifespan.py`` replays it.
   converts earned lifespan into ``1 / long_term_decay`` times as many ticks: it ages slower.
 - A short-term engram that has earned ``promote_after`` in total becomes long-term and lives
   at least ``long_term_lifespan`` more ticks.
+- Short-term memory holds at most ``short_term_capacity`` engrams: past it, those that will
+  die soonest are settled now, consolidated into long-term memory if they earned at least
+  half of ``promote_after``, dead otherwise (:func:`consolidates`).
 - Links strengthen with a saturating rule ``w + gain * (max - w)`` (bounded by construction)
   and decay lazily: the stored weight is as of its ``tick`` and halves every
   ``link_half_life`` ticks after that.
@@ -54,6 +57,12 @@ def apply_reward(
         kind = LONG_TERM
         expires_at = max(expires_at, now + settings.long_term_lifespan)
     return kind, expires_at, earned
+
+
+def consolidates(earned: float, settings: Settings) -> bool:
+    """Whether a short-term engram settled by the capacity rule (earned ``earned`` so far)
+    becomes long-term rather than dying."""
+    return earned >= settings.promote_after / 2
 
 
 def decayed_weight(weight: np.ndarray | float, since: np.ndarray | float, now: int,

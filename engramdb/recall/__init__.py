@@ -1,6 +1,9 @@
 """Recall: the read path.
 
-The read gate, occurrence filters, the dense search (vector index or one exact scan),
-BM25 fusion with conversation context, association over links, and hydration of hits.
-Reads what the engine keeps; changes nothing.
+Occurrence filters (:mod:`~engramdb.recall.filters`), the dense search (vector index or one
+exact scan, :mod:`~engramdb.recall.dense`), BM25 fusion with or without conversation context
+(:mod:`~engramdb.recall.fusion`, :mod:`~engramdb.recall.fusion_context`, scoring in
+:mod:`~engramdb.recall.hybrid`), association over links and hydration of hits
+(:mod:`~engramdb.recall.searcher`, :mod:`~engramdb.recall.hydrate`). Reads what the engine
+keeps; changes nothing.
 """

@@ -153,40 +153,32 @@ def coverage(term_idf: np.ndarray, posting_term: np.ndarray, posting_eid: np.nda
     return own @ term_idf / total, both @ term_idf / total
 
 
-def spread(eids: np.ndarray, mixed: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
-           seeds: int, weight: float) -> dict[int, tuple[float, int]]:
-    """Neighbour step: each of the ``seeds`` best candidates passes ``weight`` times its score
-    (measured from the lowest score of the pool) to the turns right before and after it.
+def spread(eids: np.ndarray, mixed: np.ndarray, seeds: np.ndarray, before: np.ndarray,
+           after: np.ndarray, weight: float) -> dict[int, tuple[float, int]]:
+    """Neighbour step: each seed passes ``weight`` times its score (measured from the lowest
+    score of the pool) to the turns right before and after it.
 
-    ``prev``/``nxt`` give each candidate's neighbours as eids (-1: none, or not visible).
-    Returns ``{eid: (new unsquashed score, seed eid)}`` for every neighbour whose score rises;
-    a neighbour outside the pool starts from the pool's lowest score.
+    ``eids`` are the pool's candidates (ascending) and ``mixed`` their unsquashed scores;
+    ``seeds`` are positions in them, best first; ``before``/``after`` give each seed's
+    neighbours as eids (-1: none, or one that may not be returned). Returns
+    ``{eid: (new unsquashed score, seed eid)}`` for every neighbour whose score rises; a
+    neighbour outside the pool starts from the pool's lowest score. A neighbour of several
+    seeds keeps the highest score passed to it, from the first seed that passed it.
     """
-    if seeds <= 0 or weight <= 0 or len(mixed) == 0:
+    if len(seeds) == 0:
         return {}
     floor = float(mixed.min())
-    order = np.lexsort((eids, -mixed))[:seeds]
     # Each seed's neighbours, before then after, and the score each of them has.
-    nbs = np.empty(2 * len(order), np.int64)
-    nbs[0::2] = prev[order]
-    nbs[1::2] = nxt[order]
-    if (eids[1:] >= eids[:-1]).all():
-        pos = np.minimum(eids.searchsorted(nbs), len(eids) - 1)
-        own = np.where(eids[pos] == nbs, mixed[pos], floor).tolist()
-    else:
-        position = {int(e): i for i, e in enumerate(eids.tolist())}
-        own = [float(mixed[position[nb]]) if nb in position else floor for nb in nbs.tolist()]
-    return lift(eids[order].tolist(), mixed[order].tolist(), nbs.tolist(), own, floor, weight)
-
-
-def lift(seeds: list[int], scores: list[float], neighbours: list[int], own: list[float],
-         floor: float, weight: float) -> dict[int, tuple[float, int]]:
-    """The neighbour step of :func:`spread` for seeds already chosen, best first: ``seeds``
-    (eids) with their ``scores``; ``neighbours[2 j]`` and ``neighbours[2 j + 1]`` are the
-    turns before and after seed ``j`` (-1: none), ``own`` their scores (``floor`` for a turn
-    outside the pool). Returns ``{eid: (new unsquashed score, seed eid)}``."""
+    nbs = np.empty(2 * len(seeds), np.int64)
+    nbs[0::2] = before
+    nbs[1::2] = after
+    pos = eids.searchsorted(nbs)
+    np.minimum(pos, len(eids) - 1, out=pos)
+    own = np.where(eids[pos] == nbs, mixed[pos], floor).tolist()
+    neighbours = nbs.tolist()
     out: dict[int, tuple[float, int]] = {}
-    for j, (seed, score) in enumerate(zip(seeds, scores, strict=True)):
+    for j, (seed, score) in enumerate(zip(eids[seeds].tolist(), mixed[seeds].tolist(),
+                                          strict=True)):
         passed = floor + weight * (score - floor)
         for k in (2 * j, 2 * j + 1):
             nb = neighbours[k]

@@ -2,7 +2,7 @@
 
 The catalog is the durable truth about what a store holds. Every write happens in one DuckDB
 transaction whose commit is the acknowledgement point (DuckDB fsyncs its WAL on commit). Batches
-go in as Arrow tables: ``executemany`` is two orders of magnitude slower (DESIGN section 3).
+go in as Arrow tables: ``executemany`` is two orders of magnitude slower (docs/format.md).
 DuckDB errors never escape: they become :class:`StorageError` (writes) or :class:`CorruptStore`
 (opening or reading a damaged file).
 """
@@ -18,59 +18,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engramdb.derived.lexical import LexicalIndex
 from engramdb.errors import CommitUncertain, CorruptStore, StorageError
+from engramdb.storage.schema import CATALOG_TABLES, LEXICAL_TABLES
 
 CATALOG_NAME = "catalog.duckdb"
 
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (name VARCHAR NOT NULL, value BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS segments (seg INTEGER NOT NULL, nrows BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS engrams (
-    eid BIGINT NOT NULL,          -- internal label, never reused (index label)
-    id VARCHAR NOT NULL,          -- content hash, the public id
-    seg INTEGER NOT NULL,         -- activation pointer: segment file ...
-    "row" BIGINT NOT NULL,        -- ... and row in it
-    vec_sum BIGINT NOT NULL,      -- checksum of the stored vector bytes
-    text BLOB NOT NULL,           -- zstd-compressed UTF-8
-    kind TINYINT NOT NULL,        -- 0 working, 1 short-term, 2 long-term
-    created_tick BIGINT NOT NULL,
-    expires_at DOUBLE,            -- absolute tick of death; NULL = never (pinned)
-    pinned BOOLEAN NOT NULL,
-    refs INTEGER NOT NULL,        -- occurrences of this content
-    recalls INTEGER NOT NULL,
-    earned DOUBLE NOT NULL,       -- lifespan earned by recall/reinforce (consolidation)
-    last_tick BIGINT NOT NULL     -- last tick it was ingested, recalled or reinforced
-);
-CREATE TABLE IF NOT EXISTS occurrences (
-    eid BIGINT NOT NULL,
-    seq BIGINT NOT NULL,          -- global order of ingestion
-    role VARCHAR,
-    session VARCHAR,
-    tick BIGINT NOT NULL,
-    metadata VARCHAR              -- canonical JSON or NULL
-);
-CREATE TABLE IF NOT EXISTS edges (
-    a BIGINT NOT NULL,            -- a < b: one row per undirected link
-    b BIGINT NOT NULL,
-    weight DOUBLE NOT NULL,       -- weight as of `tick`; decays lazily from there
-    tick BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS forgotten (
-    eid BIGINT NOT NULL,
-    id VARCHAR NOT NULL,
-    tick BIGINT NOT NULL,
-    reason VARCHAR NOT NULL,      -- 'forgotten' (explicit) or 'expired' (lifespan ran out)
-    kind TINYINT NOT NULL,
-    collected BOOLEAN NOT NULL    -- physically removed by gc
-);
-CREATE INDEX IF NOT EXISTS engrams_eid ON engrams(eid);
-CREATE INDEX IF NOT EXISTS engrams_id ON engrams(id);
-CREATE INDEX IF NOT EXISTS occurrences_eid ON occurrences(eid);
-CREATE INDEX IF NOT EXISTS edges_a ON edges(a);
-CREATE INDEX IF NOT EXISTS edges_b ON edges(b);
-"""
 
 # synced_eid: every engram with a smaller eid has its vector bytes fsynced (the sync point of
 # "fast" durability; "full" advances it in every commit). Engrams at or past it are checked
@@ -124,8 +76,10 @@ class Catalog:
     def create_schema(self) -> None:
         """Create the tables and counters of a new store in one transaction."""
         with self.transaction() as con:
-            con.execute(SCHEMA)
-            for statement in LexicalIndex.schema_sql():
+            con.execute(CATALOG_TABLES)
+            # The context tables are left to the first open, which derives their rows from
+            # the occurrences whenever it finds them missing (storage/schema.py).
+            for statement in LEXICAL_TABLES:
                 con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
                 for name in COUNTERS:

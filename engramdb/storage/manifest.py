@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engramdb.encoders.base import fingerprint_of
+from engramdb.content import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
 from engramdb.storage.fsio import atomic_write_bytes
 

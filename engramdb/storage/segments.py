@@ -365,10 +365,6 @@ class SegmentStore:
             if self._committed[seg]:
                 yield seg, self.view(seg)
 
-    def file_bytes(self) -> int:
-        """Bytes the segment files take on disk."""
-        return sum(p.stat().st_size for p in self.directory.glob(f"*{_SUFFIX}"))
-
     def _truncate(self, path: Path, size: int) -> None:
         try:
             with open(path, "r+b") as fh:

@@ -1,0 +1,328 @@
+"""The one commit primitive: every write to a store goes through :meth:`Committer.commit`.
+
+The commit protocol (docs/format.md): new vectors are appended to a segment and fsynced
+first; then one DuckDB transaction writes the rows, the counters and the new committed
+segment lengths; only when that commit returns is the write acknowledged, and only then is
+the change applied to the derived state (hot arrays, BM25, conversation context, vector
+index), in one place (:meth:`Committer._apply`), in a fixed order. A crash before the commit
+leaves bytes past the committed length, which the next open cuts off.
+
+A write site describes its change on the :class:`Commit` it is handed (``delete_engrams``,
+``add_engrams``, ``set_life``...) and runs its own statements on ``commit.con``; the committer
+owns the counters (generation, clock, next eid and seq, last turn), bumps the generation once
+per commit, and keeps "fast" durability's sync points.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engramdb.derived.hotstate import NEVER
+from engramdb.engine.links import in_list
+from engramdb.engine.parts import Parts
+from engramdb.errors import CommitUncertain, StorageError
+from engramdb.storage import catalog as cat
+from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
+
+# Why an engram left the store, as the forgetting log records it.
+REASONS = ("forgotten", "expired", "lost")
+
+
+@dataclass
+class Counters:
+    """The catalog's counters as this handle last committed them."""
+
+    generation: int
+    clock: int
+    next_eid: int
+    next_seq: int
+    last_turn: int
+
+
+@dataclass
+class NewEngrams:
+    """Engrams a commit adds: their hot-state fields, payload, BM25 rows and vectors."""
+
+    eids: np.ndarray
+    segs: np.ndarray
+    rows: np.ndarray
+    kinds: np.ndarray
+    expires: np.ndarray
+    created: np.ndarray
+    ids: list[str]
+    blobs: list[bytes]
+    lexical_rows: Any
+    vectors: np.ndarray
+
+
+@dataclass
+class Commit:
+    """One write's change, described by its site and applied by the committer."""
+
+    committer: Committer
+    durable: bool
+    bump: bool
+    counters: dict[str, int] = field(default_factory=dict)
+    segment_lengths: dict[int, int] | None = None
+    new: NewEngrams | None = None
+    turns: tuple[Any, Any] | None = None  # context rows, and the new engrams' BM25 lengths
+    said_again: list[int] = field(default_factory=list)
+    life: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    deleted: list[np.ndarray] = field(default_factory=list)
+    dropped_labels: list[int] = field(default_factory=list)
+    moved: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
+    linked: bool = False
+    after: list[Callable[[], None]] = field(default_factory=list)
+    wrote_vectors: bool = False
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _con: Any = None
+
+    @property
+    def con(self) -> Any:
+        """The transaction's connection (the transaction begins on first use, so that a
+        write appends and fsyncs its vectors before it)."""
+        if self._con is None:
+            catalog = self.committer.parts.catalog
+            if self.durable:
+                self._stack.enter_context(catalog.durable())
+            self._con = self._stack.enter_context(self.committer.transaction())
+        return self._con
+
+    def set(self, **values: int) -> None:
+        """Set counters (``clock``, ``next_eid``, ``next_seq``, ``last_turn``,
+        ``synced_eid``) in this commit."""
+        self.counters.update(values)
+
+    def append_vectors(self, vectors: np.ndarray, *, first_new: int | None = None,
+                       durable: bool | None = None, base: dict[int, int] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Append ``vectors`` to the segments (fsynced unless "fast"), before the transaction;
+        return their (segment, row) pointers. The new committed lengths (``base``, default
+        the committed ones, plus the new rows) are recorded by this commit; a commit that
+        fails cuts the appended bytes again."""
+        segments = self.committer.parts.segments
+        plan = segments.plan(len(vectors), first_new=first_new)
+        segments.write(plan, vectors, durable=durable)
+        self.wrote_vectors = True
+        self.segment_lengths = plan.committed_after(
+            segments.committed if base is None else base)
+        return plan.pointers()
+
+    def add_engrams(self, new: NewEngrams) -> None:
+        """New engrams whose rows this commit inserts (the site inserts them)."""
+        self.new = new
+
+    def add_turns(self, context_rows: Any, lexical_lengths: tuple[np.ndarray, np.ndarray]
+                  ) -> None:
+        """Occurrences' conversation-context rows (the site inserts them)."""
+        self.turns = (context_rows, lexical_lengths)
+
+    def refresh(self, eids: list[int]) -> None:
+        """Engrams said again: their kind and expiry are reloaded after the commit."""
+        self.said_again = eids
+
+    def set_life(self, eids: np.ndarray, kinds: np.ndarray, expires: np.ndarray) -> None:
+        """New kinds and expiries of engrams (the site updates their rows)."""
+        self.life.append((eids, kinds, expires))
+
+    def link(self) -> None:
+        """This commit created or strengthened a link."""
+        self.linked = True
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the commit is acknowledged and the derived state updated."""
+        self.after.append(fn)
+
+    def delete_engrams(self, eids: Sequence[int] | np.ndarray, reason: str, *,
+                       tick: int | None = None, collected: bool = False) -> None:
+        """Delete engrams with their occurrences, links, BM25 and context rows, and log them
+        in the forgetting log with ``reason`` at ``tick`` (default: the tick their lifespan
+        ran out). The derived state forgets them once the commit is acknowledged."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        eids = np.asarray(eids, np.int64)
+        if not len(eids):
+            return
+        con = self.con
+        listed = "(SELECT unnest(?::BIGINT[]))"
+        when = "CAST(ceil(expires_at) AS BIGINT)" if tick is None else str(int(tick))
+        ids = eids.tolist()
+        con.execute(f"INSERT INTO forgotten SELECT eid, id, {when}, '{reason}', kind, "
+                    f"{'true' if collected else 'false'} FROM engrams WHERE eid IN {listed}",
+                    [ids])
+        con.execute(f"DELETE FROM occurrences WHERE eid IN {listed}", [ids])
+        con.execute(f"DELETE FROM edges WHERE a IN {listed} OR b IN {listed}", [ids, ids])
+        con.execute(f"DELETE FROM engrams WHERE eid IN {listed}", [ids])
+        for sql, params in [*lexical_delete_sql(eids), *context_delete_sql(eids)]:
+            con.execute(sql, params)
+        self.deleted.append(eids)
+
+    def drop_labels(self, codes: list[int]) -> None:
+        """Session and role labels no occurrence uses any more (the site deletes them)."""
+        self.dropped_labels.extend(codes)
+
+    def move(self, segs: list[int], eids: np.ndarray, new_segs: np.ndarray,
+             new_rows: np.ndarray) -> None:
+        """gc's compaction: ``eids`` moved out of ``segs`` (deleted after the commit)."""
+        self.moved = (segs, eids, new_segs, new_rows)
+
+    def finish(self) -> None:
+        """Write the counters and segment lengths; the last statements of the transaction."""
+        parts, counters = self.committer.parts, self.committer.counters
+        if self.segment_lengths is not None:
+            before = None if self.moved is not None else parts.segments.committed
+            cat.set_segment_lengths(self.con, self.segment_lengths, before)
+        values = dict(self.counters)
+        if self.bump:
+            values["generation"] = counters.generation + 1
+        if "next_eid" in values and not self.committer.fast:
+            # The vectors were fsynced before the commit: the sync mark moves with them.
+            values.setdefault("synced_eid", values["next_eid"])
+        self.counters = values
+        if values:
+            cat.set_counters(self.con, values)
+
+
+class Committer:
+    """Owns the transaction, the counters and the sync points of one open store."""
+
+    def __init__(self, parts: Parts, counters: Counters, *, fast: bool) -> None:
+        self.parts = parts
+        self.counters = counters
+        self.fast = fast  # "fast" durability: writes are synced at sync points
+        self.last_sync = time.monotonic()
+        # Set by the owner: closes the handle after an uncertain commit (see transaction).
+        self.abandon: Callable[[], None] = lambda: None
+        # Derived-state upkeep the owner plugs in (engine.upkeep.IndexKeeper).
+        self.keeper: Any = None
+        self.derived_ready = False  # recovery on open commits before the derived state exists
+
+    @contextmanager
+    def commit(self, *, durable: bool = False, bump: bool = True) -> Iterator[Commit]:
+        """One commit: the site describes its change on the yielded :class:`Commit`; on a
+        clean exit the transaction commits, then the counters and derived state follow.
+        ``durable`` fsyncs this commit even in "fast" mode; ``bump=False`` leaves the
+        generation (a commit that changes nothing a reader or a saved index can see)."""
+        c = Commit(self, durable, bump)
+        try:
+            with c._stack:
+                yield c
+                c.finish()
+        except CommitUncertain:
+            raise  # the handle is abandoned; keep the vector bytes: the catalog may use them
+        except BaseException:
+            if c.wrote_vectors:
+                self.parts.segments.rollback()
+            raise
+        self._apply(c)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A catalog transaction; an uncertain commit abandons this handle.
+
+        With "fast" durability, the first transaction after ``settings.sync_interval``
+        seconds first syncs what came before it (the in-memory state matches the catalog).
+        """
+        catalog = self.parts.catalog
+        if self.fast and catalog.pending and (
+                time.monotonic() - self.last_sync >= self.parts.settings.sync_interval):
+            self.sync()
+        try:
+            with catalog.transaction() as con:
+                yield con
+        except CommitUncertain:
+            self.abandon()
+            raise
+
+    def sync(self) -> None:
+        """Make every acknowledged write durable (no-op when nothing is pending): the sync
+        point of "fast" durability. Called under the write lock."""
+        parts = self.parts
+        if not self.fast or not (parts.catalog.pending or parts.segments.dirty):
+            return
+        try:
+            parts.segments.sync()  # vectors first: the mark below promises they are on disk
+        except StorageError:
+            # Linux may drop pages whose writeback failed and call the next fsync clean, so
+            # retrying here proves nothing. The reopen checks every engram past the mark.
+            self.abandon()
+            raise
+        try:
+            with parts.catalog.durable(), parts.catalog.transaction() as con:
+                con.execute("UPDATE counters SET value = (SELECT value FROM counters "
+                            "WHERE name = 'next_eid') WHERE name = 'synced_eid'")
+        except CommitUncertain:
+            self.abandon()
+            raise
+        self.last_sync = time.monotonic()
+
+    # -- after the commit ---------------------------------------------------------------------
+
+    def _apply(self, c: Commit) -> None:
+        """Make an acknowledged commit visible: counters, then derived state, in one order."""
+        counters = self.counters
+        for name in ("generation", "clock", "next_eid", "next_seq", "last_turn"):
+            if name in c.counters:
+                setattr(counters, name, c.counters[name])
+        parts = self.parts
+        if c.linked:
+            parts.has_links = True
+        if not self.derived_ready:
+            return
+        if c.segment_lengths is not None and c.moved is None:
+            parts.segments.set_committed(c.segment_lengths)
+        if c.new is not None:
+            self._apply_new(c.new)
+        if c.turns is not None:
+            parts.context.apply(*c.turns)
+        if c.said_again:
+            self._refresh(c.said_again)
+        for eids, kinds, expires in c.life:
+            parts.hot.set_life(eids, kinds, expires)
+        for eids in c.deleted:
+            parts.hot.remove(eids)
+            parts.lexical.apply_delete(eids)
+            parts.context.apply_delete(eids)
+        if c.dropped_labels:
+            parts.context.drop_labels(c.dropped_labels)
+        for eids in c.deleted:
+            self.keeper.removed(eids)
+        if c.moved is not None:
+            self._apply_move(c)
+        for fn in c.after:
+            fn()
+
+    def _apply_new(self, new: NewEngrams) -> None:
+        parts = self.parts
+        parts.hot.add(new.eids, new.segs, new.rows, new.kinds, new.expires, new.created)
+        parts.hot.add_payload(new.eids, new.ids, new.blobs)
+        parts.lexical.apply_add(new.lexical_rows)
+        self.keeper.added(new.eids, new.vectors)
+
+    def _refresh(self, eids: list[int]) -> None:
+        """Reload kind and expiry of engrams said again (their pointers do not change); one
+        that had expired lives again in the vector index."""
+        parts = self.parts
+        rows = parts.query(
+            f"SELECT eid, kind, expires_at FROM engrams WHERE eid IN {in_list(eids)}")
+        e = np.array([r[0] for r in rows], np.int64)
+        parts.hot.set_life(e, np.array([r[1] for r in rows], np.int8),
+                           np.array([NEVER if r[2] is None else r[2] for r in rows], np.float64))
+        self.keeper.revive(e)
+
+    def _apply_move(self, c: Commit) -> None:
+        parts = self.parts
+        segs, eids, new_segs, new_rows = c.moved
+        parts.segments.set_committed(c.segment_lengths)
+        parts.hot.drop_segments(segs)
+        if len(eids):
+            hot = parts.hot
+            hot.add(eids, new_segs, new_rows, hot.kind[eids], hot.expires[eids],
+                    hot.created[eids])
+        parts.segments.remove(segs)  # only now: the commit no longer references them

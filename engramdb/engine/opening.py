@@ -1,0 +1,316 @@
+"""Creating and opening a store, with recovery (docs/format.md, "Recovery").
+
+Open reads the manifest, opens the catalog and its counters, settles what "fast" durability
+may have lost, cuts torn segment tails, and loads the derived state (hot arrays, BM25,
+context, vector index), reading the index files and the hot arrays on threads beside the
+rest. A store without a manifest is an unfinished creation, which open safely redoes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engramdb.derived.hotstate import HOT_COLUMNS, HotState
+from engramdb.derived.index import VectorIndex
+from engramdb.derived.indexer import BackgroundIndexer
+from engramdb.encoders.base import Encoder
+from engramdb.engine.commit import Committer, Counters
+from engramdb.engine.derive import LEXICAL_SNAPSHOT, DerivedLoader
+from engramdb.engine.parts import Parts
+from engramdb.engine.upkeep import INDEX_DIR, IndexKeeper
+from engramdb.errors import (
+    CorruptStore,
+    DimensionMismatch,
+    InvalidInput,
+    ModelMismatch,
+    NotAStore,
+    StorageError,
+)
+from engramdb.settings import Settings
+from engramdb.storage import catalog as cat
+from engramdb.storage.catalog import CATALOG_NAME, Catalog
+from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.locking import LOCK_NAME
+from engramdb.storage.manifest import MANIFEST_NAME, Manifest
+from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
+
+# Files a half-created store may hold before its manifest (written last) exists.
+_CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
+                   "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT}
+_COUNTERS = {"generation", "clock", "next_eid", "next_seq"}
+
+
+class Background:
+    """``fn(*args)`` running on a thread; :meth:`result` waits for it, returns or raises.
+
+    Open runs reads on these (the vector index files, the catalog scan of the hot state)
+    beside its other work; an open that fails waits for them (:meth:`wait`) before closing
+    the catalog.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._out: Any = None
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
+                                        name="engramdb-open")
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._out = fn(*args)
+        except BaseException as exc:  # handed to the caller of result()
+            self._exc = exc
+
+    def result(self) -> Any:
+        """Wait for ``fn`` and return what it returned (or raise what it raised)."""
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+    def wait(self) -> None:
+        """Wait for ``fn`` to end, ignoring its outcome (an open that failed elsewhere)."""
+        self._thread.join()
+
+
+def prepare_directory(path: Path, create: bool) -> Path:
+    """Check ``path`` is a store, or a place to make one (created here); return it."""
+    if path.exists() and not path.is_dir():
+        raise NotAStore(f"{path} is a file, not a store directory")
+    if (path / MANIFEST_NAME).exists():
+        return path
+    if path.exists():
+        stray = {p.name for p in path.iterdir()} - _CREATION_FILES
+        if stray:
+            raise NotAStore(
+                f"{path} is a directory without an engramdb manifest "
+                f"(holds {', '.join(sorted(stray)[:3])})"
+            )
+    elif not create:
+        raise NotAStore(f"no store at {path}", hint="pass create=True to make a new one")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc}") from exc
+    return path
+
+
+def create_store(path: Path, encoder: Encoder | None, dim: int | None,
+                 settings: Settings) -> None:
+    """Write a new, empty store at ``path``: catalog and segments first, the manifest last."""
+    if encoder is not None:
+        spec = encoder.spec()
+        if dim is not None and dim != encoder.dim:
+            raise DimensionMismatch(f"dim={dim} but the encoder produces {encoder.dim}")
+        dim = encoder.dim
+    elif dim is not None:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise InvalidInput(f"dim must be a positive int, got {dim!r}")
+        spec = {"kind": "vectors", "dim": dim}
+    else:
+        raise InvalidInput(
+            f"{path} does not exist yet; creating a store needs encoder=... or dim=...",
+            hint="engramdb.open(path, encoder=HashingEncoder()) or open(path, dim=384)",
+        )
+    # A store without a manifest is an unfinished creation, which the next open may redo.
+    catalog_path = path / CATALOG_NAME
+    for stale in (catalog_path, path / (CATALOG_NAME + ".wal"), path / LEXICAL_SNAPSHOT):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(path / SEGMENT_DIR, ignore_errors=True)
+    shutil.rmtree(path / INDEX_DIR, ignore_errors=True)
+    (path / SEGMENT_DIR).mkdir()
+    catalog = Catalog(catalog_path)
+    try:
+        catalog.create_schema()
+        catalog.checkpoint()
+    finally:
+        catalog.close()
+    fsync_dir(path)
+    Manifest(encoder_spec=spec, dim=dim, dtype=settings.vector_dtype,
+             settings=settings.to_dict()).write(path)
+
+
+def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
+                  settings: Settings | None) -> Manifest:
+    """The store's manifest, checked against what the caller opened it with; new settings
+    are recorded."""
+    manifest = Manifest.read(path)
+    if encoder is not None and encoder.fingerprint != manifest.fingerprint:
+        raise ModelMismatch(
+            f"{path} was built with encoder {manifest.encoder_spec.get('kind')} "
+            f"(fingerprint {manifest.fingerprint[:16]}), but was opened with "
+            f"{encoder.spec().get('kind')} (fingerprint {encoder.fingerprint[:16]})"
+        )
+    if dim is not None and dim != manifest.dim:
+        raise DimensionMismatch(f"{path} has dim {manifest.dim}, not {dim}")
+    if settings is not None and settings.to_dict() != manifest.settings:
+        if settings.vector_dtype != manifest.dtype:
+            raise InvalidInput("vector_dtype cannot change after a store is created")
+        manifest.settings = settings.to_dict()
+        manifest.write(path)
+    return manifest
+
+
+class Opening:
+    """One open of a store: fills ``parts`` and builds its committer, loader and keeper.
+
+    ``jobs`` are the reads it runs on threads; if the open fails, the caller waits for them
+    (:meth:`Background.wait`) before closing the catalog.
+    """
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.jobs: list[Background] = []
+        self.recovered: list[str] = []
+        self.committer: Committer
+        self.loader: DerivedLoader
+        self.keeper: IndexKeeper
+
+    def run(self, manifest: Manifest, index: dict[str, Any] | None) -> None:
+        """Open the catalog and segments, recover, and load the derived state."""
+        parts = self.parts
+        path = parts.path
+        parts.manifest = manifest
+        parts.settings = Settings.from_stored(manifest.settings)
+        parts.dim = manifest.dim
+        parts.fingerprint = manifest.fingerprint
+        # The vector index files are read and checked on a thread while the catalog is
+        # opened and queried below: the index's CRC pass and DuckDB's queries run without the
+        # GIL, so on 2 cores they overlap (IndexKeeper.load waits for it).
+        saved = None
+        if (path / INDEX_DIR / "index.json").exists():
+            saved = Background(VectorIndex.load, path / INDEX_DIR, manifest.dim)
+            self.jobs.append(saved)
+        fast = parts.settings.durability != "full"
+        # A catalog rewrite that died before its rename leaves this behind (collect.py).
+        (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
+        parts.catalog = Catalog(path / CATALOG_NAME, fast=fast)
+        counters = self._counters()
+        self.committer = Committer(parts, Counters(
+            generation=counters["generation"], clock=counters["clock"],
+            next_eid=counters["next_eid"], next_seq=counters["next_seq"],
+            last_turn=counters["last_turn"]), fast=fast)
+        itemsize = 2 if manifest.dtype == "float16" else 4
+        parts.segments = SegmentStore(path, manifest.dim, manifest.dtype,
+                                      parts.settings.segment_bytes // (manifest.dim * itemsize),
+                                      not fast)
+        self.recovered.extend(self._settle_unsynced(counters["synced_eid"]))
+        self.recovered.extend(parts.segments.recover(parts.catalog.segment_lengths()))
+        self._load_derived(saved, index)
+
+    def _load_derived(self, saved: Background | None, index: dict[str, Any] | None) -> None:
+        parts = self.parts
+        # The hot state is one DuckDB scan (GIL-free, on its own cursor): it runs beside the
+        # BM25 load, which needs no part of it.
+        hot = Background(lambda: HotState.from_arrow(
+            parts.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")))
+        self.jobs.append(hot)
+        self.loader = DerivedLoader(parts, self.committer, self.recovered)
+        parts.lexical = self.loader.load_lexical()
+        parts.context = self.loader.load_context()
+        parts.has_links = bool(parts.query("SELECT count(*) FROM edges")[0][0])
+        parts.hot = hot.result()
+        check_pointers(parts)
+        self.keeper = IndexKeeper(parts, self.committer)
+        self.committer.keeper = self.keeper
+        parts.index = self.keeper.load(index, saved, self.recovered)
+        parts.indexer = BackgroundIndexer(
+            parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
+        self.committer.derived_ready = True
+        self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
+
+    def _counters(self) -> dict[str, int]:
+        """The catalog's counters, with those older stores lack added."""
+        catalog = self.parts.catalog
+        counters = catalog.counters()
+        if not set(counters) >= _COUNTERS:
+            raise CorruptStore(
+                f"{self.parts.path}: catalog counters are incomplete ({sorted(counters)})")
+        if "last_turn" not in counters:  # stores written before integrate() kept it
+            with catalog.transaction() as con:
+                con.execute("INSERT INTO counters VALUES ('last_turn', -1)")
+            counters["last_turn"] = -1
+        if "synced_eid" not in counters:  # stores written before "fast" durability: synced
+            with catalog.durable(), catalog.transaction() as con:
+                con.execute("INSERT INTO counters VALUES ('synced_eid', ?)",
+                            [counters["next_eid"]])
+            counters["synced_eid"] = counters["next_eid"]
+        return counters
+
+    def _settle_unsynced(self, mark: int) -> list[str]:
+        """Check the vectors written after the last sync point; drop the engrams they lost.
+
+        In "fast" durability a power cut can keep catalog rows whose vector bytes never
+        reached the disk. Every engram from ``mark`` (the ``synced_eid`` counter) on is
+        checked against its checksum, read from the file. In one durable commit the engrams
+        that fail are removed (logged with reason ``lost``), segments shorter on disk than
+        their committed length are cut back, and the mark is advanced once the survivors are
+        fsynced. A no-op after a clean close and in "full" mode, which keep the mark current.
+        """
+        parts, counters = self.parts, self.committer.counters
+        if mark > counters.next_eid:
+            # Not a mark of this store's eids (an import by an engramdb that copied counters
+            # it did not know): every engram here was written with fsyncs, so all are synced.
+            with self.committer.commit(durable=True, bump=False) as c:
+                c.set(synced_eid=counters.next_eid)
+        if mark >= counters.next_eid:
+            return []
+        rows = parts.query_arrow(
+            'SELECT eid, seg, "row", vec_sum FROM engrams WHERE eid >= ? ORDER BY eid', [mark])
+        segs = rows.column("seg").to_numpy()
+        ok = parts.segments.verify_rows(segs, rows.column("row").to_numpy(),
+                                        rows.column("vec_sum").to_pylist())
+        lost = rows.column("eid").to_numpy()[~ok]
+        committed = parts.catalog.segment_lengths()
+        lengths = {s: min(n, parts.segments.rows_on_disk(s)) for s, n in committed.items()}
+        lengths = {s: n for s, n in lengths.items() if n}  # a file that never reached the disk
+        parts.segments.sync({int(s) for s in np.unique(segs[ok])})
+        with self.committer.commit(durable=True, bump=bool(len(lost))) as c:
+            c.set(synced_eid=counters.next_eid)
+            if len(lost):
+                c.delete_engrams(lost, "lost", tick=counters.clock)
+                if counters.last_turn in set(lost.tolist()):
+                    c.set(last_turn=-1)
+            if lengths != committed:
+                cat.set_segment_lengths(c.con, lengths, committed)
+        return _settle_report(ok, lost, committed, lengths)
+
+
+def _settle_report(ok: np.ndarray, lost: np.ndarray, committed: dict[int, int],
+                   lengths: dict[int, int]) -> list[str]:
+    actions = [f"checked {len(ok)} engrams written after the last sync point"] if len(ok) \
+        else []
+    if len(lost):
+        actions.append(
+            f"lost {len(lost)} engrams written after the last sync point: their vectors "
+            "were not on disk (power loss or OS crash with durability 'fast'); the "
+            "forgetting log lists them with reason 'lost'")
+    for seg in sorted(s for s in committed if lengths.get(s, 0) != committed[s]):
+        actions.append(f"cut segment {seg} from {committed[seg]} to {lengths.get(seg, 0)} "
+                       "committed rows (the rest of it was not on disk)")
+    return actions
+
+
+def check_pointers(parts: Parts) -> None:
+    """Every live pointer must fall inside a committed segment row."""
+    committed = parts.segments.committed
+    alive = np.nonzero(parts.hot.alive)[0]
+    if len(alive) == 0:
+        return
+    segs, rows = parts.hot.seg[alive], parts.hot.row[alive]
+    # One lookup table over segment numbers, not a dict lookup per engram (2 s at 1M).
+    known = np.array(sorted(committed), np.int64)
+    lengths = np.array([committed[s] for s in known.tolist()], np.int64)
+    pos = np.minimum(np.searchsorted(known, segs), max(len(known) - 1, 0))
+    hit = (known[pos] == segs) if len(known) else np.zeros(len(segs), bool)
+    limits = np.where(hit, lengths[pos] if len(known) else 0, 0)
+    bad = rows >= limits
+    if bad.any():
+        raise CorruptStore(
+            f"{parts.path}: {int(bad.sum())} engrams point past the committed vectors")
