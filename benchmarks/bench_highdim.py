@@ -2,7 +2,8 @@
 
 Run by hand (not in CI). LLM activations are 576-d to 4,096-d; a full-dimension hnswlib graph
 of 250k such vectors needs about 4 GB of RAM and builds at ~100-300 vectors/s on 2 cores,
-which is why engramdb indexes a PCA prefix and re-ranks exactly from the memmap (DESIGN §3).
+which is why engramdb indexes a PCA prefix and re-ranks exactly from the memmap
+(docs/recall.md, "Dense search").
 
 Vectors are drawn chunk by chunk from the clustered generator of ``bench_index.py`` into a
 float16 file (written once per size and seed under ``--workdir``); workers map it and read

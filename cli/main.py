@@ -47,9 +47,14 @@ def _fail(exc: EngramError) -> Failed:
     return Failed(str(exc), EXIT_LOCKED if isinstance(exc, StoreLocked) else EXIT_FAILED)
 
 
+class CloseFailed(Failed):
+    """The command's work was done, but closing the store failed (e.g. a full disk)."""
+
+
 @contextmanager
 def opened(path: Path, wait: float = 0.0, **kwargs: Any) -> Iterator[engramdb.Store]:
-    """Open an existing store (or as ``kwargs`` say) and turn library errors into Failed."""
+    """Open an existing store (or as ``kwargs`` say) and turn library errors into Failed,
+    closing's included (close() writes: the index, the BM25 snapshot, a sync)."""
     kwargs.setdefault("create", False)
     try:
         store = engramdb.open(path, lock_timeout=wait, **kwargs)
@@ -57,10 +62,18 @@ def opened(path: Path, wait: float = 0.0, **kwargs: Any) -> Iterator[engramdb.St
         raise _fail(exc) from None
     try:
         yield store
-    except EngramError as exc:
-        raise _fail(exc) from None
-    finally:
+    except BaseException as exc:
+        try:
+            store.close()
+        except EngramError:
+            pass  # the command's own error is the one to report
+        if isinstance(exc, EngramError):
+            raise _fail(exc) from None
+        raise
+    try:
         store.close()
+    except EngramError as exc:
+        raise CloseFailed(f"closing {path} failed: {exc}") from None
 
 
 def _require(store: engramdb.Store, name: str) -> Callable[..., Any]:
@@ -477,9 +490,12 @@ def verify(path: Path, wait: float, as_json: bool) -> None:
     Example:
       engramdb verify alice.engram || echo "restore alice.engram from an export"
     """
+    close_failed = None
     try:
         with opened(path, wait) as mem:
             report = mem.verify()
+    except CloseFailed as exc:  # checked, then closing failed: no damage found, still exit 1
+        close_failed = exc
     except Failed as exc:
         if exc.exit_code == EXIT_LOCKED:
             raise
@@ -492,6 +508,8 @@ def verify(path: Path, wait: float, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(f"damaged: {problem}", err=True)
+    if close_failed is not None:
+        raise close_failed
     if not report.ok:
         sys.exit(EXIT_FAILED)
 

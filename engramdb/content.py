@@ -20,6 +20,10 @@ import zstandard
 from engramdb.errors import DimensionMismatch, InvalidInput
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB of UTF-8 per engram: a memory, not a document store
+# Levels of dicts and lists in one occurrence's metadata (or a where= metadata value). JSON
+# encoders and decoders recurse: past ~1,000 levels Python's raise RecursionError, and no
+# honest metadata comes near 32.
+MAX_METADATA_DEPTH = 32
 _ZSTD_LEVEL = 3  # about 4x on conversational text at a negligible cost (docs/format.md)
 
 
@@ -65,8 +69,11 @@ def content_id(fingerprint: str, normalized: str) -> str:
     return h.hexdigest()
 
 
-def encode_metadata(metadata: object) -> str | None:
-    """Serialise occurrence metadata to canonical JSON; InvalidInput if it is not a JSON dict."""
+def encode_metadata(metadata: object, *, max_depth: int | None = MAX_METADATA_DEPTH
+                    ) -> str | None:
+    """Serialise occurrence metadata to canonical JSON; InvalidInput if it is not a JSON dict
+    or nests dicts and lists more than ``max_depth`` levels (the dict itself is level 1;
+    None: no bound but the interpreter's, for metadata a store already holds)."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
@@ -74,13 +81,41 @@ def encode_metadata(metadata: object) -> str | None:
     for key in metadata:
         if not isinstance(key, str):
             raise InvalidInput(f"metadata keys must be str, got {key!r}")
+    if max_depth is not None:
+        check_depth(metadata, max_depth, "metadata")
     try:
-        return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        encoded = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        # A lone surrogate passes json.dumps (ensure_ascii=False) but not the catalog's UTF-8.
+        encoded.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError included
         raise InvalidInput(
             f"metadata is not JSON-serialisable: {exc}",
             hint="use str, int, float (finite), bool, None, lists and dicts of those",
         ) from None
+    return encoded
+
+
+def check_depth(value: object, max_depth: int, what: str) -> None:
+    """InvalidInput if ``value`` nests dicts, lists and tuples more than ``max_depth`` levels
+    (a cycle nests without end). Iterative: a hostile value cannot exhaust Python's stack
+    here, as it did in ``json.dumps`` (RecursionError) before this check."""
+    level: list[object] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            raise InvalidInput(
+                f"{what} nests more than {max_depth} levels of dicts and lists",
+                hint=f"flatten it: at most {max_depth} levels, e.g. "
+                     "{'a': {'b': 1}} is 2",
+            )
+        nxt: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(v for v in item.values() if isinstance(v, (dict, list, tuple)))
+            elif isinstance(item, (list, tuple)):
+                nxt.extend(v for v in item if isinstance(v, (dict, list, tuple)))
+        level = nxt
 
 
 def check_label(value: object, what: str) -> str | None:

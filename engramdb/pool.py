@@ -11,16 +11,22 @@ User ids never become paths directly: :func:`user_dirname` keeps a short readabl
 ``[a-z0-9_-]`` plus a 128-bit hash of the exact id, so ``"../x"``, ``"/etc"``, ``"a\\0b"``,
 ``"Alice"`` vs ``"alice"`` (case-insensitive file systems) and 10 KB ids all land in distinct
 directories that are always direct children of ``root``.
+
+A Pool survives ``os.fork()`` (gunicorn ``--preload`` with a warm-up, multiprocessing): just
+before the fork it closes the stores nobody holds, so the child can open them; the child drops
+every handle it inherited, unclosed, and opens its own on demand.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import threading
 import time
 import unicodedata
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +48,17 @@ _NOT_SLUG = re.compile(r"[^a-z0-9_-]+")
 # Entry states. OPENING/CLOSING entries stay in the table so nobody opens a second handle on
 # the same directory meanwhile (the store's flock would refuse it: StoreLocked).
 _OPENING, _OPEN, _CLOSING = "opening", "open", "closing"
+
+# Every Pool of this process, for the fork hooks at the end of this module.
+_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+# The handles a forked child inherited from its parent, kept alive until the process ends and
+# past it: their lock and files are the parent's. Closing one would release the parent's lock
+# and checkpoint its catalog under it; so does freeing one (DuckDB's destructor), which then
+# crashes the child with SIGSEGV (measured), also at interpreter exit, when module globals are
+# freed. Hence one reference that is never given back (their memory is the parent's pages,
+# shared copy-on-write).
+_INHERITED: list[Store] = []
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_INHERITED))
 
 
 def user_dirname(user_id: str) -> str:
@@ -140,6 +157,7 @@ class Pool:
         self._cond = threading.Condition(threading.Lock())
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # LRU order: oldest first
         self._closed = False
+        _POOLS.add(self)
 
     # -- naming -------------------------------------------------------------------------------
 
@@ -236,6 +254,8 @@ class Pool:
             if entry is None or entry.store is not store or entry.leases <= 0:
                 if self._closed:
                     return  # close() gave up waiting and closed it already
+                if any(s is store for s in _INHERITED):
+                    return  # leased before a fork: this child dropped it (_forked_child)
                 raise InvalidInput(f"{store!r} is not leased from this pool")
             entry.leases -= 1
             entry.last_used = time.monotonic()
@@ -341,6 +361,24 @@ class Pool:
                 excess -= 1
         return victims
 
+    def _before_fork(self) -> None:
+        """Close the stores nobody holds, so that the child about to be forked can open them
+        (a handle kept here would keep its lock: the child would get StoreLocked)."""
+        with self._cond:
+            victims = [(k, e) for k, e in self._entries.items()
+                       if e.state == _OPEN and not e.leases]
+            for _, entry in victims:
+                entry.state = _CLOSING
+        self._close_victims(victims)
+
+    def _forked_child(self) -> None:
+        """In a forked child (only this thread runs): drop every inherited handle unclosed
+        (see _INHERITED) and start afresh; stores are opened again on demand."""
+        # A parent thread may have held the lock at the fork; it never releases it here.
+        self._cond = threading.Condition(threading.Lock())
+        _INHERITED.extend(e.store for e in self._entries.values() if e.store is not None)
+        self._entries = OrderedDict()
+
     def _close_victims(self, victims: list[tuple[str, _Entry]]) -> None:
         """Close stores outside the pool lock (a close may wait for a write), then drop them."""
         if not victims:
@@ -363,6 +401,22 @@ class Pool:
 def _is_closed(store: Store) -> bool:
     # A handle the user closed by hand must not be reused.
     return store.closed
+
+
+def _before_fork() -> None:
+    for pool in list(_POOLS):
+        try:
+            pool._before_fork()
+        except Exception:  # noqa: BLE001 - an exception here would be printed and ignored
+            pass  # the child then finds that store locked, as without this hook
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forked_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 __all__ = ["Pool", "user_dirname"]

@@ -8,20 +8,32 @@ the same behaviour.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from engramdb.errors import InvalidInput
+from engramdb.errors import CorruptStore, InvalidInput
 
 DURABILITY_MODES = ("full", "fast")
 # What recall did before these settings existed (see Settings.from_stored).
 _BEFORE_COVERAGE = {"turn_lexical": 1.0, "coverage_prior": 0.0, "coverage_context": 0.0,
                     "context_lexical": 0.5, "speaker_prior": 0.5}
+_STORED_HINT = ("the store's MANIFEST.json was edited or damaged: set a valid value in its "
+                "\"settings\" (an int for a whole-number setting, e.g. 5 not 5.0)")
+# Whole-number settings are used as counts, sizes and slice bounds: numpy and DuckDB take
+# them up to 2**63 - 1, and nothing meaningful comes near that.
+_INT_MAX = 2**62
 
 
 @dataclass
 class Settings:
-    """Store settings. Lifespans and ages are in ticks of the store's logical clock."""
+    """Store settings. Lifespans and ages are in ticks of the store's logical clock.
+
+    Every value is checked by its declared type when it is set (construction, assignment,
+    :meth:`from_dict`, :meth:`from_stored`): an int setting takes an int (not ``5.0``, not
+    ``True``), a float setting a finite number >= 0 (kept as a float), a bool setting True or
+    False; InvalidInput names the setting and the value.
+    """
 
     # -- storage --
     # "full": vectors and catalog are fsynced before a write is acknowledged. "fast": no fsync
@@ -79,39 +91,12 @@ class Settings:
     associative_depth: int = 1  # link hops followed from each seed
     associative_fanout: int = 3  # strongest links followed per engram
 
-    def __post_init__(self) -> None:
-        if self.durability not in DURABILITY_MODES:
-            raise InvalidInput(
-                f"durability must be 'full' or 'fast', got {self.durability!r}",
-                hint="'full' (the default) fsyncs every write; 'fast' syncs at sync points",
-            )
-        if self.vector_dtype not in ("float32", "float16"):
-            raise InvalidInput(
-                f"vector_dtype must be float32 or float16, got {self.vector_dtype!r}"
-            )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-            ):
-                raise InvalidInput(f"setting {f.name} must be a non-negative number, got {value!r}")
-        if not math.isfinite(self.sync_interval):  # exported as JSON, which has no inf/NaN
-            raise InvalidInput(
-                f"sync_interval must be a finite number of seconds, got {self.sync_interval!r}",
-                hint="a large value (e.g. 3600) leaves syncing to sync(), close() and gc()",
-            )
-        for flag in ("context", "prefault_vectors"):
-            if not isinstance(getattr(self, flag), bool):
-                raise InvalidInput(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-        if not isinstance(self.date_key, str):
-            raise InvalidInput(f"date_key must be a str, got {self.date_key!r}")
-        if self.neighbour_weight > 1.0:
-            raise InvalidInput(
-                f"neighbour_weight must be in [0, 1], got {self.neighbour_weight!r}")
-        if not 0.0 <= self.lexical_weight <= 1.0:
-            raise InvalidInput(f"lexical_weight must be in [0, 1], got {self.lexical_weight!r}")
-        if self.segment_bytes < 4096 or self.batch_rows < 1:
-            raise InvalidInput("segment_bytes must be >= 4096 and batch_rows >= 1")
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every assignment is checked, the dataclass __init__'s included: a setting changed
+        # after construction is recorded in the manifest as it is by the constructor.
+        if name in _FIELD_TYPES:
+            value = _checked(name, _FIELD_TYPES[name], value)
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict."""
@@ -120,7 +105,9 @@ class Settings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         """Build settings from a dict, ignoring keys this version does not know; the rest
-        take today's defaults."""
+        take today's defaults. Raises InvalidInput for a value of the wrong type or range."""
+        if not isinstance(data, dict):
+            raise InvalidInput(f"settings must be a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -129,10 +116,21 @@ class Settings:
         """Settings recorded by a store (its manifest, an export): as :meth:`from_dict`, but
         a record from before query coverage existed (it names none of its settings) keeps
         the ranking it was made with: a turn's BM25 in full, no coverage, and the context
-        weights of that time where it lacks them."""
+        weights of that time where it lacks them.
+
+        Raises CorruptStore for a record that is not a dict or holds a value of the wrong
+        type or range (an import catches it and names its file).
+        """
+        if not isinstance(data, dict):
+            raise CorruptStore(f"the recorded settings are not a JSON object: {data!r:.80}",
+                               hint=_STORED_HINT)
         if not any(k in data for k in ("turn_lexical", "coverage_prior", "coverage_context")):
             data = {**_BEFORE_COVERAGE, **data}
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except InvalidInput as exc:
+            raise CorruptStore(f"the recorded settings are invalid: {exc.message}",
+                               hint=_STORED_HINT) from None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated)."""
@@ -140,3 +138,72 @@ class Settings:
         if unknown:
             raise InvalidInput(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return Settings(**{**self.to_dict(), **changes})
+
+
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(Settings)}  # "int", "float", "bool", "str"
+
+
+def _checked(name: str, declared: str, value: Any) -> Any:
+    """``value`` as setting ``name`` keeps it (an int for an int field, a float for a float
+    field); InvalidInput naming the setting and the value if its type or range is wrong."""
+    if declared == "bool":
+        if not isinstance(value, bool):
+            raise InvalidInput(f"setting {name} must be True or False, got {value!r}")
+        return value
+    if declared == "str":
+        if not isinstance(value, str):
+            raise InvalidInput(f"setting {name} must be a str, got {value!r}")
+        return _checked_choice(name, value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInput(f"setting {name} must be a number, got {value!r}")
+    if declared == "int":
+        # 5.0 is refused, not rounded: the value a user wrote is the value a store records.
+        if not isinstance(value, numbers.Integral):
+            raise InvalidInput(f"setting {name} must be an int, got {value!r}",
+                               hint=f"write a whole number without a decimal point, "
+                                    f"e.g. {name}={_whole(value)}")
+        value = int(value)  # numpy integers too: the manifest is JSON
+        if not 0 <= value <= _INT_MAX:
+            raise InvalidInput(f"setting {name} must be an int in [0, 2**62], got {value!r}")
+    else:
+        given = value
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        # JSON (the manifest, an export's header) has no inf or NaN, and NaN compares false
+        # to every bound below.
+        if not math.isfinite(value) or value < 0:
+            raise InvalidInput(
+                f"setting {name} must be a finite number >= 0, got {given!r:.60}",
+                hint="a large value (e.g. 3600) leaves syncing to sync(), close() and gc()"
+                if name == "sync_interval" else None)
+    return _checked_range(name, value)
+
+
+def _whole(value: Any) -> str:
+    try:
+        return str(int(value))
+    except (OverflowError, ValueError):
+        return "5"
+
+
+def _checked_choice(name: str, value: str) -> str:
+    if name == "durability" and value not in DURABILITY_MODES:
+        raise InvalidInput(
+            f"durability must be 'full' or 'fast', got {value!r}",
+            hint="'full' (the default) fsyncs every write; 'fast' syncs at sync points",
+        )
+    if name == "vector_dtype" and value not in ("float32", "float16"):
+        raise InvalidInput(f"vector_dtype must be float32 or float16, got {value!r}")
+    return value
+
+
+def _checked_range(name: str, value: float) -> Any:
+    if name in ("neighbour_weight", "lexical_weight") and value > 1.0:
+        raise InvalidInput(f"{name} must be in [0, 1], got {value!r}")
+    if name == "segment_bytes" and value < 4096:
+        raise InvalidInput(f"segment_bytes must be >= 4096, got {value!r}")
+    if name == "batch_rows" and value < 1:
+        raise InvalidInput(f"batch_rows must be >= 1, got {value!r}")
+    return value

@@ -8,8 +8,10 @@ states the lock order.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +49,7 @@ from engramdb.errors import (
     InvalidInput,
     ModelMismatch,
     NotFound,
+    StoreLocked,
 )
 from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
@@ -150,22 +153,28 @@ class Store:
             settings = Settings.from_dict(settings)
         if lock_timeout is None or isinstance(lock_timeout, bool) or lock_timeout < 0:
             raise InvalidInput(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout}")
+        if index is not None and not isinstance(index, dict):
+            raise InvalidInput(f"index must be a dict of index settings, got {index!r}")
+        path = prepare_directory(path, create)  # absolute, the user's own links resolved once
         self._parts = parts = Parts(path)
         self._encoder = encoder
-        self._lock = StoreLock(prepare_directory(path, create))
-        self._lock.acquire(lock_timeout)
+        self._lock = StoreLock(path)
+        _take_lock(self._lock, lock_timeout)
         self._prefault_stop = threading.Event()
         self._prefault: threading.Thread | None = None
         opening = Opening(parts)
+        created = None
         try:
             if not (path / MANIFEST_NAME).exists():
-                create_store(path, encoder, dim, settings or Settings())
-            opening.run(read_manifest(path, encoder, dim, settings), index)
+                created = create_store(path, encoder, dim, settings or Settings())
+            opening.run(read_manifest(path, encoder, dim, settings), index, created)
         except BaseException:
             for job in opening.jobs:  # no work of a failed open outlives it
                 job.wait()
-            if parts.catalog is not None:
-                parts.catalog.close()
+            if parts.indexer is not None:
+                parts.indexer.close()
+            for catalog in {id(c): c for c in (parts.catalog, created) if c is not None}.values():
+                catalog.close()
             self._lock.release()
             raise
         self.recovered: list[str] = opening.recovered
@@ -182,6 +191,11 @@ class Store:
                 target=parts.segments.prefault, args=(self._prefault_stop,), daemon=True,
                 name="engramdb-prefault")
             self._prefault.start()
+        # Releases a handle dropped without close() once it is collected, or still open at
+        # exit (else the interpreter kills the indexer inside hnswlib: SIGABRT). It holds the
+        # parts, never the Store (or the Store could never be collected).
+        self._finalizer = weakref.finalize(self, _release, parts, self._lock,
+                                           self._prefault_stop, self._prefault)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -208,17 +222,8 @@ class Store:
                 self._release()
 
     def _release(self) -> None:
-        """Stop this handle's threads, close the catalog and release the lock."""
-        self._prefault_stop.set()
-        try:
-            if self._prefault is not None:
-                self._prefault.join()  # within one chunk's madvise
-            if self._parts.indexer is not None:
-                self._parts.indexer.close()
-            if self._parts.catalog is not None:
-                self._parts.catalog.close()
-        finally:
-            self._lock.release()
+        """Stop this handle's threads, close the catalog and release the lock (once)."""
+        self._finalizer()
 
     def _abandon(self) -> None:
         """Close this handle without saving derived state, after an uncertain commit: its
@@ -714,6 +719,47 @@ class Store:
         report = self.verify()
         if not report.ok:
             raise CorruptStore(f"{self.path}: " + "; ".join(report.problems[:5]))
+
+
+_EXIT_WAIT = 10.0  # seconds _release waits for a write in flight
+
+
+def _take_lock(lock: StoreLock, timeout: float) -> None:
+    """Take the store's lock. Held by this process, it may be a handle dropped without close()
+    and not collected yet (a Store lives in reference cycles): collect it (its finalizer,
+    _release, frees the lock) before waiting."""
+    try:
+        lock.acquire(0.0)
+        return
+    except StoreLocked as exc:
+        if exc.pid == os.getpid():
+            gc.collect()
+    lock.acquire(timeout)
+
+
+def _release(parts: Parts, lock: StoreLock, stop: threading.Event,
+             prefault: threading.Thread | None) -> None:
+    """Stop a handle's threads, close its catalog and release its lock: run once, by close(),
+    when a handle dropped without close() is collected (on whatever thread collects it), or at
+    exit."""
+    if os.getpid() != parts.pid:
+        return  # a forked child: the lock, the files and the threads are the parent's
+    # close() holds the write lock already; at exit a daemon thread may be mid-write: let its
+    # commit end (or give up on one that never does: the OS releases the lock at exit).
+    if not parts.write_lock.acquire(timeout=_EXIT_WAIT):
+        return
+    try:
+        parts.closed = True
+        stop.set()
+        if prefault is not None and prefault is not threading.current_thread():
+            prefault.join()  # within one chunk's madvise
+        if parts.indexer is not None:
+            parts.indexer.close()
+        if parts.catalog is not None:
+            parts.catalog.close()
+    finally:
+        lock.release()
+        parts.write_lock.release()
 
 
 # -- argument checks ----------------------------------------------------------------------------

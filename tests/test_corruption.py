@@ -23,6 +23,13 @@ Cases are seeded and deterministic. Every case that ever failed is kept as JSON 
 ``tests/corpus/`` and replayed by the default run (known engramdb bugs are marked
 ``xfail(strict=True)`` there, with the reason). ``ENGRAMDB_FUZZ_CASES=N`` runs N fresh cases
 instead of the default 30.
+
+Hostile structure (``test_hostile_structure``): a store received from someone else may hold
+a link or a special file where one of its files or directories belongs: a link to a copy of
+the file outside the store, a dangling link, a FIFO, or ``segments/`` or ``index/`` as a link
+to a directory outside. Beside the outcomes above, nothing outside the store may change (no
+file created, deleted, truncated or written: ``escaped`` otherwise). The default run tries a
+fixed set of 8; ``ENGRAMDB_HOSTILE_CASES=N`` runs N seeded ones instead.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import engramdb
 from engramdb.encoders import HashingEncoder
 
 CASES = int(os.environ.get("ENGRAMDB_FUZZ_CASES", "30"))
+HOSTILE_CASES = int(os.environ.get("ENGRAMDB_HOSTILE_CASES", "0"))
 SEED = int(os.environ.get("ENGRAMDB_FUZZ_SEED", "20240"))
 TIMEOUT_S = 60
 DIM = 16
@@ -345,6 +353,104 @@ def test_truncating_every_file_to_zero(pristine: dict[str, Any]) -> None:
         results = list(pool.map(lambda c: _run_case(pristine, c), cases))
     bad = {c["file"]: (v, r.get("type"), r.get("message")) for c, (v, r) in zip(cases, results)
            if v not in FINE}
+    assert not bad, bad
+
+
+# -- hostile structure ----------------------------------------------------------------------------
+
+HOSTILE_OPS = ("link", "dangling", "fifo")
+# The default run: every kind of entry where a received store can hide one.
+HOSTILE_DEFAULT = [("dirlink", "segments"), ("dirlink", "index"), ("link", "segments/"),
+                   ("dangling", "LOCK"), ("link", "LOCK"), ("fifo", "MANIFEST.json"),
+                   ("dangling", "catalog.duckdb.wal"), ("link", "index/labels")]
+
+
+def make_hostile_case(k: int, files: list[str]) -> dict[str, Any]:
+    """Seeded case ``k``: a link, a dangling link or a FIFO in place of one of the store's
+    files (or, one time in five, ``segments/`` or ``index/`` as a link to a directory)."""
+    rng = random.Random(f"{SEED}-hostile-{k}")
+    if rng.random() < 0.2:
+        return {"op": "dirlink", "file": rng.choice(["segments", "index"]), "k": k}
+    return {"op": rng.choice(HOSTILE_OPS), "file": rng.choice([*files, "LOCK"]), "k": k}
+
+
+def _tree(d: Path) -> dict[str, bytes | str]:
+    """Every entry under ``d`` (links not followed), with its bytes or what it is."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(d.rglob("*")):
+        rel = str(p.relative_to(d))
+        out[rel] = ("link:" + os.readlink(p) if p.is_symlink() else
+                    "dir" if p.is_dir() else p.read_bytes())
+    return out
+
+
+def apply_hostile(store: Path, case: dict[str, Any], outside: Path) -> bool:
+    """Plant ``case``'s link or FIFO in ``store``, with whatever it leads to in ``outside``
+    (beside a user's files); False if the store has no such file."""
+    name = case["file"]
+    path = store / name if name in ("LOCK", "segments", "index") else _resolve(store, name)
+    if path is None or (case["op"] == "dirlink" and not path.is_dir()):
+        return False
+    (outside / ".bashrc").write_text("export PATH=$HOME/bin:$PATH\n")
+    (outside / "thesis.tex").write_text("\\chapter{Results}\n" * 40)
+    if case["op"] == "dirlink":  # the directory's files, but outside
+        shutil.copytree(path, outside / path.name)
+        (outside / path.name / "notes.txt").write_text("the user's, beside the copies\n")
+        shutil.rmtree(path)
+        path.symlink_to(outside / path.name, target_is_directory=True)
+        return True
+    target = outside / f"target-{path.name}"
+    if case["op"] == "link":  # a copy of the file outside: reading through it would work
+        if path.exists():
+            shutil.copyfile(path, target)
+        else:
+            target.write_text("not a lock file\n")
+    path.unlink(missing_ok=True)
+    if case["op"] == "fifo":
+        os.mkfifo(path)
+    else:  # "dangling": the target does not exist
+        path.symlink_to(target)
+    return True
+
+
+def _run_hostile(pristine: dict[str, Any], case: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    tag = f"hostile-{case['op']}-{case.get('k', 0)}-{case['file'].replace('/', '_')}"
+    work, outside = pristine["root"] / f"{tag}.engram", pristine["root"] / f"{tag}.outside"
+    for d in (work, outside):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(pristine["snap"], work)
+    outside.mkdir()
+    try:
+        if not apply_hostile(work, case, outside):
+            return "skipped", {}
+        before = _tree(outside)
+        result = run_child(work, pristine["probe"])
+        if _tree(outside) != before:
+            return "escaped", result
+        return classify(result, pristine["answer"], case["file"].endswith(".wal")), result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_hostile_structure(pristine: dict[str, Any]) -> None:
+    """Links and special files in a received store: a clear refusal (or correct answers),
+    and never a change outside the store, nor a hang."""
+    files = pristine["files"]
+    if HOSTILE_CASES:
+        cases = [make_hostile_case(k, files) for k in range(HOSTILE_CASES)]
+    else:
+        cases = [{"op": op, "file": next(f for f in files if f.startswith(prefix))
+                  if prefix not in ("LOCK", "segments", "index") else prefix}
+                 for op, prefix in HOSTILE_DEFAULT]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda c: _run_hostile(pristine, c), cases))
+    tally: dict[str, int] = {}
+    for verdict, _ in results:
+        tally[verdict] = tally.get(verdict, 0) + 1
+    print(f"\n[hostile] {len(cases)} cases: {dict(sorted(tally.items()))}")
+    bad = [(c["op"], c["file"], v, r.get("type"), r.get("message"))
+           for c, (v, r) in zip(cases, results) if v not in FINE and v != "skipped"]
     assert not bad, bad
 
 

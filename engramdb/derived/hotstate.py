@@ -15,9 +15,29 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from engramdb.errors import CorruptStore
+
 NEVER = np.inf  # expires_at of a pinned engram
 HOT_COLUMNS = 'eid, seg, "row", kind, expires_at, created_tick, id, text'  # from_arrow reads
 _TAIL_FLUSH = 4096  # payloads kept as Python objects before they are packed into Arrow
+# Eids are never reused and every array below is indexed by eid (~40 bytes each): 2**34 eids
+# would need ~680 GB, so an eid or next_eid counter past this is damage, not a big store.
+MAX_EIDS = 2**34
+
+
+def eid_problem(low: int, high: int, next_eid: int | None = None) -> str | None:
+    """Why stored eids from ``low`` to ``high`` cannot be a store's whose ``next_eid``
+    counter is given (negative, at or past the counter, or past :data:`MAX_EIDS`); None if
+    they can. verify() and :meth:`HotState.from_arrow` share it."""
+    if low < 0:
+        return f"a negative eid ({low})"
+    if next_eid is not None and next_eid > MAX_EIDS:
+        return f"the next_eid counter is {next_eid}, past the 2**34 eids any store can have"
+    if next_eid is not None and high >= next_eid:
+        return f"eid {high} is at or past the next_eid counter ({next_eid})"
+    if high >= MAX_EIDS:
+        return f"eid {high} is past the 2**34 eids any store can have"
+    return None
 
 
 def grown_capacity(need: int, capacity: int) -> int:
@@ -227,13 +247,23 @@ class HotState:
         return np.nonzero(self.visible(now))[0]
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> HotState:
-        """Build from catalog rows with the columns named in ``HOT_COLUMNS``."""
+    def from_arrow(cls, table: pa.Table, *, next_eid: int | None = None,
+                   max_row: int | None = None) -> HotState:
+        """Build from catalog rows with the columns named in ``HOT_COLUMNS``.
+
+        Raises CorruptStore, before allocating anything, for eids :func:`eid_problem` refuses
+        (``next_eid``: the catalog's counter) and for a negative row or one at or past
+        ``max_row`` (the longest committed segment): the arrays are as long as the largest
+        eid and row, and one crafted value asked for terabytes.
+        """
         state = cls()
+        if next_eid is not None and next_eid > MAX_EIDS:  # the first ingest would allocate it
+            raise CorruptStore(f"catalog: {eid_problem(0, 0, next_eid)}")
         if table.num_rows == 0:
             return state
         cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
                 ("eid", "seg", "row", "kind")}
+        _check_bounds(cols["eid"], cols["row"], next_eid, max_row)
         expires = table.column("expires_at").to_numpy(zero_copy_only=False)
         expires = np.where(np.isnan(expires.astype(np.float64)), NEVER, expires)
         state.add(
@@ -258,3 +288,17 @@ class HotState:
             state._chunks.append((_Packed(batch.column("id")), _Packed(batch.column("text"))))
             start += n
         return state
+
+
+def _check_bounds(eids: np.ndarray, rows: np.ndarray, next_eid: int | None,
+                  max_row: int | None) -> None:
+    """CorruptStore for eids or rows the hot arrays cannot (or must not) be sized by."""
+    problem = eid_problem(int(eids.min()), int(eids.max()), next_eid)
+    if problem is not None:
+        raise CorruptStore(f"catalog: {problem}")
+    low, high = int(rows.min()), int(rows.max())
+    limit = MAX_EIDS if max_row is None else max_row
+    if low < 0 or high >= limit:
+        bad = low if low < 0 else high
+        raise CorruptStore(f"catalog: an engram points at vector row {bad}, outside the "
+                           f"committed segments")

@@ -8,6 +8,8 @@ standard library and :mod:`engramdb.errors`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,14 +143,22 @@ class IndexConfig:
             raise InvalidInput(f"level {lv[-1]} exceeds the vector dimension {dim}")
         for name in ("M", "ef_construction", "ef_search", "candidate_multiplier"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or not \
+                    1 <= value <= _INT_MAX:
                 raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
-        if self.M < 2:
-            raise InvalidInput(f"M must be at least 2, got {self.M}")
-        if not isinstance(self.exact_threshold, int) or self.exact_threshold < 0:
-            raise InvalidInput(f"exact_threshold must be >= 0, got {self.exact_threshold!r}")
-        if not float(self.filter_crossover) >= 0.0:  # also refuses NaN
-            raise InvalidInput(f"filter_crossover must be >= 0, got {self.filter_crossover!r}")
+        if not 2 <= self.M <= _M_MAX:
+            raise InvalidInput(f"M must be in [2, {_M_MAX}], got {self.M}")
+        for name in ("exact_threshold", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not \
+                    0 <= value <= _INT_MAX:
+                raise InvalidInput(f"{name} must be an integer >= 0, got {value!r}")
+        crossover = self.filter_crossover
+        if isinstance(crossover, bool) or not isinstance(crossover, numbers.Real) or not (
+            0.0 <= float(crossover) < math.inf  # also refuses NaN
+        ):
+            raise InvalidInput(f"filter_crossover must be a finite number >= 0, "
+                               f"got {crossover!r}")
 
     def same_graphs(self, other: IndexConfig) -> bool:
         """Whether graphs built under ``other`` are the graphs this configuration builds.
@@ -175,8 +185,10 @@ class IndexConfig:
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
         """Build from :meth:`to_dict` output; missing fields take their defaults.
 
-        Raises ``InvalidInput`` if ``levels`` is missing or a field has the wrong type. Unknown
-        keys are kept (a newer engramdb may have written them) but otherwise ignored.
+        Raises ``InvalidInput`` naming the field and the value if ``levels`` is missing or a
+        field has the wrong type: whole-number fields take ints (not ``64.0``, not ``True``),
+        ``filter_crossover`` a finite number. Unknown keys (strings) are kept (a newer
+        engramdb may have written them) but otherwise ignored.
 
         Example: ``IndexConfig.from_dict({"levels": [384], "ef_search": 96})``
         """
@@ -185,20 +197,44 @@ class IndexConfig:
         names = {f.name for f in dataclasses.fields(cls) if f.name[0] != "_"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
-        try:
-            known["levels"] = [int(x) for x in known["levels"]]
-            for name in ("M", "ef_construction", "ef_search", "candidate_multiplier",
-                         "exact_threshold", "seed"):
-                if name in known:
-                    known[name] = _as_int(known[name], name)
-            if "filter_crossover" in known:
-                known["filter_crossover"] = float(known["filter_crossover"])
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"bad index config {d!r}: {exc}") from exc
+        for key in extra:
+            if not isinstance(key, str):  # the manifest is JSON: its keys are strings
+                raise InvalidInput(f"index config keys must be str, got {key!r}")
+        levels = known["levels"]
+        if not isinstance(levels, (list, tuple)):
+            raise InvalidInput(f"index config levels must be a list of ints, got {levels!r:.60}")
+        known["levels"] = [_as_int(x, "levels") for x in levels]
+        for name in ("M", "ef_construction", "ef_search", "candidate_multiplier",
+                     "exact_threshold", "seed"):
+            if name in known:
+                known[name] = _as_int(known[name], name)
+        if "filter_crossover" in known:
+            known["filter_crossover"] = _as_float(known["filter_crossover"], "filter_crossover")
         return cls(**known, _extra=extra)
 
 
+# hnswlib takes these as size_t and caps M at 10,000 itself (a larger M built a graph that no
+# longer matched its own configuration); nothing meaningful comes near 2**62.
+_M_MAX = 10_000
+_INT_MAX = 2**62
+
+
 def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+    """``value`` as an int; InvalidInput naming ``name`` for a float, a bool or a non-number
+    (no rounding: ``levels=[16.7]`` once became a 16-d level)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInput(f"index config {name} must be an int, got {value!r:.60}")
     return int(value)
+
+
+def _as_float(value: Any, name: str) -> float:
+    """``value`` as a finite float; InvalidInput naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInput(f"index config {name} must be a number, got {value!r:.60}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise InvalidInput(f"index config {name} must be finite, got {value!r:.60}")
+    return out

@@ -8,7 +8,13 @@ new generation beside the old one and switches by renaming ``index.json``; :func
 checks everything against the manifest and each other before hnswlib reads a byte, raising
 :class:`IndexDamaged` (the store then rebuilds: the index is derived state).
 
-This module imports numpy, hnswlib, the standard library and the index modules below it
+Nothing here goes through a link: a save refuses an index directory that is a link
+(CorruptStore: its cleanup deletes files there), and a read refuses any index file that is
+not a regular file (IndexDamaged: the index is rebuilt, and the next save's cleanup removes
+the link itself, never its target).
+
+This module imports numpy, hnswlib, the standard library, the store's file checks
+(:mod:`~engramdb.storage.fsio`) and the index modules below it
 (:mod:`~engramdb.derived.index_checksums`, :mod:`~engramdb.derived.index_hnsw`,
 :mod:`~engramdb.derived.index_config`, :mod:`~engramdb.derived.rotation`,
 :mod:`~engramdb.derived.label_states`).
@@ -20,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +41,7 @@ from engramdb.derived.index_hnsw import file_heights, load_graph
 from engramdb.derived.label_states import LabelStates
 from engramdb.derived.rotation import Rotation
 from engramdb.errors import InvalidInput
+from engramdb.storage.fsio import check_directory
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "IndexWriter", "LoadedIndex", "read_index"]
 
@@ -83,8 +91,9 @@ class IndexWriter:
     in ``index.json`` (written to a temp name, fsynced, renamed over the old one) and fsyncs
     the directory. Leaving the block with an error before that rename deletes the files
     written; leaving it normally deletes the previous save's files, so a crash at any point
-    leaves the old or the new index, whole. Raises ``OSError`` on I/O failure and
-    ``InvalidInput`` for a negative generation.
+    leaves the old or the new index, whole. Raises ``OSError`` on I/O failure,
+    ``InvalidInput`` for a negative generation and ``CorruptStore`` if ``directory`` is a
+    link or not a directory.
 
     Example::
 
@@ -99,7 +108,8 @@ class IndexWriter:
         if int(generation) < 0:
             raise InvalidInput(f"generation must be >= 0, got {generation}")
         self._dir = directory
-        self._dir.mkdir(parents=True, exist_ok=True)
+        if not check_directory(directory):  # never write (nor clean up) through a link
+            self._dir.mkdir(parents=True, exist_ok=True)
         self._generation = int(generation)
         self._token = f"g{self._generation}-{secrets.token_hex(4)}"
         self._m = m
@@ -201,6 +211,7 @@ def read_index(directory: Path, dim: int, threads: int) -> LoadedIndex:
     Example: ``loaded = read_index(store_dir / "index", 384, threads=2)``
     """
     try:
+        _check_regular(directory / MANIFEST)
         with open(directory / MANIFEST, encoding="utf-8") as f:
             man = json.load(f)
     except FileNotFoundError as exc:
@@ -291,7 +302,7 @@ def _checked_files(d: Path, man: dict[str, Any], levels: list[int],
             raise IndexDamaged(f"manifest names a foreign file {name!r}")
         p = d / name
         try:
-            size = p.stat().st_size
+            size = _check_regular(p)
         except FileNotFoundError as exc:
             raise IndexDamaged(f"index file {name} is missing") from exc
         if size != int(info["bytes"]):
@@ -300,6 +311,15 @@ def _checked_files(d: Path, man: dict[str, Any], levels: list[int],
             check_sum(p, info)
         paths[key] = p
     return paths
+
+
+def _check_regular(path: Path) -> int:
+    """The size of ``path``; IndexDamaged if it is a link or a special file (never read
+    through: a link leads out of the store, a FIFO would hang the read)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IndexDamaged(f"{path} is not a regular file (a link or a special file)")
+    return st.st_size
 
 
 def _read_labels(paths: dict[str, Path], man: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from engramdb.engine.upkeep import IndexKeeper
 from engramdb.errors import StorageError
 from engramdb.storage import catalog as cat
 from engramdb.storage.catalog import Catalog
-from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.fsio import check_tree, fsync_dir
 from engramdb.storage.schema import UNUSED_LABELS_SQL
 from engramdb.types import KIND_NAMES
 
@@ -58,14 +58,17 @@ def rewrite_catalog(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Copy the live catalog into a fresh file and swap it in atomically.
 
     The caller must close ``con`` afterwards and reopen ``path``: the old file (with its freed
-    blocks) is gone once this returns.
+    blocks) is gone once this returns. CorruptStore, before anything is written, if a link or
+    a special file has appeared in the store's directory since the open.
     """
+    check_tree(path.parent)
     fresh = path.with_name(path.name + ".compact")
     fresh.unlink(missing_ok=True)
     try:
         con.execute("FORCE CHECKPOINT")
         alias = con.execute("SELECT current_database()").fetchone()[0]
-        con.execute(f"ATTACH '{fresh}' AS engramdb_fresh")
+        # The copy keeps the file's block size (small for stores made since 16 KiB blocks).
+        con.execute(f"ATTACH '{fresh}' AS engramdb_fresh (BLOCK_SIZE {cat.block_size(con)})")
         try:
             con.execute(f"COPY FROM DATABASE {alias} TO engramdb_fresh")
         finally:

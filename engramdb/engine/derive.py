@@ -2,7 +2,8 @@
 
 Both are derived from the engrams' texts and occurrences: a store written without them
 (imported, or by an older engramdb), or with another tokenizer, is repaired here rather than
-refused. The BM25 index also has a snapshot file that close() leaves for the next open.
+refused. The BM25 index also has a snapshot file that close() leaves for the next open; it
+is read and replaced only as a regular file (a link there is refused: CorruptStore).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from engramdb.derived.context import TurnContext
 from engramdb.derived.lexical import TOKENIZER_ID, LexicalIndex
 from engramdb.engine.commit import Committer
 from engramdb.engine.parts import Parts
-from engramdb.errors import CorruptStore, StorageError
+from engramdb.errors import CorruptStore, EngramError, StorageError
+from engramdb.storage.fsio import check_regular
 from engramdb.storage.schema import CONTEXT_TABLES, LEXICAL_TABLES
 
 # BM25 postings as of the last close (derived; see load_lexical).
@@ -90,6 +92,8 @@ class DerivedLoader:
         what ``lex_docs``/``lex_postings`` hold), else None; a stale or damaged file is
         removed."""
         snap = self.snapshot_path
+        if not check_regular(snap):  # never read through a link (nor wait on a FIFO)
+            return None
         try:
             lex, info = LexicalIndex.load_snapshot(snap)
         except FileNotFoundError:
@@ -111,6 +115,10 @@ class DerivedLoader:
         (derived state: a failure is ignored, and only costs that open the slower read)."""
         generation = self.committer.counters.generation
         if self.lexical_saved == generation:
+            return
+        try:
+            check_regular(self.snapshot_path)  # a link put there since the open: not followed
+        except EngramError:
             return
         for stale in self.parts.path.glob(LEXICAL_SNAPSHOT + ".tmp-*"):  # left by a crash
             stale.unlink(missing_ok=True)

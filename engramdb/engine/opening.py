@@ -8,6 +8,7 @@ rest. A store without a manifest is an unfinished creation, which open safely re
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from engramdb.errors import (
 from engramdb.settings import Settings
 from engramdb.storage import catalog as cat
 from engramdb.storage.catalog import CATALOG_NAME, Catalog
-from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.fsio import check_tree, fsync_dir
 from engramdb.storage.locking import LOCK_NAME
 from engramdb.storage.manifest import MANIFEST_NAME, Manifest
 from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
@@ -79,11 +80,30 @@ class Background:
         self._thread.join()
 
 
+def store_path(path: Path) -> Path:
+    """The absolute path of a store directory, resolved once on open: a later ``chdir``, or a
+    change to the links on the way to it (the user's own path may be a link), does not move
+    an open store."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links
+        raise NotAStore(f"cannot resolve {path}: {exc}") from exc
+
+
 def prepare_directory(path: Path, create: bool) -> Path:
-    """Check ``path`` is a store, or a place to make one (created here); return it."""
+    """Check ``path`` is a store, or a place to make one (created here); return its absolute
+    path (:func:`store_path`).
+
+    A store holding a link or a special file (at its top, in ``segments/`` or ``index/``) is
+    refused with CorruptStore before anything in it is touched: recovery deletes and
+    truncates files there and the lock writes a pid, which through a link would happen
+    outside the store. One directory listing per directory, no ``stat`` per file.
+    """
+    path = store_path(path)
     if path.exists() and not path.is_dir():
         raise NotAStore(f"{path} is a file, not a store directory")
-    if (path / MANIFEST_NAME).exists():
+    if os.path.lexists(path / MANIFEST_NAME):
+        check_tree(path, (SEGMENT_DIR, INDEX_DIR))
         return path
     if path.exists():
         stray = {p.name for p in path.iterdir()} - _CREATION_FILES
@@ -92,6 +112,7 @@ def prepare_directory(path: Path, create: bool) -> Path:
                 f"{path} is a directory without an engramdb manifest "
                 f"(holds {', '.join(sorted(stray)[:3])})"
             )
+        check_tree(path, (SEGMENT_DIR, INDEX_DIR))  # an unfinished creation, redone in it
     elif not create:
         raise NotAStore(f"no store at {path}", hint="pass create=True to make a new one")
     try:
@@ -102,8 +123,10 @@ def prepare_directory(path: Path, create: bool) -> Path:
 
 
 def create_store(path: Path, encoder: Encoder | None, dim: int | None,
-                 settings: Settings) -> None:
-    """Write a new, empty store at ``path``: catalog and segments first, the manifest last."""
+                 settings: Settings) -> Catalog:
+    """Write a new, empty store at ``path``: catalog and segments first, the manifest last.
+    Returns the catalog, still open, for the open that follows (opening DuckDB costs tens of
+    milliseconds)."""
     if encoder is not None:
         spec = encoder.spec()
         if dim is not None and dim != encoder.dim:
@@ -120,20 +143,27 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
         )
     # A store without a manifest is an unfinished creation, which the next open may redo.
     catalog_path = path / CATALOG_NAME
-    for stale in (catalog_path, path / (CATALOG_NAME + ".wal"), path / LEXICAL_SNAPSHOT):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(path / SEGMENT_DIR, ignore_errors=True)
-    shutil.rmtree(path / INDEX_DIR, ignore_errors=True)
-    (path / SEGMENT_DIR).mkdir()
-    catalog = Catalog(catalog_path)
+    try:
+        for stale in (catalog_path, path / (CATALOG_NAME + ".wal"), path / LEXICAL_SNAPSHOT):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(path / SEGMENT_DIR, ignore_errors=True)
+        shutil.rmtree(path / INDEX_DIR, ignore_errors=True)
+        (path / SEGMENT_DIR).mkdir()
+        catalog = Catalog(catalog_path)
+    except (OSError, CorruptStore) as exc:
+        # A catalog made just now cannot be damaged: the disk failed (full, read-only).
+        raise StorageError(f"cannot create a store in {path}: "
+                           f"{getattr(exc, 'message', exc)}") from exc
     try:
         catalog.create_schema()
         catalog.checkpoint()
-    finally:
+        fsync_dir(path)
+        Manifest(encoder_spec=spec, dim=dim, dtype=settings.vector_dtype,
+                 settings=settings.to_dict()).write(path)
+    except BaseException:
         catalog.close()
-    fsync_dir(path)
-    Manifest(encoder_spec=spec, dim=dim, dtype=settings.vector_dtype,
-             settings=settings.to_dict()).write(path)
+        raise
+    return catalog
 
 
 def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
@@ -166,14 +196,17 @@ class Opening:
 
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
+        parts.path = store_path(parts.path)  # absolute: a later chdir must not move the store
         self.jobs: list[Background] = []
         self.recovered: list[str] = []
         self.committer: Committer
         self.loader: DerivedLoader
         self.keeper: IndexKeeper
 
-    def run(self, manifest: Manifest, index: dict[str, Any] | None) -> None:
-        """Open the catalog and segments, recover, and load the derived state."""
+    def run(self, manifest: Manifest, index: dict[str, Any] | None,
+            catalog: Catalog | None = None) -> None:
+        """Open the catalog (or take the one a creation left open) and the segments,
+        recover, and load the derived state."""
         parts = self.parts
         path = parts.path
         parts.manifest = manifest
@@ -190,7 +223,12 @@ class Opening:
         fast = parts.settings.durability != "full"
         # A catalog rewrite that died before its rename leaves this behind (collect.py).
         (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
-        parts.catalog = Catalog(path / CATALOG_NAME, fast=fast)
+        if catalog is None:
+            catalog = Catalog(path / CATALOG_NAME, fast=fast)
+        elif fast:
+            parts.catalog = catalog  # closed by the caller if the switch fails
+            catalog.set_fast(True)
+        parts.catalog = catalog
         counters = self._counters()
         self.committer = Committer(parts, Counters(
             generation=counters["generation"], clock=counters["clock"],
@@ -208,8 +246,12 @@ class Opening:
         parts = self.parts
         # The hot state is one DuckDB scan (GIL-free, on its own cursor): it runs beside the
         # BM25 load, which needs no part of it.
+        # Bounds from the counters and segments: a tampered eid or row is refused before the
+        # arrays sized by it are allocated.
+        bounds = {"next_eid": self.committer.counters.next_eid,
+                  "max_row": max(parts.segments.committed.values(), default=0)}
         hot = Background(lambda: HotState.from_arrow(
-            parts.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams")))
+            parts.query_arrow(f"SELECT {HOT_COLUMNS} FROM engrams"), **bounds))
         self.jobs.append(hot)
         self.loader = DerivedLoader(parts, self.committer, self.recovered)
         parts.lexical = self.loader.load_lexical()

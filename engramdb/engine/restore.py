@@ -44,13 +44,15 @@ class Restorer:
         self.parts = parts
         self.committer = committer
         self.finished = False
+        self.next_eid = committer.counters.next_eid  # the eid the next engram must have
+        # Restore commits never bump the generation: any other write does.
+        self.generation = committer.counters.generation
         with self._writing():
             held = parts.query("SELECT " + " + ".join(
                 f"(SELECT count(*) FROM {t})" for t in RESTORED))[0][0]
             if held or committer.counters.next_eid != 1:
                 raise InvalidInput(f"{parts.path} is not empty",
                                    hint="restore only into a newly created store")
-        self.next_eid = committer.counters.next_eid  # the eid the next engram must have
 
     @property
     def dtype(self) -> np.dtype:
@@ -76,8 +78,8 @@ class Restorer:
         eids = engrams.column("eid").to_numpy()
         if len(vectors) != n or vectors.dtype != self.dtype or not np.array_equal(
                 eids, np.arange(self.next_eid, self.next_eid + n)):
-            raise ValueError("engrams need consecutive eids from next_eid and one vector each, "
-                             "in the store's dtype")
+            raise InvalidInput("engrams need consecutive eids from next_eid and one vector "
+                               "each, in the store's dtype")
         with self._writing(), self.committer.commit(bump=False) as c:
             segs, rows = c.append_vectors(vectors)  # durable before the commit that uses them
             rows_table = engrams.append_column("seg", pa.array(segs, pa.int32()))
@@ -122,4 +124,10 @@ class Restorer:
             if self.finished:
                 raise InvalidInput("this restore is finished",
                                    hint="close the store and open it again")
+            counters = self.committer.counters
+            if (counters.next_eid, counters.generation) != (self.next_eid, self.generation):
+                # Another write (or restorer) used the store meanwhile: the eids given would
+                # collide with its engrams.
+                raise InvalidInput(f"{parts.path} was written to during the restore",
+                                   hint="restore into a new store that nothing else writes")
             yield

@@ -7,11 +7,10 @@ recall into the set of allowed engrams; ``kinds`` becomes kind codes checked in 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
-from engramdb.content import encode_metadata
+from engramdb.content import MAX_METADATA_DEPTH, check_depth, encode_metadata
 from engramdb.errors import InvalidInput
 from engramdb.types import KIND_CODES, Kind
 
@@ -60,14 +59,33 @@ def occurrence_filter(where: dict[str, Any] | None) -> tuple[str, list[Any]]:
         elif key == "metadata":
             if not isinstance(value, dict) or not value:
                 raise InvalidInput("where['metadata'] must be a non-empty dict")
+            # Nested as stored metadata is (the dict is level 1), and bounded the same way.
+            check_depth(value, MAX_METADATA_DEPTH, "where['metadata']")
             for mk, mv in value.items():
                 if not isinstance(mk, str):
                     raise InvalidInput("metadata keys must be str")
                 encoded = encode_metadata({"v": mv})
                 clauses.append("json_extract(o.metadata, ?) = json_extract(?::JSON, '$.v')")
-                params.extend(["$." + json.dumps(mk), encoded])
+                params.extend([_key_pointer(mk), encoded])
         else:
             raise InvalidInput(
                 f"unknown filter {key!r}; use session, role, metadata, since, until"
             )
     return " AND ".join(clauses), params
+
+
+def _key_pointer(key: str) -> str:
+    """The JSON pointer (RFC 6901) of the top-level metadata ``key``; InvalidInput for a key
+    that cannot be stored (a lone surrogate).
+
+    A pointer rather than a JSONPath (``$."key"``): DuckDB rejects the empty key in a path
+    (a binder error, which reached the caller as CorruptStore), and misses a key with a
+    non-ASCII character, which ``json.dumps`` writes as a \\u escape (a silent empty
+    answer). A pointer names every key as it is, once ``~`` and ``/`` are escaped.
+    """
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"metadata key {key!r} is not valid Unicode (a lone surrogate)") \
+            from None
+    return "/" + key.replace("~", "~0").replace("/", "~1")

@@ -135,7 +135,7 @@ def associate(parts: Parts, found: Found, seeds: list[int], mask: np.ndarray, no
         nxt: dict[int, tuple[float, list[int]]] = {}
         for src, (src_score, path) in frontier.items():
             for other, weight in links.get(src, []):
-                if other >= len(mask) or not mask[other] or weight <= 0 or other == exclude:
+                if other >= len(mask) or not mask[other] or not weight > 0 or other == exclude:
                     continue
                 score = src_score * weight
                 if other in found and found[other][0] >= score:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
 from engramdb.engine.parts import Parts
 from engramdb.errors import InvalidInput
-
-_READS = ("select", "with", "describe", "summarize", "from")
 
 
 class Snapshot:
@@ -42,7 +41,11 @@ class Snapshot:
 
 
 def _read_only(sql: str) -> str:
-    words = sql.lstrip().split(None, 1)
-    if not words or words[0].lower() not in _READS:
-        raise InvalidInput("a snapshot only runs reads (SELECT, WITH, DESCRIBE...)")
+    """``sql`` if it is one read statement; InvalidInput otherwise."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidInput(f"not a valid SQL statement: {exc}") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise InvalidInput("a snapshot runs one read statement (SELECT, WITH, FROM...)")
     return sql

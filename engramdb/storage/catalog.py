@@ -22,6 +22,16 @@ from engramdb.errors import CommitUncertain, CorruptStore, StorageError
 from engramdb.storage.schema import CATALOG_TABLES, LEXICAL_TABLES
 
 CATALOG_NAME = "catalog.duckdb"
+# The name the catalog file is attached under (an in-memory DuckDB instance attaches it, so
+# that a new file can be given its block size).
+ALIAS = "engramdb_catalog"
+# Block size of new catalogs. DuckDB's default, 256 KiB, made a 50-turn user's catalog 4.2 MB
+# (a block per table and column segment); with 16 KiB blocks it is tens of KB. A file keeps
+# the block size it was created with: stores made before this keep 256 KiB.
+BLOCK_SIZE = 16384
+# Errors of the disk, not of the file: reported as StorageError, never as damage.
+_DISK_ERRORS = ("No space left on device", "Read-only file system", "Permission denied",
+                "Disk quota exceeded")
 
 
 # synced_eid: every engram with a smaller eid has its vector bytes fsynced (the sync point of
@@ -50,10 +60,7 @@ class Catalog:
 
     def __init__(self, path: Path, *, read_only: bool = False, fast: bool = False) -> None:
         self.path = path
-        try:
-            self.con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.Error as exc:
-            raise CorruptStore(f"cannot open catalog {path.name}: {exc}") from exc
+        self.con = _attach(path, read_only)
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursors_lock = threading.Lock()
@@ -195,6 +202,7 @@ class Catalog:
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self.con.cursor()
+            cur.execute(f"USE {ALIAS}")  # a cursor starts in the in-memory database
             self._local.cursor = cur
             with self._cursors_lock:
                 self._cursors.append(cur)
@@ -241,6 +249,33 @@ class Catalog:
     def segment_lengths(self) -> dict[int, int]:
         """Committed rows of each segment."""
         return {int(s): int(n) for s, n in self.query("SELECT seg, nrows FROM segments")}
+
+
+def _attach(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection whose default database is the catalog file at ``path``; a new file gets
+    :data:`BLOCK_SIZE` blocks, an existing one keeps its own."""
+    options = ["READ_ONLY"] if read_only else []
+    if not read_only and not path.exists():
+        options.append(f"BLOCK_SIZE {BLOCK_SIZE}")
+    quoted = str(path).replace("'", "''")
+    con = duckdb.connect(":memory:")
+    try:
+        suffix = f" ({', '.join(options)})" if options else ""
+        con.execute(f"ATTACH '{quoted}' AS {ALIAS}{suffix}")
+        con.execute(f"USE {ALIAS}")
+    except duckdb.Error as exc:
+        con.close()
+        if any(cause in str(exc) for cause in _DISK_ERRORS):  # the disk, not the file
+            raise StorageError(f"cannot open catalog {path.name}: {exc}") from exc
+        raise CorruptStore(f"cannot open catalog {path.name}: {exc}") from exc
+    return con
+
+
+def block_size(con: duckdb.DuckDBPyConnection) -> int:
+    """The block size of the attached catalog file."""
+    rows = con.execute("SELECT block_size FROM pragma_database_size() WHERE database_name = ?",
+                       [ALIAS]).fetchall()
+    return int(rows[0][0]) if rows else BLOCK_SIZE
 
 
 @contextmanager

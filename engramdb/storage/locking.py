@@ -4,6 +4,10 @@ DuckDB allows one writing process per database file, and the segment files assum
 appender, so a store is opened by one process at a time. We use ``flock`` directly rather than
 the filelock package because filelock truncates the lock file when it opens it, which would
 erase the pid that a second opener wants to report.
+
+The lock file is opened without following links and only if it is a regular file: in a
+store received from someone else, ``LOCK`` may be a link, and writing the pid through it
+would overwrite (or, dangling, create) a file outside the store.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from engramdb.errors import StorageError, StoreLocked
+from engramdb.errors import EngramError, StorageError, StoreLocked
+from engramdb.storage.fsio import check_directory, open_regular
 
 LOCK_NAME = "LOCK"
 
@@ -26,9 +31,15 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self, timeout: float = 0.0) -> None:
-        """Take the lock, waiting up to ``timeout`` seconds; raise StoreLocked with the pid."""
+        """Take the lock, waiting up to ``timeout`` seconds; raise StoreLocked with the pid.
+
+        CorruptStore if the directory or ``LOCK`` is a link, or ``LOCK`` a special file.
+        """
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            check_directory(self.path.parent)  # a missing one fails in the open below
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+        except EngramError:
+            raise
         except OSError as exc:
             raise StorageError(f"cannot open lock file {self.path}: {exc}") from exc
         deadline = time.monotonic() + max(0.0, timeout)

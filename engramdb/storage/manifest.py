@@ -8,13 +8,14 @@ transactions. It is always replaced atomically.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engramdb.content import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
-from engramdb.storage.fsio import atomic_write_bytes
+from engramdb.storage.fsio import atomic_write_bytes, open_regular
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
@@ -60,7 +61,9 @@ class Manifest:
         """Read and validate the manifest; raise CorruptStore or FormatTooNew."""
         path = directory / MANIFEST_NAME
         try:
-            raw = path.read_bytes()
+            fd = open_regular(path, os.O_RDONLY)  # never through a link, never a FIFO
+            with os.fdopen(fd, "rb") as fh:
+                raw = fh.read()
         except OSError as exc:
             raise CorruptStore(f"cannot read {path}: {exc}") from exc
         try:

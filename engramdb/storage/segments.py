@@ -6,6 +6,11 @@ A segment is a headerless file of ``rows x dim`` values (float32 or float16) nam
 point at them; bytes past the committed length are a torn or unacknowledged tail and are cut
 off on open. Segment files are removed only after the commit that stops referencing them
 (compaction in ``gc``).
+
+``segments/`` must be a real directory of regular files: recovery deletes and truncates files
+there, so a link (the directory itself or a segment) would make it delete or truncate files
+outside the store. Such a store is refused (CorruptStore) before anything is touched, and
+files are written and truncated only through ``open_regular`` (never through a link).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import ctypes
 import errno
 import mmap
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,13 +30,15 @@ import numpy as np
 
 from engramdb.content import vector_checksum
 from engramdb.errors import CorruptStore, StorageError
-from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.fsio import check_directory, fsync_dir, not_regular, open_regular
 
 SEGMENT_DIR = "segments"
 _SUFFIX = ".vec"
 _MADV_WILLNEED = 3
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages now, reading them if needed
 _PREFAULT_CHUNK = 64 << 20  # bytes per madvise call: close() waits for at most one
+# What recovery may delete: a file it did not name itself is left alone.
+_SEGMENT_FILE = re.compile(r"^\d{8,}\.vec$")
 
 
 def segment_name(seg: int) -> str:
@@ -92,11 +100,21 @@ class SegmentStore:
 
         Truncates tails past the committed length (a write that was never acknowledged),
         removes segment files the catalog does not know (created by a batch whose commit never
-        happened), and raises CorruptStore when a committed row is missing from disk.
+        happened), and raises CorruptStore when a committed row is missing from disk, or for
+        a link or special file in (or as) ``segments/``, before touching anything.
         """
         actions: list[str] = []
-        self.directory.mkdir(exist_ok=True)
-        on_disk = {p.name: p for p in self.directory.iterdir()}
+        try:
+            if not check_directory(self.directory):
+                self.directory.mkdir()
+            on_disk = {}
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if not entry.is_file(follow_symlinks=False):
+                        raise not_regular(Path(entry.path), os.lstat(entry.path).st_mode)
+                    on_disk[entry.name] = Path(entry.path)
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.directory}: {exc}") from exc
         for seg, rows in committed.items():
             path = self.directory / segment_name(seg)
             want = rows * self.row_bytes
@@ -104,7 +122,7 @@ class SegmentStore:
                 if rows == 0:
                     continue
                 raise CorruptStore(f"segment {path.name} is missing ({rows} committed rows)")
-            size = path.stat().st_size
+            size = path.lstat().st_size
             if size < want:
                 raise CorruptStore(
                     f"segment {path.name} holds {size} bytes, but {want} are committed"
@@ -114,7 +132,7 @@ class SegmentStore:
                 actions.append(f"truncated {size - want} unacknowledged bytes from {path.name}")
         known = {segment_name(s) for s in committed}
         for name, path in on_disk.items():
-            if name not in known:
+            if name not in known and _SEGMENT_FILE.match(name):
                 try:
                     path.unlink()
                 except OSError as exc:
@@ -159,10 +177,11 @@ class SegmentStore:
         created = False
         offset = 0
         try:
+            check_directory(self.directory)  # replaced by a link since the open?
             for seg, row, n in plan.pieces:
                 path = self.directory / segment_name(seg)
-                created |= not path.exists()
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                created |= not os.path.lexists(path)
+                fd = open_regular(path, os.O_WRONLY | os.O_CREAT)
                 try:
                     # A failed earlier batch may have left bytes past the committed length.
                     os.ftruncate(fd, row * self.row_bytes)
@@ -193,7 +212,7 @@ class SegmentStore:
             for seg in todo:
                 path = self.directory / segment_name(seg)
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
                 except FileNotFoundError:
                     self.dirty.discard(seg)  # removed since (compaction): nothing to keep
                     continue
@@ -218,7 +237,8 @@ class SegmentStore:
         for seg in np.unique(segs):
             sel = np.nonzero(segs == seg)[0]
             try:
-                fd = os.open(self.directory / segment_name(int(seg)), os.O_RDONLY)
+                fd = os.open(self.directory / segment_name(int(seg)),
+                             os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -237,7 +257,7 @@ class SegmentStore:
     def rows_on_disk(self, seg: int) -> int:
         """Whole rows segment ``seg`` holds on disk now (0 if the file is missing)."""
         try:
-            return (self.directory / segment_name(seg)).stat().st_size // self.row_bytes
+            return (self.directory / segment_name(seg)).lstat().st_size // self.row_bytes
         except FileNotFoundError:
             return 0
 
@@ -250,9 +270,9 @@ class SegmentStore:
         for seg, rows in self._committed.items():
             path = self.directory / segment_name(seg)
             try:
-                if path.exists() and path.stat().st_size > rows * self.row_bytes:
+                if path.exists() and path.lstat().st_size > rows * self.row_bytes:
                     self._truncate(path, rows * self.row_bytes)
-            except (OSError, StorageError):
+            except (OSError, StorageError, CorruptStore):
                 pass  # recovery on the next open cuts it too
 
     def remove(self, segs: list[int]) -> None:
@@ -262,6 +282,7 @@ class SegmentStore:
             for seg in segs:
                 self._maps.pop(seg, None)
         self.dirty -= set(segs)
+        check_directory(self.directory)  # never delete through a link put there since the open
         for seg in segs:
             try:
                 (self.directory / segment_name(seg)).unlink(missing_ok=True)
@@ -367,10 +388,13 @@ class SegmentStore:
 
     def _truncate(self, path: Path, size: int) -> None:
         try:
-            with open(path, "r+b") as fh:
-                fh.truncate(size)
+            fd = open_regular(path, os.O_RDWR)  # never a link's target
+            try:
+                os.ftruncate(fd, size)
                 if self.durable:
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise StorageError(f"cannot truncate {path}: {exc}") from exc
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from engramdb.content import encode_metadata, fingerprint_of
 from engramdb.errors import CorruptStore, InvalidInput
+from engramdb.settings import Settings
 from engramdb.storage.fsio import fsync_dir
 
 FORMAT = "engramdb-export"
@@ -114,8 +115,11 @@ class ParquetWriter:
             if key == "vector":
                 cols[key] = pa.array(values, pa.binary(self.row_bytes))
             elif key == "occurrences":
+                # No depth bound: a store written before there was one may hold deeper
+                # metadata, and an export is lossless.
                 cols[key] = pa.array(
-                    [[{**o, "metadata": encode_metadata(o["metadata"])} for o in v]
+                    [[{**o, "metadata": encode_metadata(o["metadata"], max_depth=None)}
+                      for o in v]
                      for v in values],
                     pa.list_(pa.struct([("seq", pa.int64()), ("role", pa.string()),
                                         ("session", pa.string()), ("tick", pa.int64()),
@@ -224,9 +228,25 @@ def check_header(doc: Any, source: str) -> dict[str, Any]:
             raise bad(f"{source}: the header lacks {key!r}")
     counts = doc["counts"]
     for key in ("engrams", "occurrences", "links", "forgotten"):
-        if not isinstance(counts.get(key), int):
+        if not _whole(counts.get(key)) or counts[key] < 0:
             raise bad(f"{source}: the header lacks counts.{key}")
+    for key, value in doc["counters"].items():
+        if not _whole(value):
+            raise bad(f"{source}: counter {key!r} must be an integer, got {value!r:.40}")
+    if not isinstance(doc.get("last_turn"), (str, type(None))):
+        raise bad(f"{source}: last_turn must be an engram id or null")
+    # The settings become the new store's: a value of the wrong type would pass into its
+    # manifest and fail every later recall or ingest there.
+    try:
+        Settings.from_dict({**doc["settings"], "vector_dtype": dtype})
+    except InvalidInput as exc:
+        raise bad(f"{source}: the exported settings are invalid: {exc.message}") from None
     return doc
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is an int the catalog's BIGINT columns hold (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
 
 
 class JsonlReader(Reader):
@@ -260,6 +280,8 @@ class JsonlReader(Reader):
             except json.JSONDecodeError as exc:
                 raise bad(f"{self.path}:{self.lineno}: bad JSON: {exc.msg}",
                           hint="the export is damaged; export it again") from None
+            except RecursionError:  # nested past Python's recursion limit: no export is
+                raise bad(f"{self.path}:{self.lineno}: JSON nested too deeply") from None
             if not isinstance(doc, dict):
                 raise bad(f"{self.path}:{self.lineno}: expected a JSON object")
             return doc
@@ -313,7 +335,7 @@ class ParquetReader(Reader):
         self.path = path
         try:
             doc = json.loads((path / HEADER_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidInput(f"{path / HEADER_NAME}: bad JSON: {exc}") from None
         self.header = check_header(doc, str(path))
 
@@ -336,7 +358,7 @@ class ParquetReader(Reader):
                         meta = o.get("metadata")
                         o["metadata"] = None if meta is None else json.loads(meta)
                 yield batch
-        except (pa.ArrowException, json.JSONDecodeError) as exc:
+        except (pa.ArrowException, json.JSONDecodeError, RecursionError) as exc:
             raise bad(f"{self.path}/engrams.parquet is damaged: {exc}") from None
 
     def _rows(self, name: str) -> list[dict[str, Any]]:

@@ -268,7 +268,7 @@ class _Importer:
             occ["role"].append(o.get("role"))
             occ["session"].append(o.get("session"))
             occ["tick"].append(o["tick"])
-            occ["metadata"].append(encode_metadata(o.get("metadata")))
+            occ["metadata"].append(encode_metadata(o.get("metadata"), max_depth=None))
             self.max_seq = max(self.max_seq, o["seq"])
         self.n_occ += len(occurrences)
 
