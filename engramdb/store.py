@@ -8,7 +8,6 @@ states the lock order.
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import weakref
@@ -34,6 +33,7 @@ from engramdb.encoders import Encoder, from_spec
 from engramdb.engine import collect
 from engramdb.engine.commit import Committer
 from engramdb.engine.derive import DerivedLoader
+from engramdb.engine.lifecycle import release_handle, take_lock
 from engramdb.engine.lifespan import effective_kind
 from engramdb.engine.links import strongest
 from engramdb.engine.opening import Opening, create_store, prepare_directory, read_manifest
@@ -49,7 +49,6 @@ from engramdb.errors import (
     InvalidInput,
     ModelMismatch,
     NotFound,
-    StoreLocked,
 )
 from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
@@ -159,7 +158,7 @@ class Store:
         self._parts = parts = Parts(path)
         self._encoder = encoder
         self._lock = StoreLock(path)
-        _take_lock(self._lock, lock_timeout)
+        take_lock(self._lock, lock_timeout)
         self._prefault_stop = threading.Event()
         self._prefault: threading.Thread | None = None
         opening = Opening(parts)
@@ -194,7 +193,7 @@ class Store:
         # Releases a handle dropped without close() once it is collected, or still open at
         # exit (else the interpreter kills the indexer inside hnswlib: SIGABRT). It holds the
         # parts, never the Store (or the Store could never be collected).
-        self._finalizer = weakref.finalize(self, _release, parts, self._lock,
+        self._finalizer = weakref.finalize(self, release_handle, parts, self._lock,
                                            self._prefault_stop, self._prefault)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -434,7 +433,7 @@ class Store:
             batch = Batch([ident], [norm], [role], [session], [meta], [False], q[None, :],
                           KIND_CODES["working"])
             result = self._writer.ingest_batch(
-                batch, now=now, hook=self._writer.turn_hook(ident, hit_eids))[0]
+                batch, now=now, hook=self._writer.turn_hook(ident, hit_eids), existing=own)[0]
             self._writer.settle_overflow()
         return Turn(id=result.id, is_new=result.is_new, recalled=recalled,
                     prompt=format_prompt(norm, recalled, role), tick=now)
@@ -719,47 +718,6 @@ class Store:
         report = self.verify()
         if not report.ok:
             raise CorruptStore(f"{self.path}: " + "; ".join(report.problems[:5]))
-
-
-_EXIT_WAIT = 10.0  # seconds _release waits for a write in flight
-
-
-def _take_lock(lock: StoreLock, timeout: float) -> None:
-    """Take the store's lock. Held by this process, it may be a handle dropped without close()
-    and not collected yet (a Store lives in reference cycles): collect it (its finalizer,
-    _release, frees the lock) before waiting."""
-    try:
-        lock.acquire(0.0)
-        return
-    except StoreLocked as exc:
-        if exc.pid == os.getpid():
-            gc.collect()
-    lock.acquire(timeout)
-
-
-def _release(parts: Parts, lock: StoreLock, stop: threading.Event,
-             prefault: threading.Thread | None) -> None:
-    """Stop a handle's threads, close its catalog and release its lock: run once, by close(),
-    when a handle dropped without close() is collected (on whatever thread collects it), or at
-    exit."""
-    if os.getpid() != parts.pid:
-        return  # a forked child: the lock, the files and the threads are the parent's
-    # close() holds the write lock already; at exit a daemon thread may be mid-write: let its
-    # commit end (or give up on one that never does: the OS releases the lock at exit).
-    if not parts.write_lock.acquire(timeout=_EXIT_WAIT):
-        return
-    try:
-        parts.closed = True
-        stop.set()
-        if prefault is not None and prefault is not threading.current_thread():
-            prefault.join()  # within one chunk's madvise
-        if parts.indexer is not None:
-            parts.indexer.close()
-        if parts.catalog is not None:
-            parts.catalog.close()
-    finally:
-        lock.release()
-        parts.write_lock.release()
 
 
 # -- argument checks ----------------------------------------------------------------------------

@@ -105,16 +105,19 @@ class Writer:
     def ingest_batch(
         self, batch: Batch, *, now: int | None = None,
         hook: Callable[[Commit, dict[str, int], int], None] | None = None,
+        existing: dict[str, int] | None = None,
     ) -> list[IngestResult]:
         """Write one batch: vectors first, then one catalog commit.
 
         ``now`` (integrate) moves the clock to that tick in the same commit; ``hook`` runs
         inside the transaction (rewards, links) with the commit, the eids and the tick.
+        ``existing``: the batch's stored ids and their eids, when the caller looked them up
+        under the same write lock (integrate does; a catalog query less per turn).
         """
         parts, counters = self.parts, self.committer.counters
         if parts.indexer is not None:
             parts.indexer.check()  # before anything is written: a failed indexer refuses
-        plan = self._plan(batch)
+        plan = self._plan(batch, existing)
         advance = now is not None
         now = counters.clock if now is None else now
         s = parts.settings
@@ -133,8 +136,9 @@ class Writer:
         return [IngestResult(id=i, is_new=i not in plan.existing and plan.new_first.get(i) == k)
                 for k, i in enumerate(batch.ids)]
 
-    def _plan(self, batch: Batch) -> _Planned:
-        existing = self.lookup_ids(sorted(set(batch.ids)))
+    def _plan(self, batch: Batch, existing: dict[str, int] | None) -> _Planned:
+        if existing is None:
+            existing = self.lookup_ids(sorted(set(batch.ids)))
         # First occurrence in the batch of each new id becomes the engram; the rest are refs.
         new_first: dict[str, int] = {}
         for i, ident in enumerate(batch.ids):
