@@ -100,32 +100,32 @@ def not_regular(path: Path, mode: int, expected: str = "a regular file") -> Corr
         hint=_NOT_REGULAR_HINT)
 
 
+def _lstat_mode(path: Path) -> int | None:
+    """The file type bits of ``path`` itself (a link is not followed); None if absent."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot inspect {path}: {exc}") from exc
+
+
 def check_directory(path: Path) -> bool:
     """Whether the store's directory ``path`` exists; CorruptStore if it is a link (even to
     a directory) or not a directory. One ``lstat``."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StorageError(f"cannot inspect {path}: {exc}") from exc
-    if not stat.S_ISDIR(mode):
+    mode = _lstat_mode(path)
+    if mode is not None and not stat.S_ISDIR(mode):
         raise not_regular(path, mode, "a directory")
-    return True
+    return mode is not None
 
 
 def check_regular(path: Path) -> bool:
     """Whether the store's file ``path`` exists; CorruptStore if it is a link or anything
     but a regular file. One ``lstat``."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StorageError(f"cannot inspect {path}: {exc}") from exc
-    if not stat.S_ISREG(mode):
+    mode = _lstat_mode(path)
+    if mode is not None and not stat.S_ISREG(mode):
         raise not_regular(path, mode)
-    return True
+    return mode is not None
 
 
 def check_tree(directory: Path, subdirs: Iterable[str] = ()) -> None:
