@@ -364,8 +364,10 @@ class Store:
         given = None if vectors is None else validate_vectors(vectors, self.dim, n)
         if given is None and n and self.manifest.encoder_spec.get("kind") in ("vectors",):
             raise EncoderRequired("this store has no encoder: pass vectors=...")
-        if kind not in (Kind.WORKING, Kind.SHORT_TERM, Kind.LONG_TERM):
+        if not isinstance(kind, str) or kind not in (Kind.WORKING, Kind.SHORT_TERM,
+                                                     Kind.LONG_TERM):
             raise InvalidInput(f"kind must be working, short_term or long_term, got {kind!r}")
+        kind = Kind(kind)  # the name as a str works too
         ids = [content_id(self.fingerprint, t) for t in norm]
         results: list[IngestResult] = []
         step = self.settings.batch_rows

@@ -221,3 +221,12 @@ def encoder():
 def test_property_store_verifies_after_fuzzing(mem) -> None:
     test_property_any_input_is_stored_exactly_or_refused_cleanly(mem)
     assert mem.verify().ok
+
+
+def test_ingest_many_takes_a_kind_by_name(tmp_path: Path) -> None:
+    with engramdb.open(tmp_path / "a.engram", dim=4) as mem:
+        mem.ingest_many(["kept"], vectors=[[1, 0, 0, 0]], kind="long_term")
+        assert mem.recall(vector=[1, 0, 0, 0], top_k=1)[0].kind == engramdb.Kind.LONG_TERM
+        for bad in ("dead", "forever", 3):
+            with pytest.raises(InvalidInput):
+                mem.ingest_many(["x"], vectors=[[0, 1, 0, 0]], kind=bad)

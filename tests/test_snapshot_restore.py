@@ -34,3 +34,4 @@ def test_a_restore_refuses_a_store_written_meanwhile(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="written to during the restore"):
             restorer.add_engrams(rows, pa.table({}), np.zeros((1, 4), np.float32))
         assert len(mem) == 1 and mem.verify().ok
+
