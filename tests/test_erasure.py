@@ -38,3 +38,25 @@ def test_forget_then_gc_erases_text_and_vector(store_path: Path) -> None:
         for needle in needles[:4]:
             assert needle not in blob
     assert np.frombuffer(vector, np.float32).shape == (64,)
+
+
+def test_erasure_leaves_no_hash_of_the_text(tmp_path: Path) -> None:
+    """The engram id is a hash of the fingerprint and the text: after gc the forgetting log
+    keeps when, why and what kind under a random tombstone, and no file holds the id."""
+    path = tmp_path / "a.engram"
+    with engramdb.open(path, encoder=HashingEncoder(dim=32)) as mem:
+        secret = mem.ingest("my bank PIN is 7304").id
+        expiring = mem.ingest("a short-lived note").id
+        mem.ingest("something else entirely", pin=True)
+        mem.forget([secret])
+        assert mem.forgetting_log()[0]["id"] == secret  # not erased yet: still the id
+        mem.tick(int(mem.get(expiring).expires_at) + 1)
+        mem.gc()
+        log = mem.forgetting_log()
+        assert {(e["reason"], e["collected"]) for e in log} == {("forgotten", True),
+                                                               ("expired", True)}
+        tombstones = [e["id"] for e in log]
+        assert all(t.startswith("erased-") and len(t) == 39 for t in tombstones)
+        assert len(set(tombstones)) == 2
+    for ident in (secret, expiring):
+        assert not any(ident.encode() in blob for blob in _all_bytes(path)), ident

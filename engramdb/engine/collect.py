@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from engramdb.engine.commit import Committer
+from engramdb.engine.commit import TOMBSTONE_PREFIX, TOMBSTONE_SQL, Committer
 from engramdb.engine.derive import DerivedLoader
 from engramdb.engine.lifespan import effective_kind
 from engramdb.engine.links import in_list
@@ -139,7 +139,10 @@ class Collector:
             if unused:
                 c.con.execute(f"DELETE FROM labels WHERE code IN {in_list(unused)}")
                 c.drop_labels(unused)
-            c.con.execute("UPDATE forgotten SET collected = true WHERE NOT collected")
+            # Erased now: their log entries keep when, why and what kind, not the id (a hash
+            # of the text). Entries collected by an engramdb before tombstones get theirs too.
+            c.con.execute(f"UPDATE forgotten SET collected = true, id = {TOMBSTONE_SQL} "
+                          f"WHERE NOT collected OR NOT starts_with(id, '{TOMBSTONE_PREFIX}')")
 
     def _compact(self, segs: list[int]) -> None:
         """Move the live vectors of ``segs`` into fresh segments, commit, delete the old

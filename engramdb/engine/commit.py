@@ -32,6 +32,12 @@ from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
 
 # Why an engram left the store, as the forgetting log records it.
 REASONS = ("forgotten", "expired", "lost")
+# What the forgetting log keeps as the id of an engram gc has erased: a random token. The
+# engram id is a hash of the encoder's fingerprint and the text, so keeping it would let
+# anyone holding the store confirm a guessed text (docs/lifespan.md, "Erasure").
+TOMBSTONE_PREFIX = "erased-"
+TOMBSTONE_SQL = (f"'{TOMBSTONE_PREFIX}' || "
+                 "replace(CAST(gen_random_uuid() AS VARCHAR), '-', '')")
 
 
 @dataclass
@@ -143,7 +149,8 @@ class Commit:
                        tick: int | None = None, collected: bool = False) -> None:
         """Delete engrams with their occurrences, links, BM25 and context rows, and log them
         in the forgetting log with ``reason`` at ``tick`` (default: the tick their lifespan
-        ran out). The derived state forgets them once the commit is acknowledged."""
+        ran out); ``collected`` (gc erases them now) logs them under a tombstone id. The
+        derived state forgets them once the commit is acknowledged."""
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         eids = np.asarray(eids, np.int64)
@@ -153,7 +160,8 @@ class Commit:
         listed = "(SELECT unnest(?::BIGINT[]))"
         when = "CAST(ceil(expires_at) AS BIGINT)" if tick is None else str(int(tick))
         ids = eids.tolist()
-        con.execute(f"INSERT INTO forgotten SELECT eid, id, {when}, '{reason}', kind, "
+        logged = TOMBSTONE_SQL if collected else "id"
+        con.execute(f"INSERT INTO forgotten SELECT eid, {logged}, {when}, '{reason}', kind, "
                     f"{'true' if collected else 'false'} FROM engrams WHERE eid IN {listed}",
                     [ids])
         con.execute(f"DELETE FROM occurrences WHERE eid IN {listed}", [ids])
