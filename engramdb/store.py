@@ -484,10 +484,8 @@ class Store:
         >>> mem.reinforce([hit.id for hit in hits[:2]])  # doctest: +SKIP
         """
         self._parts.check_open()
-        id_list = [ids] if isinstance(ids, str) else list(ids)
         amount = self.settings.recall_reward if amount is None else check_finite(amount, "amount")
-        for i in id_list:
-            _check_id(i)
+        id_list = _id_list(ids)
         with self._writing():
             self._writer.reinforce(id_list, amount)
 

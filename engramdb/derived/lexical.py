@@ -58,6 +58,7 @@ import pyarrow as pa
 from engramdb.derived.lexical_snapshot import SnapshotVocab, read_snapshot, write_snapshot
 from engramdb.derived.lexical_tokenizer import STOPWORDS, TOKENIZER_ID, stem, tokenize
 from engramdb.errors import CorruptStore, InvalidInput
+from engramdb.storage.catalog import insert_arrow
 
 __all__ = [
     "STOPWORDS",
@@ -197,14 +198,8 @@ class LexicalIndex:
     @staticmethod
     def insert(con: duckdb.DuckDBPyConnection, rows: LexicalRows) -> None:
         """Insert ``rows`` through ``con`` (one Arrow insert per table; caller owns the txn)."""
-        con.register("_lex_docs_batch", rows.docs)
-        con.register("_lex_postings_batch", rows.postings)
-        try:
-            con.execute("INSERT INTO lex_docs SELECT eid, len FROM _lex_docs_batch")
-            con.execute("INSERT INTO lex_postings SELECT term, eid, tf FROM _lex_postings_batch")
-        finally:
-            con.unregister("_lex_docs_batch")
-            con.unregister("_lex_postings_batch")
+        insert_arrow(con, "lex_docs", rows.docs)
+        insert_arrow(con, "lex_postings", rows.postings)
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, **kwargs: object) -> LexicalIndex:
