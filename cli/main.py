@@ -26,6 +26,7 @@ from engramdb.errors import EngramError, StoreLocked
 from engramdb.storage.manifest import MANIFEST_NAME
 
 from . import queries
+from .mcp_command import mcp_command
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_FAILED = 1
@@ -577,6 +578,9 @@ def report(path: Path, wait: float, output: Path) -> None:
     with opened(path, wait) as mem:
         write_report(mem, output)
     click.echo(f"wrote {output}")
+
+
+main.add_command(mcp_command)  # `engramdb mcp`: cli/mcp_command.py (the optional mcp extra)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+import math
+from dataclasses import InitVar, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from engramdb.errors import StoreClosed
 
 
 class Kind(StrEnum):
@@ -30,6 +34,10 @@ class IngestResult:
     id: str
     is_new: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id": ..., "is_new": ...}``, ready for ``json.dumps``."""
+        return {"id": self.id, "is_new": self.is_new}
+
 
 @dataclass(frozen=True)
 class Occurrence:
@@ -39,6 +47,11 @@ class Occurrence:
     session: str | None
     tick: int
     metadata: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """role, session, tick and a copy of metadata as plain data, ready for ``json.dumps``."""
+        return {"role": self.role, "session": self.session, "tick": int(self.tick),
+                "metadata": copy.deepcopy(self.metadata)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,17 @@ class Engram:
         """Metadata of the most recent occurrence."""
         return self.occurrences[-1].metadata if self.occurrences else None
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data (``kind`` as its name, occurrences as dicts), ready for
+        ``json.dumps``; the dict shares nothing with the engram."""
+        return {
+            "id": self.id, "text": self.text, "kind": Kind(self.kind).value,
+            "refs": int(self.refs), "created_tick": int(self.created_tick),
+            "expires_at": _number(self.expires_at), "lifespan_left": _number(self.lifespan_left),
+            "pinned": bool(self.pinned), "recalls": int(self.recalls),
+            "occurrences": [o.to_dict() for o in self.occurrences],
+        }
+
 
 @dataclass(frozen=True)
 class Recall:
@@ -71,6 +95,11 @@ class Recall:
     turn; ``path`` is ``[seed id, own id]`` when a hit lifted it) or "association" (reached
     over Hebbian links from another hit; ``path`` lists the ids walked). ``scores`` holds the
     per-source and per-level scores behind ``score``.
+
+    For JSON use :meth:`to_dict`, which includes the occurrences (``dataclasses.asdict`` works
+    too but leaves them out: they are a property, not a field). A hit's occurrences are loaded
+    on first access while the store is open; once loaded they stay readable after it closes
+    (``to_dict``, ``copy.deepcopy`` and ``pickle`` load them).
     """
 
     id: str
@@ -81,7 +110,19 @@ class Recall:
     via: str
     scores: dict[str, float] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
-    _occurrences: Any = field(default=None, repr=False, compare=False)
+    # The occurrences, or the recall's loader of them (recall/hydrate.OccurrenceLoader, which
+    # holds a lock and the store). An init-only argument kept as a plain attribute, not a
+    # field, so that dataclasses.asdict/astuple/fields never see the loader.
+    _occurrences: InitVar[Any] = None
+
+    def __post_init__(self, _occurrences: Any) -> None:
+        object.__setattr__(self, "_occurrences", _occurrences)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``pickle`` and ``copy``: the occurrences themselves, never their loader."""
+        state = dict(self.__dict__)
+        state["_occurrences"] = list(self.occurrences)
+        return state
 
     @property
     def occurrences(self) -> list[Occurrence]:
@@ -112,6 +153,30 @@ class Recall:
         """Session of the most recent matching occurrence."""
         return self.occurrences[-1].session if self.occurrences else None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The hit as plain data, ready for ``json.dumps``: id, text, score, kind (its name),
+        lifespan_left, via, scores, path and the matching occurrences as dicts.
+
+        The occurrences are loaded now if they were not yet (so the store must be open then:
+        StoreClosed otherwise); the dict holds copies and stays valid after the store closes.
+
+        >>> json.dumps([hit.to_dict() for hit in mem.recall("pets")])  # doctest: +SKIP
+        """
+        try:
+            occurrences = [o.to_dict() for o in self.occurrences]
+        except StoreClosed as exc:
+            raise StoreClosed(
+                f"the occurrences of recalled engram {self.id[:12]} were not loaded before "
+                "the store closed",
+                hint="call to_dict() (or read .occurrences) before closing the store, or use "
+                "engramdb.aio, whose recall loads them") from exc
+        return {
+            "id": self.id, "text": self.text, "score": float(self.score),
+            "kind": Kind(self.kind).value, "lifespan_left": _number(self.lifespan_left),
+            "via": self.via, "scores": {str(k): float(v) for k, v in self.scores.items()},
+            "path": list(self.path), "occurrences": occurrences,
+        }
+
 
 @dataclass
 class VerifyReport:
@@ -128,6 +193,11 @@ class VerifyReport:
     def __bool__(self) -> bool:
         return self.ok
 
+    def to_dict(self) -> dict[str, Any]:
+        """``ok``, ``problems`` and ``checked`` as plain data, ready for ``json.dumps``."""
+        return {"ok": self.ok, "problems": list(self.problems),
+                "checked": {str(k): int(v) for k, v in self.checked.items()}}
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -143,3 +213,18 @@ class Turn:
     recalled: list[Recall]
     prompt: str
     tick: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The turn as plain data (each recalled hit through :meth:`Recall.to_dict`), ready
+        for ``json.dumps``."""
+        return {"id": self.id, "is_new": self.is_new,
+                "recalled": [hit.to_dict() for hit in self.recalled],
+                "prompt": self.prompt, "tick": int(self.tick)}
+
+
+def _number(value: float | None) -> float | None:
+    """A lifespan or expiry for JSON: a plain float, None for "never" (None or infinite)."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isinf(value) else value
