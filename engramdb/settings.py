@@ -49,6 +49,13 @@ class Settings:
     # re-scoring does not page-fault: at 1M x 384-d, p50 0.66 -> 0.57 ms (paired, one process).
     # It reads segment files that are not in the page cache; False leaves reads to fault.
     prefault_vectors: bool = True
+    # The turn journal (docs/format.md, "Turn journal"): ingest() and integrate() on a store
+    # of at most journal_max_engrams engrams (0: never) are made durable by one append to
+    # journal.bin and folded into the catalog in one commit at close, before any other write
+    # or catalog read, and once journal_fold_turns turns or journal_fold_bytes bytes wait.
+    journal_max_engrams: int = 200_000
+    journal_fold_turns: int = 256
+    journal_fold_bytes: int = 8 * 2**20
 
     # -- recall --
     lexical_weight: float = 0.5  # share of BM25 in hybrid recall (0: dense only); see hybrid.py
@@ -204,6 +211,6 @@ def _checked_range(name: str, value: float) -> Any:
         raise InvalidInput(f"{name} must be in [0, 1], got {value!r}")
     if name == "segment_bytes" and value < 4096:
         raise InvalidInput(f"segment_bytes must be >= 4096, got {value!r}")
-    if name == "batch_rows" and value < 1:
-        raise InvalidInput(f"batch_rows must be >= 1, got {value!r}")
+    if name in ("batch_rows", "journal_fold_turns") and value < 1:
+        raise InvalidInput(f"{name} must be >= 1, got {value!r}")
     return value

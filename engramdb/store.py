@@ -69,6 +69,10 @@ from engramdb.types import (
     VerifyReport,
 )
 
+# Batches up to this many texts take the turn journal; larger ones (bulk loads) commit to the
+# catalog directly, where one statement per table is already cheap per row.
+_JOURNAL_BATCH_MAX = 64
+
 
 def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     path: str | os.PathLike[str],
@@ -167,6 +171,8 @@ class Store:
             if not (path / MANIFEST_NAME).exists():
                 created = create_store(path, encoder, dim, settings or Settings())
             opening.run(read_manifest(path, encoder, dim, settings), index, created)
+            self._writer = Writer(parts, opening.committer, self._encode)
+            opening.replay(self._writer)
         except BaseException:
             for job in opening.jobs:  # no work of a failed open outlives it
                 job.wait()
@@ -181,7 +187,6 @@ class Store:
         self._committer.abandon = self._abandon
         self._loader: DerivedLoader = opening.loader
         self._keeper: IndexKeeper = opening.keeper
-        self._writer = Writer(parts, self._committer, self._encode)
         self._searcher = Searcher(parts)
         self._collector = collect.Collector(parts, self._committer, self._keeper, self._loader)
         parts.closed = False
@@ -214,6 +219,7 @@ class Store:
                 return
             parts.closed = True
             try:
+                self._committer.fold()  # the journaled turns go into the catalog
                 self._committer.sync()  # "fast": this handle's writes become durable
                 self._keeper.save_if_unsaved()
                 self._loader.save_lexical()  # the next open reads it instead of the tables
@@ -261,12 +267,21 @@ class Store:
             yield Snapshot(self._parts)
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """The write lock, on an open handle."""
+    def _writing(self, *, fold: bool = True) -> Iterator[None]:
+        """The write lock, on an open handle; with ``fold`` the journaled turns are folded
+        into the catalog first (all but the turn path read or write the catalog)."""
         self._parts.check_open()
         with self._parts.write_lock:
             self._parts.check_open()
+            if fold:
+                self._committer.fold()
             yield
+
+    def _fold(self) -> None:
+        """Fold the journaled turns into the catalog before a read of it (no-op if none)."""
+        if self._committer.pending:
+            with self._writing():
+                pass
 
     def __enter__(self) -> Store:
         return self
@@ -378,9 +393,10 @@ class Store:
                 batch = Batch(ids[part], norm[part], roles_[part], sessions_[part], metas[part],
                               pins_[part], None if given is None else unit_rows(given[part]),
                               KIND_CODES[kind.value])
-                with self._writing():
-                    results.extend(self._writer.ingest_batch(batch))
-                    self._writer.settle_overflow()
+                turn = self._turn_path(len(batch.ids))
+                with self._writing(fold=not turn):
+                    results.extend(self._writer.ingest_batch(batch, journal=turn))
+                    self._writer.settle_overflow(turn=turn)
                 if bar is not None:
                     bar.update(part.stop - start)
         finally:
@@ -417,7 +433,8 @@ class Store:
         meta = encode_metadata(metadata)
         q = self._encode([norm])[0]
         occ_sql, occ_params = occurrence_filter(where)
-        with self._writing():
+        turn = self._turn_path(1) and not occ_sql
+        with self._writing(fold=not turn):
             now = self.clock + 1
             hot = self._parts.hot
             mask = hot.visible(now)
@@ -434,11 +451,16 @@ class Store:
             hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
             batch = Batch([ident], [norm], [role], [session], [meta], [False], q[None, :],
                           KIND_CODES["working"])
-            result = self._writer.ingest_batch(
-                batch, now=now, hook=self._writer.turn_hook(ident, hit_eids), existing=own)[0]
-            self._writer.settle_overflow()
+            result = self._writer.ingest_batch(batch, now=now, hits=hit_eids, existing=own,
+                                               journal=turn)[0]
+            self._writer.settle_overflow(turn=turn)
         return Turn(id=result.id, is_new=result.is_new, recalled=recalled,
                     prompt=format_prompt(norm, recalled, role), tick=now)
+
+    def _turn_path(self, n: int) -> bool:
+        """Whether a write of ``n`` texts goes through the turn journal (docs/format.md)."""
+        return n <= _JOURNAL_BATCH_MAX and (
+            self._committer.counters.next_eid + n <= self.settings.journal_max_engrams)
 
     def forget(self, ids: str | Iterable[str]) -> int:
         """Erase engrams now: they vanish from recall at once; ``gc()`` reclaims their bytes.
@@ -586,6 +608,7 @@ class Store:
         """
         self._parts.check_open()
         _check_id(ident)
+        self._fold()
         found = self._writer.lookup_ids([ident])
         if not found or not self._parts.hot.visible(self.clock)[found[ident]]:
             raise NotFound(f"no live engram with id {ident}")
@@ -616,9 +639,12 @@ class Store:
         ``via="association"`` and the ``path`` of ids that led to it. Recall is a pure read:
         it changes no lifespan (``integrate`` and ``reinforce`` do).
 
-        ``where`` filters on occurrences: ``session``, ``role`` (a value or a list of values),
-        ``metadata`` (a dict of key -> value that must all match), ``since``/``until``
-        (inclusive ticks). ``kinds`` keeps only engrams of those kinds. Filters are applied
+        ``where`` filters on occurrences: ``session``, ``role`` (a value, a list of values,
+        or an operator dict), ``metadata`` (a dict of key -> value or operator dict, all of
+        which must hold; a dotted key such as ``"user.name"`` reaches nested values when no
+        top-level key has that exact name, and a key starting with ``/`` is a JSON pointer),
+        ``since``/``until`` (inclusive ticks); the operators are ``$eq $ne $in $nin $gt
+        $gte $lt $lte $exists`` (see docs/recall.md, "Filters"). ``kinds`` keeps only engrams of those kinds. Filters are applied
         inside the search: the result is the exact top-k among matching engrams.
         Raises InvalidInput, EncoderRequired (text query on a store without a usable
         encoder), DimensionMismatch.
@@ -637,6 +663,8 @@ class Store:
             q = self._encode([text])[0]
         codes = kind_codes(kinds)
         occ_sql, occ_params = occurrence_filter(where)
+        if occ_sql:
+            self._fold()  # the filter runs on the catalog's occurrences
         if context is not None:
             context = _check_bool(context, "context")
         hot, searcher = self._parts.hot, self._searcher
@@ -666,6 +694,7 @@ class Store:
     def links(self, limit: int = 20) -> list[tuple[str, str, float]]:
         """The ``limit`` strongest links now, as ``(id_a, id_b, weight)``."""
         self._parts.check_open()
+        self._fold()
         parts, now = self._parts, self.clock
         vis = parts.hot.visible(now)
         top = [(a, b, w) for a, b, w in parts.read_cursor(strongest, None, now, self.settings)
@@ -680,6 +709,7 @@ class Store:
         with reason "expired" and ``collected=False``.
         """
         self._parts.check_open()
+        self._fold()
         return collect.forgetting_log(self._parts, self.clock, check_top_k(limit))
 
     def stats(self) -> dict[str, Any]:

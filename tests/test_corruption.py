@@ -114,7 +114,10 @@ def _build(root: Path) -> tuple[Path, dict[str, Any]]:
     """The pristine snapshot (copied while open, so the WAL is there) and the probe."""
     live = root / "live.engram"
     settings = {"segment_bytes": 4096, "batch_rows": 32}
-    with engramdb.open(live, encoder=ENC, settings=settings) as mem:
+    # A graph index although the store is small (searches still scan exactly): its files are
+    # part of what is fuzzed.
+    with engramdb.open(live, encoder=ENC, settings=settings,
+                       index={"exact_threshold": 5000}) as mem:
         res = mem.ingest_many([f"memory {k} about oscar the guinea pig" for k in range(150)])
         for q in ("what about memory 3", "tell me memory 7 again", "oscar and memory 20"):
             mem.integrate(q, top_k=3)
@@ -126,6 +129,8 @@ def _build(root: Path) -> tuple[Path, dict[str, Any]]:
         late = mem.ingest_many([f"late memory {k}" for k in range(20)])
         mem.integrate("late memory 4 and oscar", top_k=2)
         mem.forget([late[1].id])
+        for q in ("oscar ate a carrot", "late memory 9 again"):  # turns left in journal.bin
+            mem.integrate(q, top_k=2)
         snap = root / "pristine.engram"
         shutil.copytree(live, snap, ignore=shutil.ignore_patterns("LOCK"))
     finally:
@@ -232,9 +237,10 @@ def run_child(store: Path, probe_file: Path) -> dict[str, Any]:
 def classify(result: dict[str, Any], pristine: dict[str, Any], wal: bool = False) -> str:
     """``refused`` / ``detected`` / ``intact`` are fine; anything else is a failure.
 
-    For damage to the DuckDB WAL (``wal``), ``rolled-back`` is accepted too: DuckDB stops
-    replaying at a torn or damaged WAL record, exactly as after a crash, so the commits after
-    it are lost without a trace the store could check (see docs/reliability.md).
+    For damage to the DuckDB WAL or the turn journal (``wal``), ``rolled-back`` is accepted
+    too: both stop replaying at a torn or damaged record, exactly as after a crash, so the
+    commits after it are lost (the journal reports the cut in ``recovered``; see
+    docs/reliability.md).
     """
     outcome = result["outcome"]
     if outcome == "error":
@@ -290,6 +296,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert all(v is not None for v in answer["present"].values())
     files = _files(snap)
     assert "catalog.duckdb.wal" in files, "the snapshot should hold an unfolded WAL"
+    assert "journal.bin" in files, "the snapshot should hold journaled turns"
     sizes = {f: _resolve(snap, f).stat().st_size for f in files}
     return {"root": root, "snap": snap, "probe": probe_file, "answer": answer,
             "files": files, "sizes": sizes}
@@ -303,9 +310,14 @@ def _run_case(pristine: dict[str, Any], case: dict[str, Any]) -> tuple[str, dict
         if not apply_case(work, case):
             return "skipped", {}
         result = run_child(work, pristine["probe"])
-        return classify(result, pristine["answer"], case["file"].endswith(".wal")), result
+        return classify(result, pristine["answer"], _is_log(case["file"])), result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_log(rel: str) -> bool:
+    """DuckDB's WAL and the turn journal: damage there may cut the commits after it."""
+    return rel.endswith((".wal", "journal.bin"))
 
 
 def _corpus() -> list[Any]:
@@ -427,7 +439,7 @@ def _run_hostile(pristine: dict[str, Any], case: dict[str, Any]) -> tuple[str, d
         result = run_child(work, pristine["probe"])
         if _tree(outside) != before:
             return "escaped", result
-        return classify(result, pristine["answer"], case["file"].endswith(".wal")), result
+        return classify(result, pristine["answer"], _is_log(case["file"])), result
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)

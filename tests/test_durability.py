@@ -31,7 +31,9 @@ DIM = 16
 ENC = HashingEncoder(dim=DIM)
 ROW_BYTES = DIM * 4
 # 64 rows per segment file and commits of 8 rows: the writes span several files.
-FAST = {"durability": "fast", "sync_interval": 3600.0, "segment_bytes": 4096, "batch_rows": 8}
+# The catalog path (the journal off): the journal's "fast" mode is tested in test_journal.py.
+FAST = {"durability": "fast", "sync_interval": 3600.0, "segment_bytes": 4096, "batch_rows": 8,
+        "journal_max_engrams": 0}
 
 
 def _snapshot(src: Path, dest: Path) -> Path:

@@ -44,6 +44,7 @@ from engramdb.engine import collect
 from engramdb.errors import CommitUncertain, EngramError, StoreClosed
 from engramdb.storage import catalog as catalog_mod
 from engramdb.storage import fsio, segments
+from engramdb.storage import journal as journal_mod
 from engramdb.transfer import export as transfer_export
 from engramdb.transfer import export_store, import_store
 from engramdb.transfer import formats as transfer_formats
@@ -53,7 +54,9 @@ LONG = os.environ.get("ENGRAMDB_FAULT_LONG") == "1"
 DIM = 16
 # Small batches and segments: one ingest_many spans several commits and segment files, and
 # gc has segments to compact.
-SETTINGS = {"batch_rows": 8, "segment_bytes": 4096}
+# Batches of 8 commit to the catalog directly (the journal off): the turn path has its own
+# sweep below (test_faults_during_turns_and_fold).
+SETTINGS = {"batch_rows": 8, "segment_bytes": 4096, "journal_max_engrams": 0}
 ENC = HashingEncoder(dim=DIM)
 
 OS_KINDS = ["os.write", "os.fsync", "os.replace", "os.ftruncate", "os.open"]
@@ -219,7 +222,7 @@ def inj(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
     proxy = FaultyOs(injector)
     opener = _faulty_open(injector)
     for module in (segments, fsio, collect, transfer_export, transfer_formats,
-                   transfer_importer):
+                   transfer_importer, journal_mod):
         monkeypatch.setattr(module, "os", proxy)
         monkeypatch.setattr(module, "open", opener, raising=False)
     try:
@@ -387,6 +390,42 @@ def test_faults_during_ingest_many(inj: Injector, tmp_path: Path, kind: str) -> 
     assert fired, f"no {kind} fault ever fired: the test proved nothing"
 
 
+def _turn_session(path: Path, texts: list[str], ledger: Ledger) -> None:
+    """Open, integrate ``texts`` (each acknowledged as it returns), close: the fold."""
+    mem = engramdb.open(path, encoder=ENC)
+    try:
+        for t in texts:
+            ledger.ack([mem.integrate(t, top_k=3, session="s")], [t])
+    finally:
+        mem.close()
+
+
+@pytest.mark.parametrize("kind", ["os.write", "os.fsync", "os.ftruncate", *DB_KINDS])
+def test_faults_during_turns_and_fold(inj: Injector, tmp_path: Path, kind: str) -> None:
+    """Turns through the journal and the fold at close: a failed append refuses the turn
+    and changes nothing; a failed fold closes the handle and the reopen replays the
+    journal; every acknowledged turn survives."""
+    path = tmp_path / "t.engram"
+    rng = random.Random(zlib.crc32(kind.encode()))
+    ledger = Ledger()
+    with engramdb.open(path, encoder=ENC, settings={"segment_bytes": 4096}):
+        pass
+    _turn_session(path, _texts("base", 6, rng, ledger), ledger)
+    inj.arm(kind, 0, False)
+    _turn_session(path, _texts("count", 6, rng, ledger), ledger)
+    count = inj.calls
+    inj.disarm()
+    fired = 0
+    for step, (nth, persistent) in enumerate(_positions(count)):
+        texts = _texts(f"t{step}", 6, rng, ledger)
+        _, exc = _attempt(inj, kind, nth, persistent,
+                          partial(_turn_session, path, texts, ledger))
+        fired += inj.fired > 0
+        _turn_session(path, _texts(f"after{step}", 3, rng, ledger), ledger)
+        ledger.check(path)
+    assert fired, f"no {kind} fault ever fired: the test proved nothing"
+
+
 @pytest.mark.parametrize("kind", ["os.write", "os.fsync", "os.replace", "os.open",
                                   "os.ftruncate", *DB_KINDS])
 def test_faults_during_gc(inj: Injector, tmp_path: Path, kind: str) -> None:
@@ -489,7 +528,8 @@ REBUILD_SHORT = {"os.fsync"}
 def _run_rebuild_faults(inj: Injector, path: Path, kind: str) -> None:
     rng = random.Random(zlib.crc32(b"rebuild" + kind.encode()))
     ledger = Ledger()
-    with engramdb.open(path, encoder=ENC, settings=SETTINGS) as mem:
+    with engramdb.open(path, encoder=ENC, settings=SETTINGS,
+                       index={"exact_threshold": 8}) as mem:  # a graph to rebuild
         base = _texts("base", 60, rng, ledger)
         ledger.ack(mem.ingest_many(base), base)
         mem.integrate("a turn about base memory 3", top_k=3)  # links, a working engram

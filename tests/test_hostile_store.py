@@ -36,7 +36,8 @@ SETTINGS = {"segment_bytes": 4096, "batch_rows": 32}
 
 def _make_store(path: Path, n: int = 150) -> list[str]:
     """A closed store with several segments, index files and a BM25 snapshot."""
-    with engramdb.open(path, encoder=ENC, settings=SETTINGS) as mem:
+    with engramdb.open(path, encoder=ENC, settings=SETTINGS,
+                       index={"exact_threshold": 8}) as mem:  # index files to attack too
         ids = [r.id for r in mem.ingest_many([f"memory {k} about oscar" for k in range(n)])]
         mem.rebuild()  # writes the index files
     return ids

@@ -36,6 +36,7 @@ MODULE_LAYER = {
     "engramdb.prompt": "foundation",
     "engramdb.store": "front",
     "engramdb.pool": "apps",
+    "engramdb.aio": "apps",
     "engramdb.report": "apps",
 }
 # A package and every module under it -> its layer.
@@ -46,6 +47,7 @@ PACKAGE_LAYER = {
     "engramdb.engine": "engine",
     "engramdb.recall": "recall",
     "engramdb.transfer": "apps",
+    "engramdb.integrations": "apps",
     "engramdb.cli": "apps",
 }
 

@@ -125,7 +125,8 @@ class Collector:
             self._rewrite_catalog()
             # hnswlib only flags deleted vectors: their bytes stay in the graph files until
             # the graph is rebuilt without them.
-            self.keeper.build(parts.index.config, hot.live_eids(now))
+            if parts.index is not None:
+                self.keeper.build(parts.index.config, hot.live_eids(now))
         report["bytes_after"] = self.file_bytes()
         return report
 

@@ -25,7 +25,9 @@ import numpy as np
 
 from engramdb.derived.hotstate import NEVER
 from engramdb.engine.links import in_list
+from engramdb.engine.mirror import TurnMirror
 from engramdb.engine.parts import Parts
+from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CommitUncertain, StorageError
 from engramdb.storage import catalog as cat
 from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
@@ -49,6 +51,7 @@ class Counters:
     next_eid: int
     next_seq: int
     last_turn: int
+    journal_seq: int = 0
 
 
 @dataclass
@@ -86,6 +89,11 @@ class Commit:
     linked: bool = False
     after: list[Callable[[], None]] = field(default_factory=list)
     wrote_vectors: bool = False
+    # A turn-path commit (Committer.turn) changes the mirror, not the catalog; a turn's
+    # record makes it durable (journaled once appended).
+    mirror: TurnMirror | None = None
+    journaled: bool = False
+    folding: bool = False
     _stack: ExitStack = field(default_factory=ExitStack)
     _con: Any = None
 
@@ -93,6 +101,8 @@ class Commit:
     def con(self) -> Any:
         """The transaction's connection (the transaction begins on first use, so that a
         write appends and fsyncs its vectors before it)."""
+        if self.mirror is not None:
+            raise RuntimeError("a turn-path commit writes the mirror, not the catalog")
         if self._con is None:
             catalog = self.committer.parts.catalog
             if self.durable:
@@ -114,11 +124,22 @@ class Commit:
         fails cuts the appended bytes again."""
         segments = self.committer.parts.segments
         plan = segments.plan(len(vectors), first_new=first_new)
+        if self.mirror is not None:
+            durable = False  # the turn's journal record holds them until the fold syncs
         segments.write(plan, vectors, durable=durable)
         self.wrote_vectors = True
         self.segment_lengths = plan.committed_after(
             segments.committed if base is None else base)
         return plan.pointers()
+
+    def journal(self, record: TurnRecord) -> None:
+        """Append a turn's record to the journal: from here on the turn is durable (with
+        "full" durability) and is acknowledged when this commit returns."""
+        committer = self.committer
+        record.seq = committer.counters.journal_seq + 1
+        committer.parts.journal.append(record.encode())
+        self.journaled = True
+        self.set(journal_seq=record.seq)
 
     def add_engrams(self, new: NewEngrams) -> None:
         """New engrams whose rows this commit inserts (the site inserts them)."""
@@ -182,13 +203,16 @@ class Commit:
 
     def finish(self) -> None:
         """Write the counters and segment lengths; the last statements of the transaction."""
-        parts, counters = self.committer.parts, self.committer.counters
-        if self.segment_lengths is not None:
-            before = None if self.moved is not None else parts.segments.committed
-            cat.set_segment_lengths(self.con, self.segment_lengths, before)
+        counters = self.committer.counters
         values = dict(self.counters)
         if self.bump:
             values["generation"] = counters.generation + 1
+        if self.mirror is not None:  # a turn: the counters move in memory, the fold writes them
+            self.counters = values
+            return
+        if self.segment_lengths is not None:
+            before = self.committer.catalog_lengths if self.moved is None else None
+            cat.set_segment_lengths(self.con, self.segment_lengths, before)
         if "next_eid" in values and not self.committer.fast:
             # The vectors were fsynced before the commit: the sync mark moves with them.
             values.setdefault("synced_eid", values["next_eid"])
@@ -210,6 +234,22 @@ class Committer:
         # Derived-state upkeep the owner plugs in (engine.upkeep.IndexKeeper).
         self.keeper: Any = None
         self.derived_ready = False  # recovery on open commits before the derived state exists
+        # Segment lengths as the catalog records them while unfolded turns have appended
+        # past them (None: the same as the segments' own).
+        self._folded_lengths: dict[int, int] | None = None
+
+    @property
+    def catalog_lengths(self) -> dict[int, int]:
+        """The committed segment lengths the catalog records."""
+        if self._folded_lengths is not None:
+            return dict(self._folded_lengths)
+        return self.parts.segments.committed
+
+    @property
+    def pending(self) -> bool:
+        """Whether acknowledged turns wait in the journal to be folded into the catalog."""
+        mirror = self.parts.mirror
+        return mirror is not None and mirror.pending
 
     @contextmanager
     def commit(self, *, durable: bool = False, bump: bool = True) -> Iterator[Commit]:
@@ -217,6 +257,8 @@ class Committer:
         clean exit the transaction commits, then the counters and derived state follow.
         ``durable`` fsyncs this commit even in "fast" mode; ``bump=False`` leaves the
         generation (a commit that changes nothing a reader or a saved index can see)."""
+        if self.pending:
+            self.fold()  # a write straight to the catalog sees every acknowledged turn first
         c = Commit(self, durable, bump)
         try:
             with c._stack:
@@ -229,6 +271,66 @@ class Committer:
                 self.parts.segments.rollback()
             raise
         self._apply(c)
+
+    @contextmanager
+    def turn(self) -> Iterator[Commit]:
+        """A turn-path commit: the site changes the mirror (``commit.mirror``) and appends the
+        turn's record (:meth:`Commit.journal`); no catalog statement runs. A failure before
+        the record is appended changes nothing; after it, the handle is abandoned (the next
+        open replays the record)."""
+        parts = self.parts
+        if parts.mirror is None:
+            parts.mirror = TurnMirror.load(parts.query_arrow)
+        if self._folded_lengths is None:
+            self._folded_lengths = parts.segments.committed
+        c = Commit(self, False, True, mirror=parts.mirror)
+        try:
+            yield c
+            c.finish()
+        except BaseException as exc:
+            if c.journaled:
+                self.abandon()
+                raise CommitUncertain(
+                    f"a turn was journaled but could not be applied: {exc}",
+                    hint="open the store again: the journal replays the turn") from exc
+            if c.wrote_vectors:
+                parts.segments.rollback()
+            raise
+        self._apply(c)
+        journal, s = parts.journal, parts.settings
+        if journal.records >= s.journal_fold_turns or journal.size >= s.journal_fold_bytes:
+            self.fold()
+        elif self.fast and time.monotonic() - self.last_sync >= s.sync_interval:
+            self.sync()
+
+    def fold(self) -> None:
+        """Write every journaled turn into the catalog in one commit, then empty the journal.
+        Called under the write lock."""
+        parts = self.parts
+        mirror = parts.mirror
+        if mirror is None or not mirror.pending:
+            parts.journal.reset()
+            return
+        if not self.fast:
+            parts.segments.sync()  # the catalog is about to point at these vectors
+        counters = self.counters
+        c = Commit(self, not self.fast, False, folding=True)
+        c.segment_lengths = parts.segments.committed
+        c.set(clock=counters.clock, next_eid=counters.next_eid, next_seq=counters.next_seq,
+              last_turn=counters.last_turn, generation=counters.generation,
+              journal_seq=counters.journal_seq)
+        try:
+            with c._stack:
+                mirror.fold(c.con)
+                c.finish()
+        except CommitUncertain:
+            raise
+        except BaseException:
+            self.abandon()  # the mirror holds what the catalog refused: reopen replays it
+            raise
+        self._folded_lengths = None
+        mirror.folded()
+        parts.journal.reset()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -252,7 +354,10 @@ class Committer:
         """Make every acknowledged write durable (no-op when nothing is pending): the sync
         point of "fast" durability. Called under the write lock."""
         parts = self.parts
-        if not self.fast or not (parts.catalog.pending or parts.segments.dirty):
+        if not self.fast:
+            return
+        parts.journal.sync()
+        if not (parts.catalog.pending or parts.segments.dirty):
             return
         try:
             parts.segments.sync()  # vectors first: the mark below promises they are on disk
@@ -275,10 +380,12 @@ class Committer:
     def _apply(self, c: Commit) -> None:
         """Make an acknowledged commit visible: counters, then derived state, in one order."""
         counters = self.counters
-        for name in ("generation", "clock", "next_eid", "next_seq", "last_turn"):
+        for name in ("generation", "clock", "next_eid", "next_seq", "last_turn", "journal_seq"):
             if name in c.counters:
                 setattr(counters, name, c.counters[name])
         parts = self.parts
+        if c.mirror is None and not c.folding:
+            parts.mirror = None  # a write straight to the catalog: reloaded by the next turn
         if c.linked:
             parts.has_links = True
         if not self.derived_ready:
@@ -290,7 +397,7 @@ class Committer:
         if c.turns is not None:
             parts.context.apply(*c.turns)
         if c.said_again:
-            self._refresh(c.said_again)
+            self._refresh(c.said_again, c.mirror)
         for eids, kinds, expires in c.life:
             parts.hot.set_life(eids, kinds, expires)
         for eids in c.deleted:
@@ -313,12 +420,15 @@ class Committer:
         parts.lexical.apply_add(new.lexical_rows)
         self.keeper.added(new.eids, new.vectors)
 
-    def _refresh(self, eids: list[int]) -> None:
+    def _refresh(self, eids: list[int], mirror: TurnMirror | None) -> None:
         """Reload kind and expiry of engrams said again (their pointers do not change); one
         that had expired lives again in the vector index."""
         parts = self.parts
-        rows = parts.query(
-            f"SELECT eid, kind, expires_at FROM engrams WHERE eid IN {in_list(eids)}")
+        if mirror is not None:
+            rows = [(e, k, x) for e, k, _, x, _ in mirror.life_rows(eids)]
+        else:
+            rows = parts.query(
+                f"SELECT eid, kind, expires_at FROM engrams WHERE eid IN {in_list(eids)}")
         e = np.array([r[0] for r in rows], np.int64)
         parts.hot.set_life(e, np.array([r[1] for r in rows], np.int8),
                            np.array([NEVER if r[2] is None else r[2] for r in rows], np.float64))

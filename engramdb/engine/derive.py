@@ -143,7 +143,7 @@ class DerivedLoader:
         existed = parts.query(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'turns'")[0][0]
         try:
-            for statement in CONTEXT_TABLES:
+            for statement in CONTEXT_TABLES if not existed or derive else ():
                 con.execute(statement)
         except duckdb.Error as exc:  # a failed write; never a raw DuckDB error
             raise StorageError(f"cannot create the context tables: {exc}") from exc

@@ -47,6 +47,9 @@ def release_handle(parts: Parts, lock: StoreLock, stop: threading.Event,
             parts.indexer.close()
         if parts.catalog is not None:
             parts.catalog.close()
+        journal = getattr(parts, "journal", None)
+        if journal is not None:
+            journal.close()  # turns not folded stay in it: the next open replays them
     finally:
         lock.release()
         parts.write_lock.release()

@@ -21,10 +21,12 @@ from engramdb.derived.hotstate import HOT_COLUMNS, HotState
 from engramdb.derived.index import VectorIndex
 from engramdb.derived.indexer import BackgroundIndexer
 from engramdb.encoders.base import Encoder
+from engramdb.engine import turnlog
 from engramdb.engine.commit import Committer, Counters
 from engramdb.engine.derive import LEXICAL_SNAPSHOT, DerivedLoader
 from engramdb.engine.parts import Parts
 from engramdb.engine.upkeep import INDEX_DIR, IndexKeeper
+from engramdb.engine.writer import Writer
 from engramdb.errors import (
     CorruptStore,
     DimensionMismatch,
@@ -37,6 +39,7 @@ from engramdb.settings import Settings
 from engramdb.storage import catalog as cat
 from engramdb.storage.catalog import CATALOG_NAME, Catalog
 from engramdb.storage.fsio import check_tree, fsync_dir
+from engramdb.storage.journal import TurnJournal
 from engramdb.storage.locking import LOCK_NAME
 from engramdb.storage.manifest import MANIFEST_NAME, Manifest
 from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
@@ -202,6 +205,7 @@ class Opening:
         self.committer: Committer
         self.loader: DerivedLoader
         self.keeper: IndexKeeper
+        self._journaled: list[bytes] = []
 
     def run(self, manifest: Manifest, index: dict[str, Any] | None,
             catalog: Catalog | None = None) -> None:
@@ -233,14 +237,38 @@ class Opening:
         self.committer = Committer(parts, Counters(
             generation=counters["generation"], clock=counters["clock"],
             next_eid=counters["next_eid"], next_seq=counters["next_seq"],
-            last_turn=counters["last_turn"]), fast=fast)
+            last_turn=counters["last_turn"], journal_seq=counters["journal_seq"]), fast=fast)
         itemsize = 2 if manifest.dtype == "float16" else 4
         parts.segments = SegmentStore(path, manifest.dim, manifest.dtype,
                                       parts.settings.segment_bytes // (manifest.dim * itemsize),
                                       not fast)
         self.recovered.extend(self._settle_unsynced(counters["synced_eid"]))
         self.recovered.extend(parts.segments.recover(parts.catalog.segment_lengths()))
+        parts.journal = TurnJournal(path, durable=not fast)
+        self._journaled, torn = parts.journal.read()
+        if torn:
+            self.recovered.append(torn)
         self._load_derived(saved, index)
+
+    def replay(self, writer: Writer) -> None:
+        """Apply the turns journaled since the last fold (a crash or a dropped handle kept
+        them there), then fold them into the catalog."""
+        parts, counters = self.parts, self.committer.counters
+        records = [turnlog.decode(p, parts.dim, parts.manifest.dtype) for p in self._journaled]
+        self._journaled = []
+        todo = [r for r in records if r.seq > counters.journal_seq]
+        expected = counters.journal_seq + 1
+        for record in todo:
+            if record.seq != expected:
+                raise CorruptStore(f"{parts.path}: turn journal record {record.seq} follows "
+                                   f"record {expected - 1}",
+                                   hint="restore the store from an export or backup")
+            writer.replay(record)
+            expected += 1
+        if records:
+            self.committer.fold()
+        if todo:
+            self.recovered.append(f"replayed {len(todo)} turns from the turn journal")
 
     def _load_derived(self, saved: Background | None, index: dict[str, Any] | None) -> None:
         parts = self.parts
@@ -262,8 +290,9 @@ class Opening:
         self.keeper = IndexKeeper(parts, self.committer)
         self.committer.keeper = self.keeper
         parts.index = self.keeper.load(index, saved, self.recovered)
-        parts.indexer = BackgroundIndexer(
-            parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
+        if parts.index is not None and parts.indexer is None:  # a rebuild made one already
+            parts.indexer = BackgroundIndexer(
+                parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
         self.committer.derived_ready = True
         self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
 
@@ -274,10 +303,12 @@ class Opening:
         if not set(counters) >= _COUNTERS:
             raise CorruptStore(
                 f"{self.parts.path}: catalog counters are incomplete ({sorted(counters)})")
-        if "last_turn" not in counters:  # stores written before integrate() kept it
-            with catalog.transaction() as con:
-                con.execute("INSERT INTO counters VALUES ('last_turn', -1)")
-            counters["last_turn"] = -1
+        # Counters of stores written before integrate() (last_turn) and the turn journal.
+        for name, start in (("last_turn", -1), ("journal_seq", 0)):
+            if name not in counters:
+                with catalog.transaction() as con:
+                    con.execute("INSERT INTO counters VALUES (?, ?)", [name, start])
+                counters[name] = start
         if "synced_eid" not in counters:  # stores written before "fast" durability: synced
             with catalog.durable(), catalog.transaction() as con:
                 con.execute("INSERT INTO counters VALUES ('synced_eid', ?)",

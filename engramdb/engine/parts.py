@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from engramdb.derived.index import VectorIndex
     from engramdb.derived.indexer import BackgroundIndexer
     from engramdb.derived.lexical import LexicalIndex
+    from engramdb.engine.mirror import TurnMirror
     from engramdb.settings import Settings
+    from engramdb.storage.journal import TurnJournal
     from engramdb.storage.manifest import Manifest
     from engramdb.storage.segments import SegmentStore
 
@@ -106,6 +108,10 @@ class Parts:
         self.fingerprint: str
         self.catalog: Catalog | None = None
         self.segments: SegmentStore
+        self.journal: TurnJournal  # the turns acknowledged but not yet folded (storage.journal)
+        # The turn path's image of the catalog (engine.mirror), loaded by the first turn and
+        # dropped by any write straight to the catalog.
+        self.mirror: TurnMirror | None = None
         self.hot: HotState
         self.lexical: LexicalIndex
         self.context: TurnContext

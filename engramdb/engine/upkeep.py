@@ -3,6 +3,12 @@
 Loads the saved index on open and replays what it lacks, or rebuilds it; hands committed
 vectors to the background indexer; marks removed engrams deleted; fits the PCA rotation once
 a store is big enough; saves the index with the generation it covers.
+
+A small store has no index at all (``parts.index`` is None, no files under ``index/``):
+up to the configuration's ``exact_threshold`` stored vectors every search is an exact scan
+of the segments anyway (``recall.dense.scan_is_cheaper``), so a graph would only cost
+time on every write, open and close, and disk. The index is built the first time a commit
+takes the store past that size, or at once when the caller set an index configuration.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import numpy as np
 
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.index import IndexConfig, IndexDamaged, VectorIndex
+from engramdb.derived.indexer import BackgroundIndexer
 from engramdb.engine.commit import Committer
 from engramdb.engine.parts import Parts
 from engramdb.errors import StorageError
 from engramdb.progress import progress_bar
+from engramdb.storage.fsio import check_directory
 
 INDEX_DIR = "index"
 # Saved again once this many changes (or a quarter of the index) are not on disk.
@@ -33,6 +41,7 @@ class IndexKeeper:
         self.parts = parts
         self.committer = committer
         self.unsaved = 0  # changes the saved index files do not hold
+        self.config: IndexConfig  # as chosen on open (the index's own once it exists)
 
     # -- open ---------------------------------------------------------------------------------
 
@@ -73,8 +82,31 @@ class IndexKeeper:
             manifest.write(parts.path)
         return cfg
 
+    def wants_index(self, cfg: IndexConfig) -> bool:
+        """Whether the store is past the size where an index pays (or the caller set one)."""
+        parts = self.parts
+        if parts.manifest.index.get("user_override"):
+            return True
+        limit = cfg.exact_threshold
+        if self.committer.counters.next_eid - 1 <= limit:  # eids are never reused: a bound
+            return False
+        stored = sum(parts.segments.committed.values())
+        return stored > limit or len(parts.hot.live_eids(self.committer.counters.clock)) > limit
+
+    def drop_files(self) -> None:
+        """Remove the saved index files of a store that keeps no index."""
+        directory = self.parts.path / INDEX_DIR
+        if not check_directory(directory):
+            return
+        try:
+            for entry in directory.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+        except OSError as exc:
+            raise StorageError(f"removing {INDEX_DIR}/ failed: {exc}") from exc
+
     def load(self, override: dict[str, Any] | None, saved: Any, recovered: list[str]
-             ) -> VectorIndex:
+             ) -> VectorIndex | None:
         """Load the vector index and bring it up to date with the catalog, or rebuild it.
 
         ``saved`` is the background read of the index files (None: there are none). A
@@ -82,8 +114,14 @@ class IndexKeeper:
         date by replaying the engrams it lacks. What was done is appended to ``recovered``.
         """
         parts = self.parts
-        cfg = self.choose_config(override)
+        cfg = self.config = self.choose_config(override)
         live = parts.hot.live_eids(self.committer.counters.clock)
+        if not self.wants_index(cfg):
+            if saved is not None:
+                saved.wait()
+                self.drop_files()
+            parts.hot.next_death = float(parts.hot.expires[live].min()) if len(live) else NEVER
+            return None
         try:
             if saved is None:
                 raise IndexDamaged(f"no {INDEX_DIR}/index.json")
@@ -123,9 +161,19 @@ class IndexKeeper:
 
     # -- build and save -----------------------------------------------------------------------
 
-    def build(self, cfg: IndexConfig, live: np.ndarray, progress: bool = False) -> VectorIndex:
-        """Build the index over ``live`` from the stored vectors, install it and save it."""
+    def build(self, cfg: IndexConfig, live: np.ndarray, progress: bool = False
+              ) -> VectorIndex | None:
+        """Build the index over ``live`` from the stored vectors, install it and save it (a
+        small store drops its index instead: see the module docstring)."""
         parts = self.parts
+        if not self.wants_index(cfg):
+            if parts.indexer is not None:
+                parts.indexer.close()
+            parts.index = parts.indexer = None
+            self.drop_files()
+            self.unsaved = 0
+            parts.hot.next_death = float(parts.hot.expires[live].min()) if len(live) else NEVER
+            return None
         bar = progress_bar(len(live), progress or len(live) > _LOUD_BUILD, "index")
         try:
             idx = VectorIndex.build(
@@ -137,6 +185,9 @@ class IndexKeeper:
                 bar.close()
         if parts.indexer is not None:
             parts.indexer.reset(idx)
+        else:
+            parts.indexer = BackgroundIndexer(
+                idx, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
         parts.index = idx
         self.save()
         parts.hot.next_death = float(parts.hot.expires[live].min()) if len(live) else NEVER
@@ -174,6 +225,8 @@ class IndexKeeper:
         is the user's call (``rebuild()`` refits on the whole store). Returns whether it ran.
         """
         idx = self.parts.index
+        if idx is None:
+            return False
         fitted = idx.rotation_fitted_on
         if fitted is None or fitted >= idx.fit_size:  # no prefix level, unknown, or done
             return False
@@ -189,6 +242,9 @@ class IndexKeeper:
         """Committed new vectors: indexed behind on the background indexer."""
         parts = self.parts
         if parts.index is None:
+            cfg = self.config
+            if self.wants_index(cfg):  # the store just outgrew exact scans
+                self.build(cfg, parts.hot.live_eids(self.committer.counters.clock))
             return
         if parts.indexer is not None:
             parts.indexer.submit(eids, vectors)  # acknowledged already; indexed behind

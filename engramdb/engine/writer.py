@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb.content import compress_text, vector_checksum
+from engramdb.content import compress_text, content_id, vector_checksum
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex
@@ -28,7 +28,8 @@ from engramdb.engine.lifespan import (
     recall_reward,
 )
 from engramdb.engine.parts import Parts
-from engramdb.errors import NotFound
+from engramdb.engine.turnlog import TurnRecord
+from engramdb.errors import CorruptStore, NotFound
 from engramdb.storage import catalog as cat
 from engramdb.types import LONG_TERM, IngestResult
 
@@ -76,6 +77,9 @@ class Writer:
         """Map the ids that are stored (alive or expired, not forgotten) to their eids."""
         if not ids:
             return {}
+        mirror = self.parts.mirror  # it holds the ids of turns not yet folded
+        if mirror is not None:
+            return mirror.lookup(ids)
         if len(ids) <= POINT_UPDATE_MAX and all(is_id(i) for i in ids):
             # Literal ids use the index on id (1 ms less per call at 1M engrams than a scan).
             listed = ",".join(f"'{i}'" for i in ids)
@@ -103,29 +107,74 @@ class Writer:
     # -- ingest -------------------------------------------------------------------------------
 
     def ingest_batch(
-        self, batch: Batch, *, now: int | None = None,
-        hook: Callable[[Commit, dict[str, int], int], None] | None = None,
-        existing: dict[str, int] | None = None,
+        self, batch: Batch, *, now: int | None = None, hits: list[int] | None = None,
+        existing: dict[str, int] | None = None, journal: bool = False,
     ) -> list[IngestResult]:
-        """Write one batch: vectors first, then one catalog commit.
+        """Write one batch: vectors first, then one commit.
 
-        ``now`` (integrate) moves the clock to that tick in the same commit; ``hook`` runs
-        inside the transaction (rewards, links) with the commit, the eids and the tick.
-        ``existing``: the batch's stored ids and their eids, when the caller looked them up
-        under the same write lock (integrate does; a catalog query less per turn).
+        ``now`` (integrate) moves the clock to that tick in the same commit; ``hits``
+        (integrate) are the recalled engrams' eids: they earn lifespan by rank and the turn
+        (``batch.ids[0]``) is linked to them and to the previous turn. ``existing``: the
+        batch's stored ids and their eids, when the caller looked them up under the same
+        write lock (integrate does; a lookup less per turn). ``journal``: a turn-path write,
+        made durable by its journal record and folded into the catalog later.
         """
-        parts, counters = self.parts, self.committer.counters
+        parts = self.parts
         if parts.indexer is not None:
             parts.indexer.check()  # before anything is written: a failed indexer refuses
         plan = self._plan(batch, existing)
+        vectors = self._new_vectors(batch, plan)
+        record = TurnRecord(0, batch.texts, batch.roles, batch.sessions, batch.metas,
+                            batch.pins, batch.kind, now, hits, vectors) if journal else None
+        return self._write(batch, plan, vectors, now, hits, turn=journal, record=record)
+
+    def replay(self, record: TurnRecord) -> None:
+        """Apply a journaled turn again (on open, after a crash), as it was first applied."""
+        fingerprint = self.parts.fingerprint
+        batch = Batch([content_id(fingerprint, t) for t in record.texts], record.texts,
+                      record.roles, record.sessions, record.metas, record.pins, None,
+                      record.kind)
+        plan = self._plan(batch, None)
+        if len(plan.new_first) != len(record.vectors):
+            raise CorruptStore(
+                f"turn journal record {record.seq} holds {len(record.vectors)} vectors for "
+                f"{len(plan.new_first)} new engrams", hint="restore from an export or backup")
+        if record.hits is not None and any(
+                h >= self.committer.counters.next_eid for h in record.hits):
+            raise CorruptStore(f"turn journal record {record.seq} names an unknown engram")
+        self._write(batch, plan, record.vectors.astype(self.parts.segments.dtype),
+                    record.now, record.hits, turn=True, record=None)
+        self.committer.counters.journal_seq = record.seq
+        self.settle_overflow(turn=True)
+
+    def _new_vectors(self, batch: Batch, plan: _Planned) -> np.ndarray:
+        """The stored vectors of the batch's new engrams (given, or encoded now)."""
+        new_idx = list(plan.new_first.values())
+        given = batch.vectors
+        if given is not None:  # all new and distinct (a bulk load): no copy
+            vecs = given if len(new_idx) == len(given) else given[new_idx]
+        elif new_idx:
+            vecs = self.encode([batch.texts[i] for i in new_idx])
+        else:
+            vecs = np.zeros((0, self.parts.dim), np.float32)
+        return vecs.astype(self.parts.segments.dtype)
+
+    def _write(self, batch: Batch, plan: _Planned, vectors: np.ndarray, now: int | None,
+               hits: list[int] | None, *, turn: bool, record: TurnRecord | None,
+               ) -> list[IngestResult]:
+        counters = self.committer.counters
         advance = now is not None
         now = counters.clock if now is None else now
-        s = parts.settings
+        s = self.parts.settings
         life = s.long_term_lifespan if batch.kind == LONG_TERM else s.short_term_lifespan
-        with self.committer.commit() as c:
+        hook = None if hits is None else self.turn_hook(batch.ids[0], hits)
+        with (self.committer.turn() if turn else self.committer.commit()) as c:
+            pointers = c.append_vectors(vectors) if len(vectors) else None
+            if record is not None:
+                c.journal(record)  # durable from here: replayed if anything below fails
             lex_rows = None
             if plan.new_first:
-                lex_rows = self._add_engrams(c, batch, plan, now, life)
+                lex_rows = self._add_engrams(c, batch, plan, now, life, vectors, pointers)
             self._add_occurrences(c, batch, plan, now, life, lex_rows)
             c.set(next_eid=counters.next_eid + len(plan.new_first),
                   next_seq=counters.next_seq + len(batch.ids))
@@ -152,16 +201,11 @@ class Writer:
         return _Planned(existing, new_first, eid_of, new_eids)
 
     def _add_engrams(self, c: Commit, batch: Batch, plan: _Planned, now: int,
-                     life: float) -> Any:
-        """Append the new engrams' vectors and insert their rows; return their BM25 rows."""
+                     life: float, stored: np.ndarray, pointers: Any) -> Any:
+        """Insert the new engrams' rows (their vectors are appended); return their BM25
+        rows."""
         new_idx = list(plan.new_first.values())
-        given = batch.vectors
-        if given is not None:  # all new and distinct (a bulk load): no copy
-            vecs = given if len(new_idx) == len(given) else given[new_idx]
-        else:
-            vecs = self.encode([batch.texts[i] for i in new_idx])
-        stored = vecs.astype(self.parts.segments.dtype)
-        segs, rows = c.append_vectors(stored)  # durable before the commit that points at it
+        segs, rows = pointers
         n = len(new_idx)
         pinned = {batch.ids[i] for i in range(len(batch.ids)) if batch.pins[i]}
         kinds = np.full(n, batch.kind, np.int8)
@@ -184,8 +228,11 @@ class Writer:
         })
         lexical = self.parts.lexical
         lex_rows = lexical.add_rows(plan.new_eids, [batch.texts[i] for i in new_idx])
-        cat.insert_arrow(c.con, "engrams", engram_rows)
-        LexicalIndex.insert(c.con, lex_rows)
+        if c.mirror is not None:
+            c.mirror.add_engrams(engram_rows, lex_rows)
+        else:
+            cat.insert_arrow(c.con, "engrams", engram_rows)
+            LexicalIndex.insert(c.con, lex_rows)
         c.add_engrams(NewEngrams(
             eids=plan.new_eids, segs=segs, rows=rows, kinds=kinds, expires=expires,
             created=np.full(n, now, np.int64), ids=ids, blobs=blobs, lexical_rows=lex_rows,
@@ -213,10 +260,18 @@ class Writer:
         existing = plan.existing
         revive = sorted({eid_of[i] for i in ids if i in existing})
         pinned = {ids[i] for i in range(len(ids)) if batch.pins[i]}
-        cat.insert_arrow(c.con, "occurrences", occ_rows)
-        TurnContext.insert(c.con, ctx_rows)
-        _update_for_occurrences(c.con, [eid_of[i] for i in ids], revive,
-                                sorted(existing[i] for i in pinned & set(existing)), now, life)
+        occ_eids = [eid_of[i] for i in ids]
+        pin_eids = sorted(existing[i] for i in pinned & set(existing))
+        if c.mirror is not None:
+            c.mirror.add_occurrences(occ_rows, ctx_rows)
+            touched, counts = np.unique(np.asarray(occ_eids, np.int64), return_counts=True)
+            c.mirror.bump_refs(touched, counts, now)
+            c.mirror.revive(revive, now + life)
+            c.mirror.pin(pin_eids)
+        else:
+            cat.insert_arrow(c.con, "occurrences", occ_rows)
+            TurnContext.insert(c.con, ctx_rows)
+            _update_for_occurrences(c.con, occ_eids, revive, pin_eids, now, life)
         c.add_turns(ctx_rows, (
             (lex_rows.docs.column("eid").to_numpy(), lex_rows.docs.column("len").to_numpy())
             if lex_rows is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))))
@@ -239,7 +294,7 @@ class Writer:
             pairs = [(turn, e, s.link_gain / (r + 1)) for r, e in enumerate(hit_eids)]
             if prev is not None and prev != turn:
                 pairs.append((turn, prev, s.link_gain))
-            if lk.strengthen(c.con, pairs, tick, s):
+            if lk.strengthen(_edges(c), pairs, tick, s):
                 c.link()
             c.set(last_turn=turn)
 
@@ -252,10 +307,12 @@ class Writer:
         """Apply lifespan rewards (:func:`~engramdb.engine.lifespan.apply_reward`) in ``c``."""
         if not rewards:
             return
-        rows = c.con.execute(
-            "SELECT eid, kind, created_tick, expires_at, earned FROM engrams "
-            f"WHERE eid IN {lk.in_list(rewards)}"
-        ).fetchall()
+        if c.mirror is not None:
+            rows = c.mirror.life_rows(rewards)
+        else:
+            rows = c.con.execute(
+                "SELECT eid, kind, created_tick, expires_at, earned FROM engrams "
+                f"WHERE eid IN {lk.in_list(rewards)}").fetchall()
         eids, kinds, exps, earns = [], [], [], []
         for eid, kind, created, expires, earned in rows:
             k = int(effective_kind(np.array([kind]), np.array([created]), now)[0])
@@ -266,7 +323,11 @@ class Writer:
             kinds.append(k)
             exps.append(None if pinned else e)
             earns.append(earned)
-        _update_rewarded(c.con, eids, kinds, exps, earns, 1 if count_recall else 0, now)
+        recalled = 1 if count_recall else 0
+        if c.mirror is not None:
+            c.mirror.set_life(eids, kinds, exps, earns, recalled, now)
+        else:
+            _update_rewarded(c.con, eids, kinds, exps, earns, recalled, now)
         c.set_life(np.array(eids, np.int64), np.array(kinds, np.int8),
                    np.array([NEVER if x is None else x for x in exps], np.float64))
 
@@ -279,7 +340,7 @@ class Writer:
                  for b in eids[k + 1:]] if amount > 0 else []
         with self.committer.commit() as c:
             self.reward(c, {e: amount for e in eids}, now, count_recall=False)
-            if lk.strengthen(c.con, pairs, now, s):
+            if lk.strengthen(_edges(c), pairs, now, s):
                 c.link()
 
     def tick(self, n: int) -> int:
@@ -293,7 +354,7 @@ class Writer:
         with self.committer.commit() as c:
             c.delete_engrams(eids, "forgotten", tick=self.committer.counters.clock)
 
-    def settle_overflow(self) -> None:
+    def settle_overflow(self, *, turn: bool = False) -> None:
         """Apply the short-term capacity rule (docs/lifespan.md) after a write.
 
         When more than ``short_term_capacity`` engrams are short-term (or working), the
@@ -312,11 +373,25 @@ class Writer:
         if excess <= 0:
             return
         victims = short[np.argsort(hot.expires[short], kind="stable")[:excess]]
-        rows = parts.query(f"SELECT eid, earned FROM engrams WHERE eid IN {lk.in_list(victims)}")
-        earned = {int(e): float(x) for e, x in rows}
+        mirror = parts.mirror if turn else None
+        if mirror is not None:
+            earned = {e: float(mirror.earned[e]) for e in victims.tolist()}
+        else:
+            rows = parts.query(
+                f"SELECT eid, earned FROM engrams WHERE eid IN {lk.in_list(victims)}")
+            earned = {int(e): float(x) for e, x in rows}
         keep = [e for e in victims if consolidates(earned.get(int(e), 0.0), s)]
         die = [e for e in victims if not consolidates(earned.get(int(e), 0.0), s)]
         until = now + s.long_term_lifespan
+        if mirror is not None:
+            with self.committer.turn() as c:
+                k, d = np.array(keep, np.int64), np.array(die, np.int64)
+                life = np.maximum(hot.expires[k], until)
+                c.mirror.set_life(k.tolist(), [LONG_TERM] * len(k), _nullable(life))
+                c.mirror.set_life(d.tolist(), hot.kind[d].tolist(), [float(now)] * len(d))
+                c.set_life(k, np.full(len(k), LONG_TERM, np.int8), life)
+                c.set_life(d, hot.kind[d], np.full(len(d), float(now)))
+            return
         with self.committer.commit() as c:
             if keep:
                 c.con.execute(f"UPDATE engrams SET kind = {LONG_TERM}, expires_at = greatest("
@@ -332,6 +407,15 @@ class Writer:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _edges(c: Commit) -> Any:
+    """The edge table a commit writes: the turn path's mirror, or the catalog's."""
+    return c.mirror if c.mirror is not None else lk.SqlEdges(c.con)
+
+
+def _nullable(expires: np.ndarray) -> list[float | None]:
+    return [None if np.isinf(x) else float(x) for x in expires.tolist()]
 
 
 def is_id(ident: object) -> bool:

@@ -37,20 +37,34 @@ class OccurrenceLoader:
         self._loaded: dict[int, list[Occurrence]] | None = None
         self._lock = threading.Lock()
 
+    def _query(self, eids: list[int], mirror: Any) -> dict[int, list[Occurrence]]:
+        extra = f" AND {self._sql}" if self._sql else ""
+        rows = self._parts.query(
+            "SELECT eid, role, session, tick, metadata FROM occurrences o "
+            f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
+        loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
+        for eid, role, session, tick, meta in rows:
+            loaded[int(eid)].append(occurrence(
+                {"role": role, "session": session, "tick": tick, "metadata": meta}))
+        if mirror is not None and not self._sql:
+            # Turns not folded yet: said after every occurrence the catalog holds.
+            for eid, pending in mirror.occurrences(eids).items():
+                loaded[eid].extend(occurrence(o) for o in pending)
+        return loaded
+
     def get(self, ident: str) -> list[Occurrence]:
         """The occurrences of the hit ``ident`` (those matching the recall's filter)."""
         with self._lock:
             if self._loaded is None:
                 self._parts.check_open()
                 eids = sorted(self.eid_of.values())
-                extra = f" AND {self._sql}" if self._sql else ""
-                rows = self._parts.query(
-                    "SELECT eid, role, session, tick, metadata FROM occurrences o "
-                    f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
-                loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
-                for eid, role, session, tick, meta in rows:
-                    loaded[int(eid)].append(occurrence(
-                        {"role": role, "session": session, "tick": tick, "metadata": meta}))
+                mirror = self._parts.mirror  # the turn path's image of the catalog
+                cached = None if mirror is None or self._sql else mirror.all_occurrences(
+                    eids, self._parts.query)
+                if cached is not None:
+                    loaded = {e: [occurrence(o) for o in cached[e]] for e in eids}
+                else:
+                    loaded = self._query(eids, mirror)
                 self._loaded = loaded
         return self._loaded.get(self.eid_of.get(ident, -1), [])
 

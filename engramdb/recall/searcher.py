@@ -131,7 +131,12 @@ def associate(parts: Parts, found: Found, seeds: list[int], mask: np.ndarray, no
     for _ in range(s.associative_depth):
         if not frontier:
             break
-        links = parts.read_cursor(lk.neighbours, frontier, now, s, s.associative_fanout)
+        mirror = parts.mirror  # holds the links of turns not yet folded into the catalog
+        if mirror is not None:
+            links = lk.neighbours(mirror, frontier, now, s, s.associative_fanout)
+        else:
+            links = parts.read_cursor(_catalog_neighbours, frontier, now, s,
+                                      s.associative_fanout)
         nxt: dict[int, tuple[float, list[int]]] = {}
         for src, (src_score, path) in frontier.items():
             for other, weight in links.get(src, []):
@@ -150,3 +155,7 @@ def associate(parts: Parts, found: Found, seeds: list[int], mask: np.ndarray, no
 def _rank(kv: tuple[int, Hit]) -> tuple[float, int]:
     """Sort key of ``found``'s items: best score first, ties by the smaller eid."""
     return -kv[1][0], kv[0]
+
+
+def _catalog_neighbours(cur: Any, *args: Any) -> dict[int, list[tuple[int, float]]]:
+    return lk.neighbours(lk.SqlEdges(cur), *args)

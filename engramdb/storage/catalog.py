@@ -37,7 +37,9 @@ _DISK_ERRORS = ("No space left on device", "Read-only file system", "Permission 
 # synced_eid: every engram with a smaller eid has its vector bytes fsynced (the sync point of
 # "fast" durability; "full" advances it in every commit). Engrams at or past it are checked
 # against their vec_sum on open.
-COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn", "synced_eid")
+# journal_seq: the last turn journal record folded into the catalog (engine/turnlog.py).
+COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn", "synced_eid",
+            "journal_seq")
 
 # DuckDB settings of "fast" durability. fsync_mode NONE skips every fsync, the checkpoint's
 # too, so checkpoints and optimistic writes (large appends written to the database file

@@ -30,7 +30,13 @@ import numpy as np
 
 from engramdb.content import vector_checksum
 from engramdb.errors import CorruptStore, StorageError
-from engramdb.storage.fsio import check_directory, fsync_dir, not_regular, open_regular
+from engramdb.storage.fsio import (
+    check_directory,
+    fsync_dir,
+    not_regular,
+    open_regular,
+    write_all,
+)
 
 SEGMENT_DIR = "segments"
 _SUFFIX = ".vec"
@@ -186,7 +192,7 @@ class SegmentStore:
                     # A failed earlier batch may have left bytes past the committed length.
                     os.ftruncate(fd, row * self.row_bytes)
                     os.lseek(fd, row * self.row_bytes, os.SEEK_SET)
-                    _write_all(fd, data[offset : offset + n].tobytes())
+                    write_all(fd, data[offset : offset + n].tobytes())
                     if durable:
                         os.fsync(fd)
                     else:
@@ -410,10 +416,3 @@ def _libc_madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

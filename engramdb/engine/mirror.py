@@ -1,0 +1,311 @@
+"""The turn path's image of the catalog, and the turns not yet folded into it.
+
+A chat turn (``ingest``, ``integrate``) reads and writes a few engram rows and links: which
+ids are stored, the lifespan fields of the engrams it rewards, the links it strengthens. Each
+of those was a DuckDB statement costing about a millisecond, a dozen per turn. The
+:class:`TurnMirror` holds them in memory instead (loaded once from the catalog, by the first
+turn after an open or after a write that went straight to the catalog), the turn is made
+durable by its journal record (:mod:`engramdb.storage.journal`), and the rows it adds wait
+here until :meth:`TurnMirror.fold` writes all pending turns in one transaction, with one or
+two statements per table.
+
+Every method runs under the store's write lock, except the reads a recall makes without it
+(:meth:`touching` and :meth:`occurrences`), which copy what they read in one step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from engramdb.derived.context import ContextRows, TurnContext
+from engramdb.derived.hotstate import grow_array, grown_capacity
+from engramdb.derived.lexical import LexicalIndex, LexicalRows
+from engramdb.storage import catalog as cat
+
+# The engram columns a turn changes after the row is written (the rest never change).
+_MUTABLE = ("kind", "expires_at", "pinned", "refs", "recalls", "earned", "last_tick")
+# Up to this many engrams the mirror also keeps every occurrence, loaded by the first recall
+# that reads them: a recall's hits then need no catalog query (about 3 ms a turn).
+OCCURRENCES_MAX = 50_000
+OCCURRENCES_SQL = "SELECT eid, role, session, tick, metadata FROM occurrences ORDER BY seq"
+MIRROR_SQL = ("SELECT eid, id, kind, created_tick, expires_at, pinned, refs, recalls, earned, "
+              "last_tick FROM engrams")
+EDGES_SQL = "SELECT a, b, weight, tick FROM edges"
+
+
+class TurnMirror:
+    """The engram fields and links the turn path uses, and the rows of unfolded turns."""
+
+    def __init__(self) -> None:
+        self.eid_of: dict[str, int] = {}
+        self.capacity = 0
+        self.kind = np.zeros(0, np.int8)
+        self.created = np.zeros(0, np.int64)
+        self.expires = np.zeros(0, np.float64)  # inf: never (pinned; NULL in the catalog)
+        self.pinned = np.zeros(0, bool)
+        self.refs = np.zeros(0, np.int64)
+        self.recalls = np.zeros(0, np.int64)
+        self.earned = np.zeros(0, np.float64)
+        self.last_tick = np.zeros(0, np.int64)
+        self.edges: dict[tuple[int, int], tuple[float, int]] = {}
+        self.adjacent: dict[int, set[int]] = {}
+        self._folded_occurrences: dict[int, list[dict[str, Any]]] | None = None
+        self._folds = 0  # a reader's occurrence load is kept only if no fold came between
+        self._occurrences_lock = threading.Lock()
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        self.new_rows: list[pa.Table] = []  # engram rows as first written
+        self.new_eids: set[int] = set()
+        self.changed: set[int] = set()  # stored engrams whose mutable fields changed
+        self.changed_edges: set[tuple[int, int]] = set()
+        self.occurrence_rows: list[pa.Table] = []
+        self.pending_occurrences: dict[int, list[dict[str, Any]]] = {}
+        self.lexical_rows: list[LexicalRows] = []
+        self.context_rows: list[ContextRows] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether turns wait to be folded into the catalog."""
+        return bool(self.new_rows or self.changed or self.changed_edges
+                    or self.occurrence_rows)
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, query_arrow: Callable[[str], pa.Table]) -> TurnMirror:
+        """The mirror of a catalog (two scans: the engrams' small columns, the links)."""
+        m = cls()
+        rows = query_arrow(MIRROR_SQL)
+        eids = rows.column("eid").to_numpy()
+        if len(eids):
+            m._grow(int(eids.max()) + 1)
+            m.eid_of = dict(zip(rows.column("id").to_pylist(), eids.tolist(), strict=True))
+            m._set_fields(eids, rows)
+        edges = query_arrow(EDGES_SQL)
+        for a, b, w, t in zip(*(edges.column(c).to_pylist() for c in ("a", "b", "weight",
+                                                                       "tick")), strict=True):
+            m._put_edge(int(a), int(b), float(w), int(t))
+        m.changed_edges.clear()
+        return m
+
+    def _grow(self, need: int) -> None:
+        if need <= self.capacity:
+            return
+        cap = grown_capacity(need, self.capacity)
+        for name, fill in (("kind", 0), ("created", 0), ("expires", 0.0), ("pinned", False),
+                           ("refs", 0), ("recalls", 0), ("earned", 0.0), ("last_tick", 0)):
+            setattr(self, name, grow_array(getattr(self, name), cap, fill))
+        self.capacity = cap
+
+    def _set_fields(self, eids: np.ndarray, rows: pa.Table) -> None:
+        def col(name: str, dtype: Any, null: Any = 0) -> np.ndarray:
+            return np.asarray(rows.column(name).fill_null(null).to_numpy(), dtype)
+
+        self.kind[eids] = col("kind", np.int8)
+        self.created[eids] = col("created_tick", np.int64)
+        self.expires[eids] = col("expires_at", np.float64, np.inf)
+        self.pinned[eids] = col("pinned", bool, False)
+        self.refs[eids] = col("refs", np.int64)
+        self.recalls[eids] = col("recalls", np.int64)
+        self.earned[eids] = col("earned", np.float64, 0.0)
+        self.last_tick[eids] = col("last_tick", np.int64)
+
+    # -- what the turn path reads -----------------------------------------------------------
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, int]:
+        """The stored ids among ``ids`` and their eids."""
+        eid_of = self.eid_of
+        return {i: eid_of[i] for i in ids if i in eid_of}
+
+    def life_rows(self, eids: Iterable[int]) -> list[tuple[int, int, int, float | None, float]]:
+        """``(eid, kind, created_tick, expires_at or None, earned)`` of stored engrams."""
+        out = []
+        for e in eids:
+            e = int(e)
+            if 0 <= e < self.capacity:
+                x = float(self.expires[e])
+                out.append((e, int(self.kind[e]), int(self.created[e]),
+                            None if np.isinf(x) else x, float(self.earned[e])))
+        return out
+
+    def touching(self, eids: Iterable[int]) -> list[tuple[int, int, float, int]]:
+        """The links ``(a, b, weight, tick)`` with an end in ``eids``."""
+        edges, adjacent = self.edges, self.adjacent
+        out = []
+        seen: set[tuple[int, int]] = set()
+        for e in set(int(x) for x in eids):
+            for o in tuple(adjacent.get(e, ())):
+                key = (e, o) if e < o else (o, e)
+                if key not in seen and key in edges:
+                    seen.add(key)
+                    w, t = edges[key]
+                    out.append((key[0], key[1], w, t))
+        return out
+
+    def occurrences(self, eids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        """The occurrences of unfolded turns, per eid (in the order they were said)."""
+        pending = self.pending_occurrences
+        return {int(e): list(pending[int(e)]) for e in eids if int(e) in pending}
+
+    def all_occurrences(self, eids: list[int], query: Callable[[str], list[tuple]]
+                        ) -> dict[int, list[dict[str, Any]]] | None:
+        """Every occurrence of ``eids`` (folded and pending, in order), from memory; the
+        folded ones are read once with ``query``. None for a store too big to keep them."""
+        if len(self.eid_of) > OCCURRENCES_MAX:
+            return None
+        folded = self._folded_occurrences
+        if folded is None:
+            folds = self._folds
+            folded = {}
+            for eid, role, session, tick, meta in query(OCCURRENCES_SQL):
+                folded.setdefault(int(eid), []).append(
+                    {"role": role, "session": session, "tick": tick, "metadata": meta})
+            with self._occurrences_lock:
+                if folds == self._folds:  # else a fold ran meanwhile: use it once only
+                    self._folded_occurrences = folded
+        pending = self.pending_occurrences
+        return {e: [*folded.get(e, ()), *pending.get(e, ())] for e in eids}
+
+    # -- what the turn path writes ----------------------------------------------------------
+
+    def add_engrams(self, rows: pa.Table, lexical: LexicalRows) -> None:
+        """New engram rows (all columns of ``engrams``) and their BM25 rows."""
+        eids = rows.column("eid").to_numpy()
+        self._grow(int(eids.max()) + 1)
+        self._set_fields(eids, rows)
+        self.eid_of.update(zip(rows.column("id").to_pylist(), eids.tolist(), strict=True))
+        self.new_rows.append(rows)
+        self.new_eids.update(eids.tolist())
+        self.lexical_rows.append(lexical)
+
+    def add_occurrences(self, rows: pa.Table, context: ContextRows) -> None:
+        """New occurrence rows and their conversation-context rows."""
+        self.occurrence_rows.append(rows)
+        self.context_rows.append(context)
+        for o in rows.to_pylist():
+            self.pending_occurrences.setdefault(int(o["eid"]), []).append(o)
+
+    def bump_refs(self, eids: np.ndarray, counts: np.ndarray, now: int) -> None:
+        """Engrams that got occurrences at ``now``."""
+        self.refs[eids] += counts
+        self.last_tick[eids] = now
+        self.changed.update(eids.tolist())
+
+    def revive(self, eids: list[int], until: float) -> None:
+        """Content said again lives at least until ``until`` (pinned engrams stay pinned)."""
+        for e in eids:
+            if not np.isinf(self.expires[e]):
+                self.expires[e] = max(self.expires[e], until)
+        self.changed.update(eids)
+
+    def pin(self, eids: list[int]) -> None:
+        """Pin engrams: they never expire."""
+        self.pinned[eids] = True
+        self.expires[eids] = np.inf
+        self.changed.update(eids)
+
+    def set_life(self, eids: list[int], kinds: list[int], expires: list[float | None],
+                 earned: list[float] | None = None, recalled: int = 0,
+                 now: int | None = None) -> None:
+        """New kinds and expiries (None: never); rewards also set earnings, count a recall
+        and the tick."""
+        for k, e in enumerate(eids):
+            self.kind[e] = kinds[k]
+            self.expires[e] = np.inf if expires[k] is None else expires[k]
+            if earned is not None:
+                self.earned[e] = earned[k]
+                self.recalls[e] += recalled
+            if now is not None:
+                self.last_tick[e] = now
+        self.changed.update(int(e) for e in eids)
+
+    def replace_edges(self, rows: pa.Table) -> None:
+        """Links written with their new weight and tick (columns a, b, weight, tick)."""
+        for a, b, w, t in zip(*(rows.column(c).to_pylist() for c in ("a", "b", "weight",
+                                                                      "tick")), strict=True):
+            self._put_edge(int(a), int(b), float(w), int(t))
+
+    def _put_edge(self, a: int, b: int, weight: float, tick: int) -> None:
+        self.edges[(a, b)] = (weight, tick)
+        self.adjacent.setdefault(a, set()).add(b)
+        self.adjacent.setdefault(b, set()).add(a)
+        self.changed_edges.add((a, b))
+
+    # -- folding ------------------------------------------------------------------------------
+
+    def fold(self, con: Any) -> None:
+        """Write every pending turn through ``con`` (inside the caller's transaction): new
+        engrams with their current fields, the changed fields of older ones, occurrences,
+        BM25 and context rows, and the changed links."""
+        if self.new_rows:
+            new = pa.concat_tables(self.new_rows)
+            cat.insert_arrow(con, "engrams", self._with_fields(new))
+            LexicalIndex.insert(con, LexicalRows(
+                docs=pa.concat_tables([r.docs for r in self.lexical_rows]),
+                postings=pa.concat_tables([r.postings for r in self.lexical_rows])))
+        old = sorted(self.changed - self.new_eids)
+        if old:
+            self._update_fields(con, np.array(old, np.int64))
+        if self.occurrence_rows:
+            cat.insert_arrow(con, "occurrences", pa.concat_tables(self.occurrence_rows))
+            self._insert_context(con)
+        if self.changed_edges:
+            keys = sorted(self.changed_edges)
+            rows = pa.table({
+                "a": pa.array([k[0] for k in keys], pa.int64()),
+                "b": pa.array([k[1] for k in keys], pa.int64()),
+                "weight": pa.array([self.edges[k][0] for k in keys], pa.float64()),
+                "tick": pa.array([self.edges[k][1] for k in keys], pa.int64()),
+            })
+            with cat.registered(con, "edge_fold", rows) as view:
+                con.execute(f"DELETE FROM edges USING {view} v "
+                            "WHERE edges.a = v.a AND edges.b = v.b")
+            cat.insert_arrow(con, "edges", rows)
+
+    def folded(self) -> None:
+        """The pending turns are in the catalog now."""
+        with self._occurrences_lock:
+            self._folds += 1
+            self._folded_occurrences = None  # the next recall reads them again
+        self._clear_pending()
+
+    def _fields(self, eids: np.ndarray) -> dict[str, pa.Array]:
+        expires = self.expires[eids]
+        return {
+            "kind": pa.array(self.kind[eids], pa.int8()),
+            "expires_at": pa.array(expires, pa.float64(), mask=np.isinf(expires)),
+            "pinned": pa.array(self.pinned[eids], pa.bool_()),
+            "refs": pa.array(self.refs[eids].astype(np.int32)),
+            "recalls": pa.array(self.recalls[eids].astype(np.int32)),
+            "earned": pa.array(self.earned[eids], pa.float64()),
+            "last_tick": pa.array(self.last_tick[eids], pa.int64()),
+        }
+
+    def _with_fields(self, new: pa.Table) -> pa.Table:
+        fields = self._fields(new.column("eid").to_numpy())
+        for name in _MUTABLE:
+            new = new.set_column(new.schema.get_field_index(name), name, fields[name])
+        return new
+
+    def _update_fields(self, con: Any, eids: np.ndarray) -> None:
+        table = pa.table({"eid": pa.array(eids), **self._fields(eids)})
+        sets = ", ".join(f"{c} = v.{c}" for c in _MUTABLE)
+        with cat.registered(con, "engram_fold", table) as view:
+            con.execute(f"UPDATE engrams SET {sets} FROM {view} v WHERE engrams.eid = v.eid")
+
+    def _insert_context(self, con: Any) -> None:
+        turns = pa.concat_tables([r.turns for r in self.context_rows])
+        labels = pa.concat_tables([r.labels for r in self.context_rows])
+        if labels.num_rows:
+            # A label written by several turns keeps its last row (its session's last turn).
+            codes = labels.column("code").to_pylist()
+            last_at = {c: k for k, c in enumerate(codes)}
+            labels = labels.take(sorted(last_at.values()))
+        TurnContext.insert(con, ContextRows(turns=turns, labels=labels))
+

@@ -1,0 +1,116 @@
+"""What a turn journal record holds, and its checks when it is read back.
+
+A record is the turn as the caller gave it (texts, roles, sessions, metadata, pins, kind),
+the tick it moved the clock to, the eids of the memories ``integrate`` recalled for it (None
+for a plain ``ingest``) and the vectors of the engrams it created. Replaying it through the
+same write path, on the same catalog, gives the same engrams, occurrences, rewards and links:
+eids, ticks and lifespans follow from the counters and the record alone.
+
+Payload: ``json length (u32 LE) | JSON | vector bytes`` (the store's dtype, row-major). The
+JSON carries no content id: ids are recomputed from the texts on replay, so a record cannot
+file a text under another text's id. A record read back is checked like a caller's input;
+anything wrong raises CorruptStore (a store received from someone else may hold anything).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engramdb.content import check_label, encode_metadata, normalize_text
+from engramdb.errors import CorruptStore, EngramError
+from engramdb.types import KIND_NAMES
+
+_LEN = struct.Struct("<I")
+VERSION = 1
+
+
+@dataclass
+class TurnRecord:
+    """One acknowledged turn-path write."""
+
+    seq: int  # the journal's record number (the catalog's ``journal_seq`` is the last folded)
+    texts: list[str]
+    roles: list[str | None]
+    sessions: list[str | None]
+    metas: list[str | None]  # canonical JSON, as stored
+    pins: list[bool]
+    kind: int
+    now: int | None  # the tick integrate moved the clock to; None: ingest (clock unchanged)
+    hits: list[int] | None  # integrate: the recalled engrams' eids, best first
+    vectors: np.ndarray  # the new engrams' stored vectors, in batch order
+
+    def encode(self) -> bytes:
+        """The record's payload."""
+        head = json.dumps({
+            "v": VERSION, "q": self.seq, "t": self.texts, "r": self.roles, "s": self.sessions,
+            "m": self.metas, "p": self.pins, "k": self.kind, "n": self.now, "h": self.hits,
+            "c": len(self.vectors),
+        }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.vectors).tobytes()
+
+
+def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
+    """A record read back from the journal, checked; CorruptStore if anything is off."""
+    try:
+        return _decode(payload, dim, np.dtype(dtype))
+    except (EngramError, ValueError, TypeError, KeyError, struct.error,
+            RecursionError) as exc:
+        raise CorruptStore(f"a turn journal record is damaged: {exc}",
+                           hint="restore the store from an export or backup") from exc
+
+
+def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
+    (n,) = _LEN.unpack_from(payload, 0)
+    head = json.loads(payload[_LEN.size:_LEN.size + n].decode("utf-8"))
+    if not isinstance(head, dict) or head.get("v") != VERSION:
+        raise ValueError("unknown record version")
+    texts = [normalize_text(t) for t in _list(head["t"])]
+    count = len(texts)
+    roles = [check_label(r, "role") for r in _list(head["r"], count)]
+    sessions = [check_label(s, "session") for s in _list(head["s"], count)]
+    metas = [None if m is None else encode_metadata(json.loads(_str(m)))
+             for m in _list(head["m"], count)]
+    pins = [_bool(p) for p in _list(head["p"], count)]
+    kind = _int(head["k"])
+    if kind not in KIND_NAMES:
+        raise ValueError(f"unknown kind {kind}")
+    now = None if head["n"] is None else _int(head["n"])
+    hits = None if head["h"] is None else [_int(h) for h in _list(head["h"])]
+    rows = _int(head["c"])
+    raw = payload[_LEN.size + n:]
+    if rows > count or len(raw) != rows * dim * dtype.itemsize:
+        raise ValueError(f"{len(raw)} vector bytes for {rows} rows of dim {dim}")
+    vectors = np.frombuffer(raw, dtype).reshape(rows, dim)
+    if not np.isfinite(vectors).all():
+        raise ValueError("a vector holds NaN or infinity")
+    return TurnRecord(_int(head["q"]), texts, roles, sessions, metas, pins, kind, now, hits,
+                      vectors)
+
+
+def _list(value: Any, n: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (n is not None and len(value) != n) or not value and n:
+        raise ValueError(f"expected a list of {n} entries")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise ValueError(f"expected an int >= 0, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a bool, got {value!r}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a str, got {value!r}")
+    return value
