@@ -3,8 +3,9 @@
 Run by hand, to check that a change is no slower. Each measurement runs in its own process,
 old and new alternating, so that the machine's load falls on both alike; ``--old`` is a
 checkout of the earlier code (``git archive REV | tar -x -C DIR``), put first on PYTHONPATH.
-Recall runs on one store that the new code builds, opened by each side in turn, so both read
-the same files (separate copies of it measured differently by up to 15%).
+Recall runs on one store that the old code builds (a newer format may not open in older
+code), opened by each side in turn, so both read the same files (separate copies of it
+measured differently by up to 15%).
 
     python benchmarks/ab_versions.py --old /tmp/old --rounds 4
 
@@ -93,7 +94,8 @@ def main() -> None:
         parser.error("--old DIR is required")
     common = ["--n", str(a.n), "--dim", str(a.dim), "--work", str(a.work)]
     base = a.work / "base"
-    _run("new", a.old, ["ingest", str(base), *common])
+    # Built by the old code: the new one reads older formats, not the other way round.
+    _run("old", a.old, ["ingest", str(base), *common])
     results: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     for _ in range(a.rounds):
         for side in ("old", "new"):

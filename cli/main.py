@@ -171,6 +171,15 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _printable(text: str) -> bool:
+    """Whether ``text`` prints as one line (no control characters, no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return text.isprintable()
+
+
 def _where(session: str | None, role: str | None, since: int | None) -> dict[str, Any] | None:
     where: dict[str, Any] = {}
     if session is not None:
@@ -447,16 +456,19 @@ def forget(path: Path, wait: float, ids: tuple[str, ...]) -> None:
 @main.command()
 @store_arg
 @click.option("--dry-run", is_flag=True, help="Report what would be collected; change nothing.")
+@click.option("--rewrite", is_flag=True,
+              help="Rewrite the catalog file with 16 KiB blocks (migrates an older store).")
 @json_opt
-def gc(path: Path, wait: float, dry_run: bool, as_json: bool) -> None:
+def gc(path: Path, wait: float, dry_run: bool, rewrite: bool, as_json: bool) -> None:
     """Physically remove dead and forgotten engrams from the store at PATH.
 
     \b
     Example:
       engramdb gc alice.engram --dry-run
+      engramdb gc old.engram --rewrite
     """
     with opened(path, wait) as mem:
-        result = _require(mem, "gc")(dry_run=dry_run)
+        result = _require(mem, "gc")(dry_run=dry_run, rewrite=rewrite)
     if as_json:
         _echo_json(result)
         return
@@ -578,6 +590,43 @@ def report(path: Path, wait: float, output: Path) -> None:
     with opened(path, wait) as mem:
         write_report(mem, output)
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: the users, and the stores skipped (unknown, damaged).")
+def users(root: Path, as_json: bool) -> None:
+    """List the user ids of the per-user stores under ROOT (an engramdb.Pool's directory).
+
+    One id a line, sorted; an id that is not printable text (a newline, a control
+    character) is shown as a JSON string, and --json gives every id exactly. Only the stores'
+    manifests are read: no store is opened or locked, so it works while a server holds them.
+    Stores whose manifest records no user (made by engramdb.open, or by an older engramdb and
+    not opened by a Pool since) and damaged manifests are skipped and counted on stderr;
+    --json lists them under "unknown" and "damaged".
+
+    \b
+    Example:
+      engramdb users ~/memories
+      engramdb users ~/memories --json | jq -r '.users[]'
+    """
+    try:
+        with engramdb.Pool(root) as pool:  # opens nothing: the listing reads manifests only
+            listing = pool.user_listing()
+    except EngramError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _echo_json(listing.to_dict())
+        return
+    for user in listing.users:
+        click.echo(user if _printable(user) else json.dumps(user))
+    if listing.unknown:
+        n = len(listing.unknown)
+        click.echo(f"skipped {n} store{'s' if n != 1 else ''} without a recorded user "
+                   "(listed once a Pool opens them)", err=True)
+    for name, why in listing.damaged.items():
+        click.echo(f"skipped {name}: {why}", err=True)
 
 
 main.add_command(mcp_command)  # `engramdb mcp`: cli/mcp_command.py (the optional mcp extra)

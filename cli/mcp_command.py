@@ -24,7 +24,7 @@ def mcp_command(root: Path, encoder_choice: str | None, dim: int,
                 default_user: str | None) -> None:
     """Serve the stores under ROOT (one per user) to an MCP client over stdio.
 
-    Tools: remember, recall, forget, stats (docs/integrations.md). Runs until the client
+    Tools: remember, recall, forget, stats, users (docs/integrations.md). Runs until the client
     closes stdin. Needs the mcp extra: pip install 'engramdb[mcp]'.
 
     \b

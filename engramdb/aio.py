@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from engramdb.encoders import Encoder
-from engramdb.pool import Pool
+from engramdb.pool import Pool, UserListing
 from engramdb.settings import Settings
 from engramdb.store import Store
 from engramdb.store import open as open_store
@@ -335,6 +335,15 @@ class AsyncPool:
         """``user_id``'s store without a lease, for a quick call (see :meth:`Pool.get`)."""
         return AsyncStore(await _in_thread(self._executor, self._pool.get, user_id),
                           executor=self._executor)
+
+    async def users(self) -> list[str]:
+        """The user ids of the stores under ``root``, sorted, read from their manifests
+        without opening or locking any store (see :meth:`Pool.users`)."""
+        return await _in_thread(self._executor, self._pool.users)
+
+    async def user_listing(self) -> UserListing:
+        """:meth:`users` with the stores it skipped (see :meth:`Pool.user_listing`)."""
+        return await _in_thread(self._executor, self._pool.user_listing)
 
     async def close_idle(self) -> int:
         """Close the stores idle for ``idle_seconds`` that nobody holds; return how many."""

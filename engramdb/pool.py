@@ -12,6 +12,10 @@ User ids never become paths directly: :func:`user_dirname` keeps a short readabl
 ``"Alice"`` vs ``"alice"`` (case-insensitive file systems) and 10 KB ids all land in distinct
 directories that are always direct children of ``root``.
 
+Directory names are one-way, so the Pool records each user id in its store's manifest (when it
+creates the store, or the first time it opens an older one for that user), and
+:meth:`Pool.users` lists them from the manifests alone: no store is opened or locked.
+
 A Pool survives ``os.fork()`` (gunicorn ``--preload`` with a warm-up, multiprocessing): just
 before the fork it closes the stores nobody holds, so the child can open them; the child drops
 every handle it inherited, unclosed, and opens its own on demand.
@@ -30,12 +34,14 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engramdb.encoders import Encoder
-from engramdb.errors import InvalidInput, StorageError, StoreClosed
+from engramdb.errors import EngramError, InvalidInput, StorageError, StoreClosed
 from engramdb.settings import Settings
+from engramdb.storage.manifest import MANIFEST_NAME, Manifest
 from engramdb.store import Store
 from engramdb.store import open as open_store
 
@@ -88,6 +94,27 @@ def user_dirname(user_id: str) -> str:
     ascii_form = unicodedata.normalize("NFKD", user_id).encode("ascii", "ignore").decode()
     slug = _NOT_SLUG.sub("-", ascii_form.lower()).strip("-_")[:SLUG_MAX].strip("-_")
     return f"{slug or 'u'}-{digest}{SUFFIX}"
+
+
+@dataclass
+class UserListing:
+    """What :meth:`Pool.user_listing` found under a pool's root.
+
+    ``users``: the recorded user ids, sorted. ``unknown``: the directory names of stores whose
+    manifest records no user (made by :func:`engramdb.open` directly, or by an older engramdb
+    and not opened by a Pool since; also a creation not finished yet). ``damaged``: directory
+    name -> why it was skipped (a manifest that cannot be read or fails its checks, a newer
+    format, a user whose directory would be another one: a copied or renamed store).
+    """
+
+    users: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {"users": list(self.users), "unknown": list(self.unknown),
+                "damaged": dict(self.damaged)}
 
 
 class _Entry:
@@ -221,8 +248,7 @@ class Pool:
                     return entry.store  # type: ignore[return-value]
                 self._cond.wait()  # opening or closing elsewhere: wait for the outcome
         try:
-            store = open_store(path, self.encoder, settings=self.settings,
-                               lock_timeout=self.lock_timeout, create=self.create)
+            store = self._open(path, user_id)
         except BaseException:
             with self._cond:
                 del self._entries[key]
@@ -242,6 +268,17 @@ class Pool:
         self._close_victims(victims)
         if self._closed:
             raise StoreClosed("the pool was closed")
+        return store
+
+    def _open(self, path: Path, user_id: str) -> Store:
+        """Open (or create) ``user_id``'s store at ``path`` and record the user in it."""
+        store = open_store(path, self.encoder, settings=self.settings,
+                           lock_timeout=self.lock_timeout, create=self.create)
+        try:
+            _record_user(store, user_id)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def release(self, store: Store) -> None:
@@ -293,6 +330,55 @@ class Pool:
         store = self.acquire(user_id)
         self.release(store)
         return store
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def users(self) -> list[str]:
+        """The user ids of the stores under ``root``, sorted.
+
+        Read from the stores' manifests only: no store is opened and no lock is taken, so it
+        works while other processes (or this pool) hold the stores open. A store whose
+        manifest records no user (made by :func:`engramdb.open`, or by an older engramdb
+        and not opened by a Pool since: the Pool records the user at that open) or whose
+        manifest is damaged is skipped; :meth:`user_listing` says which. Works on a closed
+        pool too. Raises StorageError only if ``root`` itself cannot be listed.
+
+        >>> pool.users()  # doctest: +SKIP
+        ['alice', 'bob']
+        """
+        return self.user_listing().users
+
+    def user_listing(self) -> UserListing:
+        """:meth:`users`, with the stores it skipped: those without a recorded user
+        (``unknown``) and those with a damaged manifest (``damaged``, with the reason).
+
+        Raises StorageError only if ``root`` itself cannot be listed.
+        """
+        listing = UserListing()
+        try:
+            with os.scandir(self.root) as entries:
+                found = sorted((e.name, _is_real_dir(e)) for e in entries
+                               if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+        except OSError as exc:
+            raise StorageError(f"cannot list the pool root {self.root}: {exc}") from exc
+        for name, is_dir in found:
+            if not is_dir:  # a file, or a link: the pool never makes one (path_for refuses it)
+                listing.damaged[name] = "not a directory (a file or a symbolic link)"
+                continue
+            try:
+                user = _recorded_user(self.root / name)
+            except _Skipped as why:
+                listing.damaged[name] = str(why)
+                continue
+            if user is None:
+                listing.unknown.append(name)
+            elif user_dirname(user) != name:
+                listing.damaged[name] = (f"its manifest records user {user!r}, whose store is "
+                                         f"{user_dirname(user)} (a copied or renamed store)")
+            else:
+                listing.users.append(user)
+        listing.users.sort()
+        return listing
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -398,6 +484,52 @@ class Pool:
                 self._cond.notify_all()
 
 
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)  # from the listing itself: no extra stat
+    except OSError:
+        return False
+
+
+class _Skipped(Exception):
+    """A store directory the listing skips, and why."""
+
+
+def _recorded_user(directory: Path) -> str | None:
+    """The user recorded in ``directory``'s manifest, None when it records none (or there is
+    no manifest yet: a creation in progress or interrupted); raises _Skipped, with the reason,
+    when the manifest is damaged. One store's manifest never fails a whole listing."""
+    try:
+        return Manifest.read(directory).user
+    except EngramError as exc:  # CorruptStore (unreadable included), FormatTooNew
+        if not os.path.lexists(directory / MANIFEST_NAME):
+            return None
+        raise _Skipped(f"{type(exc).__name__}: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError from absurdly nested JSON
+        raise _Skipped(f"{type(exc).__name__}: {exc}") from None
+
+
+def _record_user(store: Store, user_id: str) -> None:
+    """Record ``user_id`` in the manifest of ``store``, just opened for that user by the pool,
+    unless it is there already (a store made by this pool, or since an open by it).
+
+    The store's own manifest object is updated and written (atomically), so the engine's later
+    rewrites of it (settings, index configuration) keep the user. Called before anyone else
+    holds the handle, under the store's file lock. Best effort: if the write fails (a full
+    disk), the store still serves, is listed as unknown, and the next open tries again.
+    """
+    manifest = store.manifest
+    if manifest.user == user_id:
+        return
+    # A different user can only be a copied or renamed directory: the name is a hash of the
+    # id, so the id the pool opened it for is the one it serves.
+    manifest.user = user_id
+    try:
+        manifest.write(store.path)
+    except EngramError:
+        pass
+
+
 def _is_closed(store: Store) -> bool:
     # A handle the user closed by hand must not be reused.
     return store.closed
@@ -419,4 +551,4 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
-__all__ = ["Pool", "user_dirname"]
+__all__ = ["Pool", "UserListing", "user_dirname"]

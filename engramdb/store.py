@@ -53,6 +53,7 @@ from engramdb.errors import (
 from engramdb.progress import progress_bar
 from engramdb.prompt import format_prompt
 from engramdb.recall.filters import kind_codes, occurrence_filter
+from engramdb.recall.hybrid import check_min_score
 from engramdb.recall.searcher import Searcher
 from engramdb.recall.snapshot import Snapshot
 from engramdb.settings import Settings
@@ -340,7 +341,7 @@ class Store:
         IngestResult(id='3f1c...', is_new=True)
         """
         return self.ingest_many(
-            [text], vectors=None if vector is None else [vector], roles=[role],
+            [normalize_text(text)], vectors=None if vector is None else [vector], roles=[role],
             sessions=[session], metadatas=[metadata], pins=[pin],
         )[0]
 
@@ -397,6 +398,8 @@ class Store:
                 with self._writing(fold=not turn):
                     results.extend(self._writer.ingest_batch(batch, journal=turn))
                     self._writer.settle_overflow(turn=turn)
+                    if turn:
+                        self._committer.fold_if_due()
                 if bar is not None:
                     bar.update(part.stop - start)
         finally:
@@ -413,6 +416,7 @@ class Store:
         session: str | None = None,
         metadata: dict[str, Any] | None = None,
         where: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> Turn:
         """One chatbot turn: recall for ``text``, store it as working memory, strengthen what
         was used, and advance the clock, in one commit.
@@ -421,13 +425,14 @@ class Store:
         lifespan by rank; the turn is linked to each of them and to the previous turn (fire
         together, wire together). Returns a :class:`~engramdb.types.Turn` whose ``prompt``
         holds the recalled texts and the turn, ready for an LLM. Raises as ``ingest``.
+        ``min_score`` keeps only recalled hits whose ``relevance`` reaches it, as in ``recall``.
 
         >>> turn = mem.integrate("Remind me of my pet's name", top_k=3)  # doctest: +SKIP
         >>> print(turn.prompt)  # doctest: +SKIP
         """
         self._parts.check_open()
         norm = normalize_text(text)
-        top_k = check_top_k(top_k)
+        top_k, min_score = check_top_k(top_k), check_min_score(min_score)
         role = check_label(role, "role")
         session = check_label(session, "session")
         meta = encode_metadata(metadata)
@@ -446,7 +451,7 @@ class Store:
             # O(N) mask (0.8 ms at 1M engrams).
             recalled = self._searcher.recall(
                 q, norm, top_k, mask, occ_sql, occ_params, True, now, filtered=bool(occ_sql),
-                exclude=own.get(ident), visible=hot.visible(now))
+                exclude=own.get(ident), visible=hot.visible(now), min_score=min_score)
             # The hits' eids, as the recall found them (no second catalog lookup).
             hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
             batch = Batch([ident], [norm], [role], [session], [meta], [False], q[None, :],
@@ -454,6 +459,8 @@ class Store:
             result = self._writer.ingest_batch(batch, now=now, hits=hit_eids, existing=own,
                                                journal=turn)[0]
             self._writer.settle_overflow(turn=turn)
+            if turn:
+                self._committer.fold_if_due()
         return Turn(id=result.id, is_new=result.is_new, recalled=recalled,
                     prompt=format_prompt(norm, recalled, role), tick=now)
 
@@ -513,20 +520,22 @@ class Store:
 
     # -- maintenance --------------------------------------------------------------------------
 
-    def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+    def gc(self, *, dry_run: bool = False, rewrite: bool = False) -> dict[str, Any]:
         """Remove dead and forgotten engrams physically and reclaim their space.
 
         Expired engrams are logged (reason "expired") and their rows, occurrences and links
         deleted; segments that are mostly dead, or that hold any forgotten engram's vector,
         are rewritten; when anything was erased the catalog file is rewritten so no deleted
         bytes survive in freed blocks. ``dry_run`` reports what would happen and changes
-        nothing. Returns counts and bytes before/after.
+        nothing. ``rewrite`` rewrites the catalog file even when nothing was erased, with
+        16 KiB blocks: how a store made before small blocks migrates (``engramdb gc
+        --rewrite``). Returns counts and bytes before/after.
 
         >>> mem.gc()  # doctest: +SKIP
         {'expired': 12, 'erased': 1, 'segments_compacted': 1, ...}
         """
         with self._writing():
-            return self._collector.gc(dry_run)
+            return self._collector.gc(dry_run, _check_bool(rewrite, "rewrite"))
 
     def rebuild(self, *, progress: bool = False) -> dict[str, Any]:
         """Rebuild every derived structure from the catalog and the segments.
@@ -606,13 +615,12 @@ class Store:
         >>> mem.get(result.id).text  # doctest: +SKIP
         'I adopted a guinea pig named Oscar.'
         """
-        self._parts.check_open()
         _check_id(ident)
-        self._fold()
-        found = self._writer.lookup_ids([ident])
-        if not found or not self._parts.hot.visible(self.clock)[found[ident]]:
-            raise NotFound(f"no live engram with id {ident}")
-        return self._searcher.engrams([found[ident]], now=self.clock)[found[ident]]
+        with self._writing():  # no turn may land between the lookup and the catalog read
+            found = self._writer.lookup_ids([ident])
+            if not found or not self._parts.hot.visible(self.clock)[found[ident]]:
+                raise NotFound(f"no live engram with id {ident}")
+            return self._searcher.engrams([found[ident]], now=self.clock)[found[ident]]
 
     def recall(
         self,
@@ -624,6 +632,7 @@ class Store:
         kinds: Iterable[Kind | str] | None = None,
         associative: bool = True,
         context: bool | None = None,
+        min_score: float | None = None,
     ) -> list[Recall]:
         """Return the ``top_k`` live engrams most similar to ``query`` (or to ``vector``).
 
@@ -644,15 +653,17 @@ class Store:
         which must hold; a dotted key such as ``"user.name"`` reaches nested values when no
         top-level key has that exact name, and a key starting with ``/`` is a JSON pointer),
         ``since``/``until`` (inclusive ticks); the operators are ``$eq $ne $in $nin $gt
-        $gte $lt $lte $exists`` (see docs/recall.md, "Filters"). ``kinds`` keeps only engrams of those kinds. Filters are applied
-        inside the search: the result is the exact top-k among matching engrams.
+        $gte $lt $lte $exists`` (see docs/recall.md, "Filters"). ``kinds`` keeps only engrams
+        of those kinds. Filters are applied inside the search: the result is the exact top-k
+        among matching engrams. With ``min_score`` (in [0, 1]) the hits whose ``relevance``
+        (an absolute score, docs/recall.md) is below it are then dropped.
         Raises InvalidInput, EncoderRequired (text query on a store without a usable
         encoder), DimensionMismatch.
 
         >>> [r.text for r in mem.recall("what pets do I have?", top_k=3)]  # doctest: +SKIP
         """
         self._parts.check_open()
-        top_k = check_top_k(top_k)
+        top_k, min_score = check_top_k(top_k), check_min_score(min_score)
         if (query is None) == (vector is None):
             raise InvalidInput("pass exactly one of query (text) or vector=")
         text = None
@@ -677,7 +688,7 @@ class Store:
                 mask = mask & searcher.occurrence_mask(occ_sql, occ_params, len(mask))
             return searcher.recall(q, text, top_k, mask, occ_sql, occ_params, associative, now,
                                    filtered=codes is not None or bool(occ_sql), context=context,
-                                   visible=hot.visible(now))
+                                   visible=hot.visible(now), min_score=min_score)
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Return the stored (unit-length) vectors of live engrams, in the order given."""

@@ -96,6 +96,12 @@ class Recall:
     over Hebbian links from another hit; ``path`` lists the ids walked). ``scores`` holds the
     per-source and per-level scores behind ``score``.
 
+    ``score`` ranks the hit among this recall's candidates only (one candidate alone scores
+    0.5 whatever it says). ``relevance``, in [0, 1], is absolute: built from the hit's own
+    evidence (its cosine with the query and how much of the query's words it holds), so it
+    can be compared across queries and stores and thresholded (``recall(min_score=...)``;
+    docs/recall.md, "Relevance").
+
     For JSON use :meth:`to_dict`, which includes the occurrences (``dataclasses.asdict`` works
     too but leaves them out: they are a property, not a field). A hit's occurrences are loaded
     on first access while the store is open; once loaded they stay readable after it closes
@@ -110,6 +116,7 @@ class Recall:
     via: str
     scores: dict[str, float] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    relevance: float = 0.0
     # The occurrences, or the recall's loader of them (recall/hydrate.OccurrenceLoader, which
     # holds a lock and the store). An init-only argument kept as a plain attribute, not a
     # field, so that dataclasses.asdict/astuple/fields never see the loader.
@@ -154,8 +161,8 @@ class Recall:
         return self.occurrences[-1].session if self.occurrences else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The hit as plain data, ready for ``json.dumps``: id, text, score, kind (its name),
-        lifespan_left, via, scores, path and the matching occurrences as dicts.
+        """The hit as plain data, ready for ``json.dumps``: id, text, score, relevance, kind
+        (its name), lifespan_left, via, scores, path and the matching occurrences as dicts.
 
         The occurrences are loaded now if they were not yet (so the store must be open then:
         StoreClosed otherwise); the dict holds copies and stays valid after the store closes.
@@ -172,7 +179,8 @@ class Recall:
                 "engramdb.aio, whose recall loads them") from exc
         return {
             "id": self.id, "text": self.text, "score": float(self.score),
-            "kind": Kind(self.kind).value, "lifespan_left": _number(self.lifespan_left),
+            "relevance": float(self.relevance), "kind": Kind(self.kind).value,
+            "lifespan_left": _number(self.lifespan_left),
             "via": self.via, "scores": {str(k): float(v) for k, v in self.scores.items()},
             "path": list(self.path), "occurrences": occurrences,
         }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from engramdb.storage.manifest import FORMAT_VERSION
 from tests.cli_support import build_store, run, run_json
 
 
@@ -27,7 +28,7 @@ def test_inspect_shows_format_encoder_kinds_files_and_forgetting_log(store: Path
 
 def test_inspect_json_has_every_section(store: Path) -> None:
     data = run_json("inspect", store)
-    assert data["format_version"] == 1
+    assert data["format_version"] == FORMAT_VERSION
     assert data["encoder"]["kind"] == "hashing" and data["dim"] == 64
     assert set(data["kinds"]) >= {"working", "short_term", "long_term"}
     assert data["count"] == sum(data["kinds"].values())

@@ -197,15 +197,15 @@ def _forged(payload: bytes) -> bytes:
 
 @pytest.mark.parametrize("head", [
     {"v": 1, "q": 2, "t": [""], "r": [None], "s": [None], "m": [None], "p": [False],
-     "k": 0, "n": 1, "h": None, "c": 0},
+     "k": 0, "n": 1, "h": None, "i": []},
     {"v": 1, "q": 2, "t": ["x"], "r": [None], "s": [None], "m": ["[[[[" * 50], "p": [False],
-     "k": 0, "n": 1, "h": None, "c": 1},
+     "k": 0, "n": 1, "h": None, "i": [0]},
     {"v": 1, "q": 2, "t": ["x"], "r": [None], "s": [None], "m": [None], "p": [False],
-     "k": 9, "n": 1, "h": None, "c": 1},
+     "k": 9, "n": 1, "h": None, "i": [0]},
     {"v": 1, "q": 2, "t": ["x"], "r": [None], "s": [None], "m": [None], "p": [False],
-     "k": 0, "n": 1, "h": [10**9], "c": 1},
+     "k": 0, "n": 1, "h": [10**9], "i": [0]},
     {"v": 1, "q": 7, "t": ["x"], "r": [None], "s": [None], "m": [None], "p": [False],
-     "k": 0, "n": 1, "h": None, "c": 1},
+     "k": 0, "n": 1, "h": None, "i": [0]},
     "not a dict",
 ])
 def test_forged_record_refuses_open_and_changes_nothing(tmp_path: Path, head: object) -> None:
@@ -257,3 +257,95 @@ def test_fast_durability_power_cut_loses_only_unsynced_turns(tmp_path: Path) -> 
         assert not any(i in again for i in later)
     with engramdb.open(path, encoder=ENC) as again:  # the clean close kept everything
         assert all(i in again for i in synced + later)
+
+
+def test_replay_of_more_turns_than_the_fold_threshold(tmp_path: Path) -> None:
+    """Replay folds once, at the end: a fold mid-replay would empty the journal while records
+    not yet applied are only in memory."""
+    path = tmp_path / "m"
+    texts = [_text(k) for k in range(10)]
+    ids = _dropped(path, texts)
+    with engramdb.open(path, encoder=ENC, settings={"journal_fold_turns": 3}) as mem:
+        assert any("replayed 10 turns" in r for r in mem.recovered)
+        assert [mem.get(i).text for i in ids] == texts
+        assert mem.verify().ok
+
+
+def test_gc_rewrite_migrates_a_large_block_catalog(tmp_path: Path) -> None:
+    """A store made before 16 KiB blocks (256 KiB ones) migrates with gc(rewrite=True)."""
+    from engramdb.engine.collect import rewrite_catalog
+    from engramdb.storage.catalog import block_size
+
+    path = tmp_path / "old"
+    with engramdb.open(path, encoder=ENC) as mem:
+        ids = [mem.integrate(_text(k), session="s").id for k in range(20)]
+    con = duckdb.connect(":memory:")
+    con.execute(f"ATTACH '{path / 'catalog.duckdb'}' AS c")
+    con.execute("USE c")
+    rewrite_catalog(con, path / "catalog.duckdb", 262144)  # as an older engramdb made it
+    con.close()
+    big = (path / "catalog.duckdb").stat().st_size
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert block_size(mem.catalog.con) == 262144
+        report = mem.gc(rewrite=True)
+        assert report["catalog_rewritten"]
+        assert block_size(mem.catalog.con) == 16384
+        assert mem.verify().ok and all(i in mem for i in ids)
+    assert (path / "catalog.duckdb").stat().st_size < big / 4
+
+
+def test_damage_in_the_middle_of_the_journal_refuses_the_open(tmp_path: Path) -> None:
+    """A crash tears only the last append; a bad record followed by good ones is damage,
+    and cutting there would drop acknowledged turns without a word."""
+    path = tmp_path / "m"
+    _dropped(path, [_text(k) for k in range(5)])
+    data = bytearray((path / JOURNAL_NAME).read_bytes())
+    data[20] ^= 0xFF  # inside the first record's payload
+    (path / JOURNAL_NAME).write_bytes(bytes(data))
+    with pytest.raises(CorruptStore, match="damaged"):
+        engramdb.open(path, encoder=ENC)
+
+
+def test_replay_uses_the_settings_the_turns_were_written_with(tmp_path: Path) -> None:
+    path, ref = tmp_path / "m", tmp_path / "ref"
+    texts = [_text(k) for k in range(6)]
+    _dropped(path, texts)
+    with engramdb.open(path, encoder=ENC, settings={"short_term_lifespan": 5000.0,
+                                                    "link_gain": 0.9}):
+        pass
+    with engramdb.open(ref, encoder=ENC) as mem:
+        for t in texts:
+            mem.integrate(t, session="s")
+    with engramdb.open(ref, encoder=ENC, settings={"short_term_lifespan": 5000.0,
+                                                   "link_gain": 0.9}):
+        pass
+    assert _catalog_rows(path) == _catalog_rows(ref)
+
+
+def test_a_store_gains_its_index_when_it_outgrows_exact_scans(tmp_path: Path) -> None:
+    """No index files while every search is an exact scan; the write that crosses
+    ``exact_threshold`` starts one on the background indexer, and answers stay exact."""
+    import numpy as np
+
+    dim, n = 384, 5_000  # exact_threshold at 384-d is 5,000
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n + 300, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    path = tmp_path / "grow"
+    with engramdb.open(path, dim=dim) as mem:
+        ids = [r.id for r in mem.ingest_many([f"e{i}" for i in range(n)], vectors=x[:n])]
+        assert mem.index is None
+    assert not list((path / "index").glob("*")) if (path / "index").exists() else True
+    with engramdb.open(path) as mem:
+        assert mem.index is None
+        ids += [r.id for r in mem.ingest_many([f"e{i}" for i in range(n, n + 300)],
+                                              vectors=x[n:])]
+        assert mem.index is not None
+        q = x[7] + 0.1 * x[9]
+        q /= np.linalg.norm(q)
+        want = [ids[i] for i in np.argsort(-(x @ q), kind="stable")[:10]]
+        got = [h.id for h in mem.recall(vector=q, top_k=10, associative=False)]
+        # Exact while the backlog is scanned; the graph (approximate) may take over meanwhile.
+        assert got[0] == want[0] and len(set(got) & set(want)) >= 8
+        mem.drain_index()
+    assert (path / "index" / "index.json").exists()

@@ -19,7 +19,7 @@ from engramdb.errors import InvalidInput
 from engramdb.integrations import mcp_server
 from tests.conftest import PYTHON, python_env
 
-TOOLS = {"remember", "recall", "forget", "stats"}
+TOOLS = {"remember", "recall", "forget", "stats", "users"}
 E2E_TIMEOUT = 30.0  # seconds for the whole subprocess conversation; it takes about 2
 
 
@@ -58,7 +58,7 @@ async def _call(client: Any, tool: str, **args: Any) -> tuple[bool, Any]:
 # -- in-process, through the SDK ---------------------------------------------------------------
 
 
-def test_the_four_tools_are_listed_with_their_arguments(sdk: Any, pool: engramdb.Pool) -> None:
+def test_the_tools_are_listed_with_their_arguments(sdk: Any, pool: engramdb.Pool) -> None:
     async def script(client: Any) -> Any:
         return (await client.list_tools()).tools
 
@@ -71,6 +71,8 @@ def test_the_four_tools_are_listed_with_their_arguments(sdk: Any, pool: engramdb
     assert tools["forget"].input_schema["required"] == ["id"]
     assert tools["recall"].annotations.read_only_hint is True
     assert tools["forget"].annotations.destructive_hint is True
+    assert tools["users"].input_schema.get("properties", {}) == {}
+    assert tools["users"].annotations.read_only_hint is True
     assert all(t.description for t in tools.values())
 
 
@@ -112,6 +114,28 @@ def test_remember_recall_forget_stats_over_a_pool(sdk: Any, pool: engramdb.Pool)
     assert out["forget"][1] == {"forgotten": 1}
     assert all(h["id"] != first["id"] for h in out["after"][1]["hits"])
     assert out["stats_after"][1]["count"] == 1
+
+
+def test_users_lists_the_pools_users(sdk: Any, tmp_path: Path, pool: engramdb.Pool) -> None:
+    async def script(client: Any) -> list[tuple[bool, Any]]:
+        out = [await _call(client, "users")]
+        for user in ("bob", "alice", "zoë/ü"):
+            await _call(client, "remember", text=f"I am {user}.", user=user)
+        out.append(await _call(client, "users"))
+        return out
+
+    # A store made by engramdb.open directly records no user: counted, not listed.
+    with engramdb.open(pool.root / "plain.engram", encoder=HashingEncoder(dim=64)):
+        pass
+    before, after = _talk(sdk, mcp_server.build_server(pool, default_user="me"), script)
+    assert before == (False, {"users": [], "unlisted": 1})
+    assert after == (False, {"users": ["alice", "bob", "zoë/ü"], "unlisted": 1})
+
+    with engramdb.open(tmp_path / "one.engram", encoder=HashingEncoder(dim=64)) as store:
+        is_error, text = _talk(sdk, mcp_server.build_server(store),
+                               lambda client: _call(client, "users"))
+    assert is_error and "InvalidInput: this server holds a single store" in text, text
+    assert mcp_server.MemoryTools(pool).users()["users"] == ["alice", "bob", "zoë/ü"]
 
 
 @pytest.mark.parametrize(("tool", "args", "expected"), [

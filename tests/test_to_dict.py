@@ -15,8 +15,8 @@ import engramdb
 from engramdb.encoders import HashingEncoder
 from engramdb.errors import StoreClosed
 
-RECALL_KEYS = {"id", "text", "score", "kind", "lifespan_left", "via", "scores", "path",
-               "occurrences"}
+RECALL_KEYS = {"id", "text", "score", "relevance", "kind", "lifespan_left", "via", "scores",
+               "path", "occurrences"}
 
 
 def _open(tmp_path: Path) -> engramdb.Store:

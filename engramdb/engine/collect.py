@@ -54,8 +54,10 @@ def segments_to_compact(
     return chosen
 
 
-def rewrite_catalog(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Copy the live catalog into a fresh file and swap it in atomically.
+def rewrite_catalog(con: duckdb.DuckDBPyConnection, path: Path,
+                    block_size: int | None = None) -> None:
+    """Copy the live catalog into a fresh file (with ``block_size`` blocks; default: the
+    file's own) and swap it in atomically.
 
     The caller must close ``con`` afterwards and reopen ``path``: the old file (with its freed
     blocks) is gone once this returns. CorruptStore, before anything is written, if a link or
@@ -67,8 +69,9 @@ def rewrite_catalog(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     try:
         con.execute("FORCE CHECKPOINT")
         alias = con.execute("SELECT current_database()").fetchone()[0]
-        # The copy keeps the file's block size (small for stores made since 16 KiB blocks).
-        con.execute(f"ATTACH '{fresh}' AS engramdb_fresh (BLOCK_SIZE {cat.block_size(con)})")
+        # The copy keeps the file's block size unless told (small since 16 KiB blocks).
+        size = int(block_size or cat.block_size(con))
+        con.execute(f"ATTACH '{fresh}' AS engramdb_fresh (BLOCK_SIZE {size})")
         try:
             con.execute(f"COPY FROM DATABASE {alias} TO engramdb_fresh")
         finally:
@@ -92,9 +95,10 @@ class Collector:
         self.keeper = keeper
         self.loader = loader
 
-    def gc(self, dry_run: bool) -> dict[str, Any]:
-        """Remove dead and forgotten engrams physically (see ``Store.gc``). Runs under the
-        write lock."""
+    def gc(self, dry_run: bool, rewrite: bool = False) -> dict[str, Any]:
+        """Remove dead and forgotten engrams physically (see ``Store.gc``); ``rewrite``
+        rewrites the catalog file with today's small blocks even if nothing was erased.
+        Runs under the write lock."""
         parts = self.parts
         hot = parts.hot
         now = self.committer.counters.clock
@@ -108,7 +112,7 @@ class Collector:
         before = self.file_bytes()
         report = {"expired": int(len(dead)), "erased": int(pending_erase),
                   "segments_compacted": len(to_compact), "bytes_before": before,
-                  "dry_run": dry_run}
+                  "dry_run": dry_run, "catalog_rewritten": erase or rewrite}
         if dry_run:
             report["bytes_after"] = before
             return report
@@ -121,12 +125,12 @@ class Collector:
         if to_compact:
             with parts.gate.moving_vectors():
                 self._compact(to_compact)
-        if erase:
-            self._rewrite_catalog()
+        if erase or rewrite:
+            self._rewrite_catalog(cat.BLOCK_SIZE if rewrite else None)
+        if erase and parts.index is not None:
             # hnswlib only flags deleted vectors: their bytes stay in the graph files until
             # the graph is rebuilt without them.
-            if parts.index is not None:
-                self.keeper.build(parts.index.config, hot.live_eids(now))
+            self.keeper.build(parts.index.config, hot.live_eids(now))
         report["bytes_after"] = self.file_bytes()
         return report
 
@@ -173,13 +177,13 @@ class Collector:
                 c.segment_lengths = committed
             c.move(segs, eids, new_segs, new_rows)
 
-    def _rewrite_catalog(self) -> None:
+    def _rewrite_catalog(self, block_size: int | None = None) -> None:
         self.loader.drop_snapshot()  # close() writes a fresh one
         parts = self.parts
         path = parts.catalog.path
         try:
             with parts.catalog.durable():  # the checkpoint and the copy are fsynced
-                rewrite_catalog(parts.catalog.con, path)
+                rewrite_catalog(parts.catalog.con, path, block_size)
         finally:
             # Reopen by name whether or not the swap happened: after a rename that was
             # reported as failed, the old handle would write into an unlinked file.

@@ -30,6 +30,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CommitUncertain, StorageError
 from engramdb.storage import catalog as cat
+from engramdb.storage.manifest import FORMAT_VERSION
 from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
 
 # Why an engram left the store, as the forgetting log records it.
@@ -279,6 +280,12 @@ class Committer:
         the record is appended changes nothing; after it, the handle is abandoned (the next
         open replays the record)."""
         parts = self.parts
+        manifest = parts.manifest
+        if manifest.format_version < FORMAT_VERSION:
+            # An engramdb from before the journal would ignore journaled turns: from the
+            # first one on, it refuses the store (FormatTooNew) instead.
+            manifest.format_version = FORMAT_VERSION
+            manifest.write(parts.path)
         if parts.mirror is None:
             parts.mirror = TurnMirror.load(parts.query_arrow)
         if self._folded_lengths is None:
@@ -297,7 +304,14 @@ class Committer:
                 parts.segments.rollback()
             raise
         self._apply(c)
-        journal, s = parts.journal, parts.settings
+
+    def fold_if_due(self) -> None:
+        """After a turn and its capacity rule: fold once ``journal_fold_turns`` records (or
+        ``journal_fold_bytes``) wait; with "fast" durability, sync once ``sync_interval``
+        has passed. Never inside a turn: the capacity rule's commit writes no record of its
+        own, so a fold between the two would leave it in no durable place."""
+        parts, s = self.parts, self.parts.settings
+        journal = parts.journal
         if journal.records >= s.journal_fold_turns or journal.size >= s.journal_fold_bytes:
             self.fold()
         elif self.fast and time.monotonic() - self.last_sync >= s.sync_interval:
@@ -330,6 +344,9 @@ class Committer:
             raise
         self._folded_lengths = None
         mirror.folded()
+        # "fast": the fold committed without fsyncs, so it is made a sync point before the
+        # journal, the only durable copy of synced turns, is emptied.
+        self.sync()
         parts.journal.reset()
 
     @contextmanager
@@ -358,6 +375,7 @@ class Committer:
             return
         parts.journal.sync()
         if not (parts.catalog.pending or parts.segments.dirty):
+            self.last_sync = time.monotonic()
             return
         try:
             parts.segments.sync()  # vectors first: the mark below promises they are on disk

@@ -70,6 +70,11 @@ class TurnMirror:
         self.context_rows: list[ContextRows] = []
 
     @property
+    def folds(self) -> int:
+        """How many folds this mirror has seen (a reader that spans one reads again)."""
+        return self._folds
+
+    @property
     def pending(self) -> bool:
         """Whether turns wait to be folded into the catalog."""
         return bool(self.new_rows or self.changed or self.changed_edges

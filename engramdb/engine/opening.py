@@ -170,10 +170,12 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
 
 
 def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
-                  settings: Settings | None) -> Manifest:
+                  settings: Settings | None) -> tuple[Manifest, dict[str, Any]]:
     """The store's manifest, checked against what the caller opened it with; new settings
-    are recorded."""
+    are recorded. Also returns the settings recorded before (journaled turns replay with
+    them)."""
     manifest = Manifest.read(path)
+    before = dict(manifest.settings)
     if encoder is not None and encoder.fingerprint != manifest.fingerprint:
         raise ModelMismatch(
             f"{path} was built with encoder {manifest.encoder_spec.get('kind')} "
@@ -187,7 +189,7 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
             raise InvalidInput("vector_dtype cannot change after a store is created")
         manifest.settings = settings.to_dict()
         manifest.write(path)
-    return manifest
+    return manifest, before
 
 
 class Opening:
@@ -206,13 +208,15 @@ class Opening:
         self.loader: DerivedLoader
         self.keeper: IndexKeeper
         self._journaled: list[bytes] = []
+        self.replay_settings: dict[str, Any] = {}  # the settings before this open's
 
-    def run(self, manifest: Manifest, index: dict[str, Any] | None,
+    def run(self, opened: tuple[Manifest, dict[str, Any]], index: dict[str, Any] | None,
             catalog: Catalog | None = None) -> None:
         """Open the catalog (or take the one a creation left open) and the segments,
         recover, and load the derived state."""
         parts = self.parts
         path = parts.path
+        manifest, self.replay_settings = opened
         parts.manifest = manifest
         parts.settings = Settings.from_stored(manifest.settings)
         parts.dim = manifest.dim
@@ -258,13 +262,19 @@ class Opening:
         self._journaled = []
         todo = [r for r in records if r.seq > counters.journal_seq]
         expected = counters.journal_seq + 1
-        for record in todo:
-            if record.seq != expected:
-                raise CorruptStore(f"{parts.path}: turn journal record {record.seq} follows "
-                                   f"record {expected - 1}",
-                                   hint="restore the store from an export or backup")
-            writer.replay(record)
-            expected += 1
+        # The turns are applied with the settings they were written under (an open may
+        # have just recorded new ones).
+        current, parts.settings = parts.settings, Settings.from_stored(self.replay_settings)
+        try:
+            for record in todo:
+                if record.seq != expected:
+                    raise CorruptStore(f"{parts.path}: turn journal record {record.seq} "
+                                       f"follows record {expected - 1}",
+                                       hint="restore the store from an export or backup")
+                writer.replay(record)
+                expected += 1
+        finally:
+            parts.settings = current
         if records:
             self.committer.fold()
         if todo:

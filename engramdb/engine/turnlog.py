@@ -27,6 +27,7 @@ from engramdb.types import KIND_NAMES
 
 _LEN = struct.Struct("<I")
 VERSION = 1
+MAX_TEXTS = 64  # the turn path takes batches of at most this many texts (store.py)
 
 
 @dataclass
@@ -42,14 +43,15 @@ class TurnRecord:
     kind: int
     now: int | None  # the tick integrate moved the clock to; None: ingest (clock unchanged)
     hits: list[int] | None  # integrate: the recalled engrams' eids, best first
-    vectors: np.ndarray  # the new engrams' stored vectors, in batch order
+    rows: list[int]  # the batch positions of the texts that were new: the vectors' owners
+    vectors: np.ndarray  # the new engrams' stored vectors, in that order
 
     def encode(self) -> bytes:
         """The record's payload."""
         head = json.dumps({
             "v": VERSION, "q": self.seq, "t": self.texts, "r": self.roles, "s": self.sessions,
             "m": self.metas, "p": self.pins, "k": self.kind, "n": self.now, "h": self.hits,
-            "c": len(self.vectors),
+            "i": self.rows,
         }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.vectors).tobytes()
 
@@ -71,6 +73,8 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
         raise ValueError("unknown record version")
     texts = [normalize_text(t) for t in _list(head["t"])]
     count = len(texts)
+    if not 1 <= count <= MAX_TEXTS:
+        raise ValueError(f"{count} texts in one record")
     roles = [check_label(r, "role") for r in _list(head["r"], count)]
     sessions = [check_label(s, "session") for s in _list(head["s"], count)]
     metas = [None if m is None else encode_metadata(json.loads(_str(m)))
@@ -81,15 +85,20 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
         raise ValueError(f"unknown kind {kind}")
     now = None if head["n"] is None else _int(head["n"])
     hits = None if head["h"] is None else [_int(h) for h in _list(head["h"])]
-    rows = _int(head["c"])
+    if hits is not None and (len(set(hits)) != len(hits) or now is None or count != 1):
+        raise ValueError("the recalled engrams of a record that is not one integrate turn")
+    rows = [_int(r) for r in head["i"]] if isinstance(head["i"], list) else _list(head["i"])
+    if len(set(rows)) != len(rows) or any(r >= count for r in rows):
+        raise ValueError(f"vector rows {rows} for {count} texts")
     raw = payload[_LEN.size + n:]
-    if rows > count or len(raw) != rows * dim * dtype.itemsize:
-        raise ValueError(f"{len(raw)} vector bytes for {rows} rows of dim {dim}")
-    vectors = np.frombuffer(raw, dtype).reshape(rows, dim)
-    if not np.isfinite(vectors).all():
-        raise ValueError("a vector holds NaN or infinity")
+    if len(raw) != len(rows) * dim * dtype.itemsize:
+        raise ValueError(f"{len(raw)} vector bytes for {len(rows)} rows of dim {dim}")
+    vectors = np.frombuffer(raw, dtype).reshape(len(rows), dim)
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1) if len(rows) else np.ones(0)
+    if not np.isfinite(vectors).all() or np.any(np.abs(norms - 1.0) > 1e-2):
+        raise ValueError("a vector is not of unit length")
     return TurnRecord(_int(head["q"]), texts, roles, sessions, metas, pins, kind, now, hits,
-                      vectors)
+                      rows, vectors)
 
 
 def _list(value: Any, n: int | None = None) -> list[Any]:

@@ -242,9 +242,8 @@ class IndexKeeper:
         """Committed new vectors: indexed behind on the background indexer."""
         parts = self.parts
         if parts.index is None:
-            cfg = self.config
-            if self.wants_index(cfg):  # the store just outgrew exact scans
-                self.build(cfg, parts.hot.live_eids(self.committer.counters.clock))
+            if self.wants_index(self.config):  # the store just outgrew exact scans
+                self._start_index()
             return
         if parts.indexer is not None:
             parts.indexer.submit(eids, vectors)  # acknowledged already; indexed behind
@@ -257,6 +256,21 @@ class IndexKeeper:
         if self.unsaved >= max(_SAVE_EVERY, len(parts.index) // 4) and (
                 parts.indexer is None or parts.indexer.idle()):
             self.save()
+
+    def _start_index(self) -> None:
+        """Install an empty index and queue every live engram on the background indexer:
+        the write that crossed the threshold does not wait for the graph (searches scan the
+        backlog exactly until it is in)."""
+        parts = self.parts
+        live = parts.hot.live_eids(self.committer.counters.clock)
+        idx = VectorIndex.build(live[:0], parts.fetch_vectors, self.config, dim=parts.dim)
+        parts.indexer = BackgroundIndexer(
+            idx, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
+        parts.index = idx
+        for start in range(0, len(live), _REPLAY_BATCH):
+            part = live[start:start + _REPLAY_BATCH]
+            parts.indexer.submit(part, parts.fetch_vectors(part))
+        self.unsaved += len(live)
 
     def removed(self, eids: np.ndarray) -> None:
         """Engrams removed by a commit: deleted from the index and its backlog."""

@@ -29,7 +29,7 @@ from engramdb.engine.lifespan import (
 )
 from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
-from engramdb.errors import CorruptStore, NotFound
+from engramdb.errors import CorruptStore, EngramError, NotFound
 from engramdb.storage import catalog as cat
 from engramdb.types import LONG_TERM, IngestResult
 
@@ -125,7 +125,8 @@ class Writer:
         plan = self._plan(batch, existing)
         vectors = self._new_vectors(batch, plan)
         record = TurnRecord(0, batch.texts, batch.roles, batch.sessions, batch.metas,
-                            batch.pins, batch.kind, now, hits, vectors) if journal else None
+                            batch.pins, batch.kind, now, hits, list(plan.new_first.values()),
+                            vectors) if journal else None
         return self._write(batch, plan, vectors, now, hits, turn=journal, record=record)
 
     def replay(self, record: TurnRecord) -> None:
@@ -135,17 +136,40 @@ class Writer:
                       record.roles, record.sessions, record.metas, record.pins, None,
                       record.kind)
         plan = self._plan(batch, None)
-        if len(plan.new_first) != len(record.vectors):
-            raise CorruptStore(
-                f"turn journal record {record.seq} holds {len(record.vectors)} vectors for "
-                f"{len(plan.new_first)} new engrams", hint="restore from an export or backup")
+        clock = self.committer.counters.clock
+        if record.now is not None and record.now != clock + 1:  # integrate moves it by one
+            raise CorruptStore(f"turn journal record {record.seq} is for tick {record.now}, "
+                               f"the store is at tick {clock}",
+                               hint="restore the store from an export or backup")
         if record.hits is not None and any(
                 h >= self.committer.counters.next_eid for h in record.hits):
-            raise CorruptStore(f"turn journal record {record.seq} names an unknown engram")
-        self._write(batch, plan, record.vectors.astype(self.parts.segments.dtype),
-                    record.now, record.hits, turn=True, record=None)
-        self.committer.counters.journal_seq = record.seq
+            raise CorruptStore(f"turn journal record {record.seq} names an engram never "
+                               "stored", hint="restore the store from an export or backup")
+        hits = None if record.hits is None else [
+            h for h in record.hits if self.parts.stored(h)]  # a power cut may have lost one
+        self._write(batch, plan, self._replayed_vectors(record, plan), record.now, hits,
+                    turn=True, record=None, seq=record.seq)
         self.settle_overflow(turn=True)
+
+    def _replayed_vectors(self, record: TurnRecord, plan: _Planned) -> np.ndarray:
+        """The vectors of the engrams a replayed turn creates: from the record; a text that
+        was stored when the turn was written but is not now (its engram lost at a power cut
+        in "fast" durability) is encoded again."""
+        given = dict(zip(record.rows, record.vectors, strict=True))
+        new_idx = list(plan.new_first.values())
+        missing = [i for i in new_idx if i not in given]
+        if missing:
+            try:
+                again = self.encode([record.texts[i] for i in missing])
+            except EngramError as exc:
+                raise CorruptStore(
+                    f"turn journal record {record.seq} needs a vector it does not hold and "
+                    f"the encoder failed: {exc}", hint="open the store with its encoder") from exc
+            given.update(zip(missing, again, strict=True))
+        dtype = self.parts.segments.dtype
+        if not new_idx:
+            return np.zeros((0, self.parts.dim), dtype)
+        return np.stack([given[i] for i in new_idx]).astype(dtype)
 
     def _new_vectors(self, batch: Batch, plan: _Planned) -> np.ndarray:
         """The stored vectors of the batch's new engrams (given, or encoded now)."""
@@ -161,7 +185,7 @@ class Writer:
 
     def _write(self, batch: Batch, plan: _Planned, vectors: np.ndarray, now: int | None,
                hits: list[int] | None, *, turn: bool, record: TurnRecord | None,
-               ) -> list[IngestResult]:
+               seq: int | None = None) -> list[IngestResult]:
         counters = self.committer.counters
         advance = now is not None
         now = counters.clock if now is None else now
@@ -172,6 +196,8 @@ class Writer:
             pointers = c.append_vectors(vectors) if len(vectors) else None
             if record is not None:
                 c.journal(record)  # durable from here: replayed if anything below fails
+            elif seq is not None:
+                c.set(journal_seq=seq)  # a replayed record
             lex_rows = None
             if plan.new_first:
                 lex_rows = self._add_engrams(c, batch, plan, now, life, vectors, pointers)

@@ -1,6 +1,6 @@
 """A Model Context Protocol server: engramdb memories as tools for any MCP client.
 
-Four tools, over a :class:`~engramdb.Pool` of per-user stores or over one
+Five tools, over a :class:`~engramdb.Pool` of per-user stores or over one
 :class:`~engramdb.Store`:
 
 - ``remember(text, user?, role?, session?, metadata?)`` -> ``{"id", "is_new"}``
@@ -8,6 +8,8 @@ Four tools, over a :class:`~engramdb.Pool` of per-user stores or over one
   "occurrences"}]}``
 - ``forget(id, user?)`` -> ``{"forgotten": 1}``
 - ``stats(user?)`` -> the store's :meth:`~engramdb.Store.stats` (without the file list)
+- ``users()`` -> ``{"users": [...], "unlisted": n}``: the pool's user ids
+  (:meth:`~engramdb.Pool.users`)
 
 An engramdb error reaches the client as a tool error (``isError``) whose text names the error
 class, its message and its hint, e.g. ``InvalidInput: top_k must be a positive int, got 0
@@ -43,8 +45,9 @@ SERVER_NAME = "engramdb"
 INSTRUCTIONS = (
     "A long-term memory. Call `remember` with anything worth keeping (facts about the user, "
     "decisions, preferences), `recall` with a question before answering, `forget` with an id "
-    "the user wants erased, `stats` to see how much is stored. Pass the same `user` for one "
-    "person every time, unless the server was started with a default user."
+    "the user wants erased, `stats` to see how much is stored, `users` to list whose memories "
+    "exist. Pass the same `user` for one person every time, unless the server was started "
+    "with a default user."
 )
 
 
@@ -148,6 +151,17 @@ class MemoryTools:
         data.pop("files", None)  # one entry per file on disk: noise for a model
         return data
 
+    def users(self) -> dict[str, Any]:
+        """The users with a memory, sorted (:meth:`~engramdb.Pool.users`: read from the
+        stores' manifests, none opened); ``unlisted`` counts the stores skipped (no user
+        recorded yet, or a damaged manifest). InvalidInput over a single Store."""
+        if isinstance(self.memory, engramdb.Store):
+            raise InvalidInput("this server holds a single store: it has no users",
+                               hint="call the other tools without user")
+        listing = self.memory.user_listing()
+        return {"users": listing.users,
+                "unlisted": len(listing.unknown) + len(listing.damaged)}
+
 
 def _load_mcp() -> Any:
     """The SDK's server module, or MissingExtra saying how to install it."""
@@ -182,7 +196,7 @@ def _tool_errors(tool_error: type[Exception]) -> Iterator[None]:
 
 def build_server(memory: engramdb.Pool | engramdb.Store | MemoryTools, *,
                  default_user: str | None = None, name: str = SERVER_NAME) -> Any:
-    """An ``mcp.server.mcpserver.MCPServer`` with the four tools over ``memory``.
+    """An ``mcp.server.mcpserver.MCPServer`` with the five tools over ``memory``.
 
     ``memory`` is a Pool, a Store, or a ready :class:`MemoryTools`; the caller keeps
     ownership and closes it after the server stops. Raises MissingExtra without the ``mcp``
@@ -201,7 +215,7 @@ def build_server(memory: engramdb.Pool | engramdb.Store | MemoryTools, *,
 
 
 def _add_tools(server: Any, tools: MemoryTools) -> None:
-    """Register the four tools on ``server``; each turns engramdb errors into ToolError."""
+    """Register the five tools on ``server``; each turns engramdb errors into ToolError."""
     from typing import Annotated
 
     from mcp.server.mcpserver.exceptions import ToolError as tool_error  # noqa: N813
@@ -259,6 +273,13 @@ def _add_tools(server: Any, tools: MemoryTools) -> None:
         """Describe a memory store: live count, counts per kind, clock, encoder, bytes."""
         with _tool_errors(tool_error):
             return tools.stats(user)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def users() -> dict[str, Any]:
+        """List the users that have a memory (the ids to pass as user), sorted; unlisted
+        counts stores whose user is not recorded yet or whose manifest is damaged."""
+        with _tool_errors(tool_error):
+            return tools.users()
 
 
 def serve(root: str | Path, *, encoder: Encoder | None = None,

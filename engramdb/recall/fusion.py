@@ -1,7 +1,8 @@
 """BM25 fusion without conversation context, and the array helpers the fusions share.
 
-A recall's result before hydration is ``found``: ``{eid: (score, via, path, score parts)}``
-(:data:`Found`). :func:`fuse` builds it from the dense and the lexical top lists with
+A recall's result before hydration is ``found``: ``{eid: (score, via, path, score parts,
+relevance)}`` (:data:`Found`; relevance: :func:`engramdb.recall.hybrid.relevance`).
+:func:`fuse` builds it from the dense and the lexical top lists with
 :func:`engramdb.recall.hybrid.fuse`; :mod:`engramdb.recall.fusion_context` does the same with
 the turns' conversation around them.
 """
@@ -14,8 +15,8 @@ from engramdb.derived.lexical import LexicalMatch
 from engramdb.engine.parts import Parts
 from engramdb.recall import hybrid
 
-# One hit before hydration: (score, via, path of eids that led to it, score parts).
-Hit = tuple[float, str, list[int], dict[str, float]]
+# One hit before hydration: (score, via, path of eids that led to it, score parts, relevance).
+Hit = tuple[float, str, list[int], dict[str, float], float]
 # ``{eid: hit}``: one recall's hits.
 Found = dict[int, Hit]
 
@@ -39,8 +40,12 @@ def lexical_scores(found: LexicalMatch, mask: np.ndarray) -> tuple[np.ndarray, n
 
 
 def fuse(parts: Parts, q: np.ndarray, dense_eids: np.ndarray, dense_scores: np.ndarray,
-         lex_eids: np.ndarray, lex_scores: np.ndarray, pool: int, weight: float) -> Found:
-    """Score the union of the dense and the top lexical candidates (:func:`hybrid.fuse`)."""
+         lex_eids: np.ndarray, lex_scores: np.ndarray, pool: int, weight: float,
+         match: LexicalMatch, n_terms: int) -> Found:
+    """Score the union of the dense and the top lexical candidates (:func:`hybrid.fuse`).
+
+    ``match`` is the query's BM25 match (of its ``n_terms`` distinct terms), from which each
+    candidate's query coverage is taken for its relevance (no previous turn here)."""
     top = lex_eids
     if len(top) > pool:
         top = lex_eids[np.argpartition(-lex_scores, pool - 1)[:pool]]
@@ -58,11 +63,27 @@ def fuse(parts: Parts, q: np.ndarray, dense_eids: np.ndarray, dense_scores: np.n
     hit = (pos < len(lex_eids)) & (lex_eids[np.minimum(pos, len(lex_eids) - 1)] == cands)
     bm25 = np.where(hit, lex_scores[np.minimum(pos, len(lex_eids) - 1)], 0.0)
     fused = hybrid.fuse(cands, cos, bm25, weight)
+    relevance = plain_relevance(match, n_terms, cands, cos)
     return {
         int(e): (float(f), hybrid.via(int(e) in in_dense, int(e) in in_lex), [],
-                 {"vector": float(c), "lexical": float(b), "fused": float(f)})
-        for e, c, b, f in zip(cands, cos, bm25, fused)
+                 {"vector": float(c), "lexical": float(b), "fused": float(f)}, float(r))
+        for e, c, b, f, r in zip(cands, cos, bm25, fused, relevance)
     }
+
+
+def plain_relevance(match: LexicalMatch, n_terms: int, cands: np.ndarray,
+                    cos: np.ndarray) -> np.ndarray:
+    """:func:`hybrid.relevance` of candidates (sorted eids) with cosines ``cos``, taken
+    without conversation context: each candidate's own query coverage stands for its
+    coverage with a previous turn."""
+    held = hybrid.held_share(match.term_idf, match.postings.counts, n_terms)
+    if held is None or not len(cands):
+        return hybrid.dense_relevance(cos)
+    counts = match.postings.counts
+    cover, _ = hybrid.coverage(match.term_idf, np.arange(len(counts)).repeat(counts),
+                               match.posting_eids, cands, np.arange(len(cands)),
+                               np.full(len(cands), -1))
+    return hybrid.relevance(cos, cover, cover, held)
 
 
 def best_first(scores: np.ndarray, k: int) -> np.ndarray:

@@ -14,7 +14,8 @@ catalog query. The stages, in order:
 4. the rest of the evidence (:func:`_evidence`, :func:`_priors`): session BM25, the speaker
    and the date the query names, query coverage, the turns' own BM25;
 5. the mix, then the neighbour step (:func:`_neighbour_lift`);
-6. the hits (:func:`_hits`): the best ``top_k`` and the lifted turns, with their score parts.
+6. the hits (:func:`_hits`): the best ``top_k`` and the lifted turns, with their score parts
+   and their relevance (:func:`hybrid.relevance`, from the same cosines and coverage).
 
 Everything is computed on sorted eid arrays of the few hundred candidates (no per-candidate
 Python, no array the size of the store); the query's terms are looked up once, for the
@@ -130,11 +131,11 @@ def fuse_context(parts: Parts, q: np.ndarray, text: str, dense_eids: np.ndarray,
     if len(cands) == 0:
         return {}
     cp = _dense_evidence(parts, q, cands, prev, dense_eids, dense_scores, ctx.capacity)
-    ev, weights = _evidence(s, ctx, lex, text, query, cp, weight)
+    ev, weights, relevance = _evidence(s, ctx, lex, text, query, cp, weight)
     mixed = hybrid.context_mix(ev, weights)
     best = best_first(mixed, max(top_k, s.neighbour_seeds))
     lifted = _neighbour_lift(s, ctx, query, cp, mixed, best)
-    return _hits(query, cp, ev, mixed, best, lifted)
+    return _hits(query, cp, ev, mixed, best, lifted, relevance)
 
 
 def _lexical_top(lex: LexicalIndex, text: str, mask: np.ndarray, visible: np.ndarray,
@@ -225,16 +226,23 @@ def _priors(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query: 
 
 
 def _evidence(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query: _Query,
-              cp: _Pool, weight: float) -> tuple[hybrid.ContextEvidence, hybrid.ContextWeights]:
-    """The candidates' evidence for :func:`hybrid.context_mix` and the weights to mix it."""
+              cp: _Pool, weight: float,
+              ) -> tuple[hybrid.ContextEvidence, hybrid.ContextWeights, np.ndarray]:
+    """The candidates' evidence for :func:`hybrid.context_mix`, the weights to mix it, and
+    the candidates' relevance (:func:`hybrid.relevance`)."""
     session, speaker, date, speaker_prior, date_prior = _priors(s, ctx, lex, text, query, cp)
     zeros = np.zeros(len(cp.cands), np.float64)
-    cover = cover_prev = zeros
-    if s.coverage_prior:
-        found = query.found
-        cover, cover_prev = hybrid.coverage(found.term_idf, query.posting_term,
-                                            found.posting_eids, cp.need, cp.at_c,
-                                            np.where(cp.has_prev, cp.at_p, -1))
+    # Coverage feeds relevance even where the mix gives it no weight (stores made before
+    # coverage existed): there it is left out of the evidence, so the score parts say 0.
+    found = query.found
+    cover, cover_prev = hybrid.coverage(found.term_idf, query.posting_term,
+                                        found.posting_eids, cp.need, cp.at_c,
+                                        np.where(cp.has_prev, cp.at_p, -1))
+    held = hybrid.held_share(found.term_idf, found.postings.counts,
+                             len(dict.fromkeys(query.terms)))
+    relevance = hybrid.relevance(cp.cos, cover, cover_prev, held)
+    if not s.coverage_prior:
+        cover = cover_prev = zeros
     # Without session evidence (notes said outside any session, or no session holding a
     # query term) the turns' own BM25 takes the session's place in the lexical sum.
     turn_lexical = s.turn_lexical
@@ -253,7 +261,7 @@ def _evidence(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query
         lexical_weight=weight, turn_lexical=turn_lexical,
         context_lexical=s.context_lexical, session_prior=s.session_prior,
         context_dense=s.context_dense, speaker_prior=speaker_prior, date_prior=date_prior,
-        coverage_prior=s.coverage_prior, coverage_context=s.coverage_context)
+        coverage_prior=s.coverage_prior, coverage_context=s.coverage_context), relevance
 
 
 def _neighbour_lift(s: Settings, ctx: TurnContext, query: _Query, cp: _Pool,
@@ -279,9 +287,13 @@ def _neighbour_lift(s: Settings, ctx: TurnContext, query: _Query, cp: _Pool,
 
 
 def _hits(query: _Query, cp: _Pool, ev: hybrid.ContextEvidence, mixed: np.ndarray,
-          best: np.ndarray, lifted: dict[int, tuple[float, int]]) -> Found:
+          best: np.ndarray, lifted: dict[int, tuple[float, int]], relevance: np.ndarray,
+          ) -> Found:
     """``found`` of the returned rows of the candidates: the best, then the lifted turns
-    that are candidates (a lifted turn outside them has no score parts of its own)."""
+    that are candidates (a lifted turn outside them has no score parts of its own).
+
+    A lifted turn's relevance is the higher of its own (if it is a candidate) and
+    :data:`hybrid.RELEVANCE_NEIGHBOUR` times its seed's own."""
     cands = cp.cands
     lifted_eids = np.fromiter(lifted, np.int64, len(lifted))
     lifted_at = cands.searchsorted(lifted_eids)
@@ -289,23 +301,31 @@ def _hits(query: _Query, cp: _Pool, ev: hybrid.ContextEvidence, mixed: np.ndarra
     lifted_in = cands[lifted_at] == lifted_eids
     rows = np.concatenate((best, lifted_at[lifted_in]))
     n_rows = len(rows)
+    seeds_at = cands.searchsorted(np.fromiter((seed for _, seed in lifted.values()), np.int64,
+                                              len(lifted)))
+    lifted_rel = np.maximum(np.where(lifted_in, relevance[lifted_at], 0.0),
+                            hybrid.RELEVANCE_NEIGHBOUR * relevance[seeds_at])
     bm, in_lexical = query.lexical(np.concatenate((cands[rows], cp.prev[rows])))
     evidence = [ev.cos[rows], bm[:n_rows], ev.cos_prev[rows], bm[n_rows:],
                 ev.bm25_session[rows], ev.speaker[rows], ev.date[rows], ev.coverage[rows],
                 ev.coverage_prev[rows]]
     return _context_hits(cands[rows], len(best), mixed[rows], evidence,
-                         cp.known[cp.at_c[best]], in_lexical[:len(best)], lifted, lifted_in)
+                         cp.known[cp.at_c[best]], in_lexical[:len(best)], lifted, lifted_in,
+                         np.concatenate((relevance[best], lifted_rel)))
 
 
 def _context_hits(eids: np.ndarray, n_best: int, mixed: np.ndarray, evidence: list[np.ndarray],
                   in_dense: np.ndarray, in_lexical: np.ndarray,
-                  lifted: dict[int, tuple[float, int]], lifted_in: np.ndarray) -> Found:
+                  lifted: dict[int, tuple[float, int]], lifted_in: np.ndarray,
+                  relevance: np.ndarray) -> Found:
     """``found`` of a context recall.
 
     ``eids`` are the returned candidates: the ``n_best`` best, best first (``in_dense`` and
     ``in_lexical`` say which top lists they were in), then the ``lifted`` turns that are
     candidates (``lifted_in`` says which those are), with their unsquashed scores ``mixed``
-    and their ``evidence``: one array per score part, in the order of the parts' dict.
+    and their ``evidence``: one array per score part, in the order of the parts' dict;
+    ``relevance`` has one entry per best row, then one per lifted turn (in ``lifted``'s
+    order).
     """
     # One squash for the rows and the lifted scores (elementwise: the same bits).
     lifted_mixed = np.fromiter((m for m, _ in lifted.values()), np.float64, len(lifted))
@@ -316,14 +336,16 @@ def _context_hits(eids: np.ndarray, n_best: int, mixed: np.ndarray, evidence: li
               "fused": f}
              for (v, lx, cv, cl, se, sp, da, co, cc), f in zip(np.array(evidence).T.tolist(),
                                                                squashed, strict=False)]
+    rel = relevance.tolist()
     found: Found = {}
-    for e, d, lx, p in zip(eids[:n_best].tolist(), in_dense.tolist(), in_lexical.tolist(),
-                           parts, strict=False):
-        found[e] = (p["fused"], _VIA[d, lx], [], p)
+    for e, d, lx, p, r in zip(eids[:n_best].tolist(), in_dense.tolist(), in_lexical.tolist(),
+                              parts, rel, strict=False):
+        found[e] = (p["fused"], _VIA[d, lx], [], p, r)
     if lifted:
         own_parts = iter(parts[n_best:])
-        for (e, (_, seed)), score, is_in in zip(lifted.items(), squashed[len(eids):],
-                                                lifted_in.tolist(), strict=True):
+        for (e, (_, seed)), score, is_in, r in zip(lifted.items(), squashed[len(eids):],
+                                                   lifted_in.tolist(), rel[n_best:],
+                                                   strict=True):
             p = next(own_parts) if is_in else {}
-            found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score})
+            found[e] = (score, "context", [seed, e], {**p, "context": score, "fused": score}, r)
     return found

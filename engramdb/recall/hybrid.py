@@ -31,6 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engramdb.content import check_finite
+from engramdb.errors import InvalidInput
+
 
 def zscore(x: np.ndarray) -> np.ndarray:
     """Standardise; a constant vector maps to zeros.
@@ -193,3 +196,81 @@ def spread(eids: np.ndarray, mixed: np.ndarray, seeds: np.ndarray, before: np.nd
 def squash(mixed: np.ndarray | float) -> np.ndarray | float:
     """Map unsquashed scores into (0, 1) with the logistic (monotone)."""
     return 1.0 / (1.0 + np.exp(-np.asarray(mixed, np.float64)))
+
+
+# ----------------------------------------------------------------------------- relevance
+# A hit's ``score`` ranks it among one query's candidates (z-scores over the pool, then a
+# logistic): it says nothing about whether the query is answered at all. ``relevance`` is an
+# absolute figure in [0, 1] built only from a candidate's own evidence, so it can be compared
+# across queries and stores and thresholded (``recall(..., min_score=)``; docs/recall.md,
+# "Relevance"). The constants were chosen on LoCoMo (benchmarks/locomo_threshold.py,
+# docs/quality.md), where the pooled AUC of evidence against the rest stays within 0.84-0.855
+# over a wide range of them.
+RELEVANCE_LEXICAL = 0.6  # share of the lexical part (query coverage) in relevance
+RELEVANCE_CONTEXT = 0.75  # share of the coverage with the previous turn in the lexical part
+COSINE_FLOOR = 0.2  # a cosine at or below this is no dense evidence ...
+COSINE_CEILING = 0.8  # ... and one at or above this is full evidence
+RELEVANCE_NEIGHBOUR = 0.5  # a turn lifted by the neighbour step keeps this share of its seed's
+
+
+def held_share(term_idf: np.ndarray, counts: list[int], n_terms: int) -> float | None:
+    """The share of a query's idf mass that the store holds at all: 1 when every distinct
+    query term is in some live document, lower for each term none holds; None when the query
+    has no index terms (nothing lexical to go on).
+
+    ``term_idf``/``counts`` are the BM25 idf and document frequency of the ``n_terms`` query
+    terms the store holds (:class:`engramdb.derived.lexical.LexicalMatch`). A term no
+    document holds weighs what BM25 would give it, ``ln(1 + (N + 0.5) / 0.5)``; from any
+    held term's ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))`` that is ``idf + ln(2 df + 1)``,
+    so the store's size need not be read.
+    """
+    if n_terms <= 0:
+        return None
+    held = float(term_idf.sum())
+    missing = n_terms - len(term_idf)
+    if missing <= 0:
+        return 1.0
+    if len(term_idf) == 0 or held <= 0.0:
+        return 0.0
+    unseen = float(term_idf[0]) + math.log(2.0 * counts[0] + 1.0)
+    return held / (held + missing * unseen)
+
+
+def dense_relevance(cos: np.ndarray) -> np.ndarray:
+    """The dense part of relevance: the cosine mapped linearly from [floor, ceiling] to
+    [0, 1] and clipped."""
+    return np.clip((np.asarray(cos, np.float64) - COSINE_FLOOR)
+                   / (COSINE_CEILING - COSINE_FLOOR), 0.0, 1.0)
+
+
+def relevance(cos: np.ndarray, cover: np.ndarray, cover_prev: np.ndarray,
+              held: float | None) -> np.ndarray:
+    """Absolute relevance in [0, 1] of candidates from their own evidence only.
+
+    ``cos`` is each candidate's cosine with the query, ``cover``/``cover_prev`` its
+    :func:`coverage` alone and with its previous turn, ``held`` the query's
+    :func:`held_share` (None: the query has no index terms, so relevance is the dense part
+    alone)::
+
+        lexical   = held x ((1 - c) coverage + c coverage_with_previous_turn)
+        dense     = clip((cos - floor) / (ceiling - floor), 0, 1)
+        relevance = l x lexical + (1 - l) x dense
+    """
+    dense = dense_relevance(cos)
+    if held is None:
+        return dense
+    lexical = held * ((1.0 - RELEVANCE_CONTEXT) * np.asarray(cover, np.float64)
+                      + RELEVANCE_CONTEXT * np.asarray(cover_prev, np.float64))
+    return np.clip(RELEVANCE_LEXICAL * lexical + (1.0 - RELEVANCE_LEXICAL) * dense, 0.0, 1.0)
+
+
+def check_min_score(min_score: object) -> float | None:
+    """Validate ``recall``'s and ``integrate``'s ``min_score``: None, or a finite number in
+    [0, 1] (a bound on :attr:`engramdb.types.Recall.relevance`)."""
+    if min_score is None:
+        return None
+    value = check_finite(min_score, "min_score")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"min_score must be in [0, 1] (a relevance), got {min_score!r}",
+                           hint="pass None to keep every hit; docs/recall.md, \"Relevance\"")
+    return value

@@ -59,12 +59,16 @@ class OccurrenceLoader:
                 self._parts.check_open()
                 eids = sorted(self.eid_of.values())
                 mirror = self._parts.mirror  # the turn path's image of the catalog
-                cached = None if mirror is None or self._sql else mirror.all_occurrences(
-                    eids, self._parts.query)
-                if cached is not None:
-                    loaded = {e: [occurrence(o) for o in cached[e]] for e in eids}
-                else:
-                    loaded = self._query(eids, mirror)
+                while True:  # a fold between the catalog read and the pending rows: again
+                    folds = mirror.folds if mirror is not None else 0
+                    cached = None if mirror is None or self._sql else mirror.all_occurrences(
+                        eids, self._parts.query)
+                    if cached is not None:
+                        loaded = {e: [occurrence(o) for o in cached[e]] for e in eids}
+                    else:
+                        loaded = self._query(eids, mirror)
+                    if mirror is None or mirror.folds == folds:
+                        break
                 self._loaded = loaded
         return self._loaded.get(self.eid_of.get(ident, -1), [])
 
@@ -90,7 +94,7 @@ def recall_hits(parts: Parts, ranked: list[tuple[int, Hit]], occ_sql: str,
                               occ_params)
     kinds = effective_kind(hot.kind[at], hot.created[at], now).tolist()
     hits = []
-    for (_, (score, via, path, score_parts)), (ident, blob), kind, expires in zip(
+    for (_, (score, via, path, score_parts, relevance)), (ident, blob), kind, expires in zip(
             ranked, payloads, kinds, hot.expires[at].tolist(), strict=True):
         hits.append(
             Recall(
@@ -99,6 +103,7 @@ def recall_hits(parts: Parts, ranked: list[tuple[int, Hit]], occ_sql: str,
                 lifespan_left=None if math.isinf(expires) else max(0.0, expires - now),
                 via=via, scores=score_parts,
                 path=[ids.get(p) or hot.payload(p)[0] for p in path],
+                relevance=relevance,
                 _occurrences=loader,
             )
         )

@@ -18,7 +18,7 @@ import numpy as np
 from engramdb.derived.lexical import LexicalMatch
 from engramdb.engine import links as lk
 from engramdb.engine.parts import Parts
-from engramdb.recall import dense, fusion, hydrate
+from engramdb.recall import dense, fusion, hybrid, hydrate
 from engramdb.recall.fusion import Found, Hit
 from engramdb.recall.fusion_context import fuse_context
 from engramdb.types import Engram, Recall
@@ -37,7 +37,7 @@ class Searcher:
         self, q: np.ndarray, text: str | None, top_k: int, mask: np.ndarray, occ_sql: str,
         occ_params: list[Any], associative: bool, now: int, *, filtered: bool,
         exclude: int | None = None, context: bool | None = None,
-        visible: np.ndarray | None = None,
+        visible: np.ndarray | None = None, min_score: float | None = None,
     ) -> list[Recall]:
         """Search (hybrid when there is query ``text``), expand over links, fetch, rank.
 
@@ -46,7 +46,9 @@ class Searcher:
         is one more eid not to return (a turn must not recall itself). ``visible`` (default
         ``mask``) says which engrams may lend context (a previous turn, a session) to those
         returned; ``context`` overrides ``settings.context``. The hits' occurrences are those
-        matching ``occ_sql``.
+        matching ``occ_sql``. With ``min_score``, the ranked hits whose relevance is below it
+        are dropped (after the cut to ``top_k``: the hits are those of the same recall without
+        it, less the dropped ones).
         """
         parts = self._parts
         found = self._found(q, text, top_k, mask, now, filtered, exclude, context, visible)
@@ -54,6 +56,8 @@ class Searcher:
             seeds = [e for e, _ in sorted(found.items(), key=_rank)[:_ASSOCIATION_SEEDS]]
             associate(parts, found, seeds, mask, now, exclude)
         ranked = sorted(found.items(), key=_rank)[:top_k]
+        if min_score is not None:
+            ranked = [hit for hit in ranked if hit[1][4] >= min_score]
         if not ranked:
             return []
         return hydrate.recall_hits(parts, ranked, occ_sql, occ_params, now)
@@ -78,17 +82,26 @@ class Searcher:
         if weight > 0:
             assert text is not None
             lex = parts.lexical
-            lex_eids, lex_scores = self.lexical_scores(lex.match(lex.tokenizer(text)), mask)
+            terms = lex.tokenizer(text)
+            match = lex.match(terms)
+            n_terms = len(dict.fromkeys(terms))
+            lex_eids, lex_scores = self.lexical_scores(match, mask)
             if exclude is not None and len(lex_eids):
                 keep = lex_eids != exclude
                 lex_eids, lex_scores = lex_eids[keep], lex_scores[keep]
             if len(lex_eids):
-                return fusion.fuse(parts, q, eids, scores, lex_eids, lex_scores, pool, weight)
-            # No lexical match: the dense top list, ranked.
+                return fusion.fuse(parts, q, eids, scores, lex_eids, lex_scores, pool, weight,
+                                   match, n_terms)
+            # No lexical match: the dense top list, ranked; none holds a query term.
             order = np.lexsort((eids, -scores))
-            eids, scores = eids[order], scores[order]
-        return {e: (x, "vector", [], {"vector": x})
-                for e, x in zip(eids[:top_k].tolist(), scores[:top_k].tolist())}
+            eids, scores = eids[order[:top_k]], scores[order[:top_k]]
+            held = hybrid.held_share(match.term_idf, match.postings.counts, n_terms)
+            relevance = hybrid.relevance(scores, np.zeros(len(eids)), np.zeros(len(eids)), held)
+        else:
+            eids, scores = eids[:top_k], scores[:top_k]
+            relevance = hybrid.dense_relevance(scores)
+        return {e: (x, "vector", [], {"vector": x}, r)
+                for e, x, r in zip(eids.tolist(), scores.tolist(), relevance.tolist())}
 
     def dense_search(self, q: np.ndarray, k: int, mask: np.ndarray, filtered: bool,
                      now: int, *, ranked: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +138,10 @@ class Searcher:
 def associate(parts: Parts, found: Found, seeds: list[int], mask: np.ndarray, now: int,
               exclude: int | None = None) -> None:
     """Follow the strongest links from ``seeds``, adding what they reach to ``found``: an
-    engram reached scores its seed's score times the link's weight."""
+    engram reached scores its seed's score times the link's weight, and its relevance is its
+    seed's times the link's weight too (or its own, if it was found with a higher one)."""
     s = parts.settings
-    frontier = {e: (found[e][0], [e]) for e in seeds}
+    frontier = {e: (found[e][0], [e], found[e][4]) for e in seeds}
     for _ in range(s.associative_depth):
         if not frontier:
             break
@@ -137,18 +151,19 @@ def associate(parts: Parts, found: Found, seeds: list[int], mask: np.ndarray, no
         else:
             links = parts.read_cursor(_catalog_neighbours, frontier, now, s,
                                       s.associative_fanout)
-        nxt: dict[int, tuple[float, list[int]]] = {}
-        for src, (src_score, path) in frontier.items():
+        nxt: dict[int, tuple[float, list[int], float]] = {}
+        for src, (src_score, path, src_rel) in frontier.items():
             for other, weight in links.get(src, []):
                 if other >= len(mask) or not mask[other] or not weight > 0 or other == exclude:
                     continue
                 score = src_score * weight
                 if other in found and found[other][0] >= score:
                     continue
+                rel = max(src_rel * min(weight, 1.0), found[other][4] if other in found else 0.0)
                 found[other] = (score, "association", path + [other],
-                                {"association": score, "link": weight})
+                                {"association": score, "link": weight}, rel)
                 if other not in nxt or nxt[other][0] < score:
-                    nxt[other] = (score, path + [other])
+                    nxt[other] = (score, path + [other], rel)
         frontier = nxt
 
 

@@ -38,6 +38,7 @@ class TurnJournal:
         self.records = 0  # whole records in the file
         self.dirty = False  # appended without an fsync ("fast" durability)
         self._fd: int | None = None
+        self._dir_dirty = False
 
     # -- reading (on open) ----------------------------------------------------------------------
 
@@ -64,6 +65,13 @@ class TurnJournal:
             pos = end
         note = None
         if pos < len(data):
+            if _whole_frame_after(data, pos + 1):
+                # A crash tears only the last append: a good record after a bad one is damage
+                # in the middle, and cutting there would drop acknowledged turns silently.
+                raise CorruptStore(
+                    f"{self.path}: record {len(payloads) + 1} of the turn journal is damaged "
+                    "and whole records follow it",
+                    hint="restore the store from an export or backup")
             note = (f"cut {len(data) - pos} bytes of a torn or damaged tail off the turn "
                     f"journal after {len(payloads)} whole records")
             self._cut(pos)
@@ -103,6 +111,9 @@ class TurnJournal:
             os.fsync(self._fd)
         except OSError as exc:
             raise StorageError(f"syncing the turn journal failed: {exc}") from exc
+        if self._dir_dirty:
+            fsync_dir(self.path.parent)
+            self._dir_dirty = False
         self.dirty = False
 
     def reset(self) -> None:
@@ -131,6 +142,8 @@ class TurnJournal:
             self._fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
             if created and self.durable:
                 fsync_dir(self.path.parent)
+            elif created:
+                self._dir_dirty = True  # its directory entry is synced at the sync point
         return self._fd
 
     def _cut(self, size: int) -> None:
@@ -140,3 +153,17 @@ class TurnJournal:
             os.fsync(fd)
         except OSError as exc:
             raise StorageError(f"cannot truncate {self.path}: {exc}") from exc
+
+
+def _whole_frame_after(data: bytes, start: int) -> bool:
+    """Whether a whole frame (magic, length, checksum all right) begins at or after
+    ``start``."""
+    pos = data.find(MAGIC, start)
+    while pos != -1 and pos + _HEADER.size <= len(data):
+        _, length, crc = _HEADER.unpack_from(data, pos)
+        end = pos + _HEADER.size + length
+        if length <= MAX_RECORD and end <= len(data) and \
+                zlib.crc32(data[pos + _HEADER.size:end]) == crc:
+            return True
+        pos = data.find(MAGIC, pos + 1)
+    return False

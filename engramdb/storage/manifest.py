@@ -1,4 +1,5 @@
-"""MANIFEST.json: what a store is (format version, encoder spec and fingerprint, vector layout).
+"""MANIFEST.json: what a store is (format version, encoder spec and fingerprint, vector layout,
+and, for a per-user store, whose it is).
 
 The manifest changes rarely (creation, settings changes, index configuration); everything that
 changes on each write (counters, generation, clock) lives in the catalog, inside its
@@ -17,7 +18,7 @@ from engramdb.content import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
 from engramdb.storage.fsio import atomic_write_bytes, open_regular
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the turn journal (journal.bin) holds acknowledged turns
 MANIFEST_NAME = "MANIFEST.json"
 MAGIC = "engramdb"
 
@@ -32,6 +33,10 @@ class Manifest:
     settings: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # The user id of a per-user store (recorded by engramdb.Pool, listed by Pool.users()); None
+    # for a store made by engramdb.open alone or by an older engramdb. Optional: it needs no
+    # format version of its own, and a reader that does not know the field ignores it.
+    user: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -50,6 +55,8 @@ class Manifest:
             "settings": self.settings,
             "index": self.index,
         }
+        if self.user is not None:  # absent, not null: manifests without a user stay as they were
+            doc["user"] = self.user
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     def write(self, directory: Path, *, durable: bool = True) -> None:
@@ -73,7 +80,7 @@ class Manifest:
             version = doc["format_version"]
             if not isinstance(version, int):
                 raise ValueError("format_version is not an integer")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CorruptStore(f"{path} is damaged: {exc}") from exc
         if version > FORMAT_VERSION:
             raise FormatTooNew(
@@ -93,6 +100,12 @@ class Manifest:
             raise CorruptStore(f"{path} is missing a field: {exc}") from exc
         if manifest.dtype not in ("float32", "float16") or manifest.dim < 1:
             raise CorruptStore(f"{path} has an invalid vector layout ({manifest.dtype}, dim)")
+        if "user" in doc:
+            user = doc["user"]
+            if not isinstance(user, str) or not user:
+                raise CorruptStore(f"{path} has an invalid user (not a non-empty string: "
+                                   f"{type(user).__name__})")
+            manifest.user = user
         if doc.get("fingerprint") != manifest.fingerprint:
             raise CorruptStore(f"{path}: the fingerprint does not match the encoder spec")
         return manifest
