@@ -267,6 +267,9 @@ class Pool:
                 victims = self._pick_victims()
         self._close_victims(victims)
         if self._closed:
+            # Closed while this thread made room: give the lease back, or close() would wait
+            # its whole timeout for a session that never starts.
+            self.release(store)
             raise StoreClosed("the pool was closed")
         return store
 

@@ -169,6 +169,19 @@ def test_short_term_capacity_rule(tmp_path: Path) -> None:
         assert mem.stats()["kinds"] == {"working": 0, "short_term": 2, "long_term": 1}
 
 
+def test_the_capacity_rule_never_kills_a_pinned_engram(tmp_path: Path) -> None:
+    enc = FunctionEncoder(lookup, 4, "table")
+    settings = EXAMPLE.replace(short_term_capacity=1)
+    with engramdb.open(tmp_path / "pin.engram", encoder=enc, settings=settings) as mem:
+        a = mem.ingest(A, pin=True).id
+        b = mem.ingest(B, pin=True).id
+        c = mem.ingest(C).id  # one unpinned engram: within the capacity
+        assert a in mem and b in mem and c in mem
+        d = mem.ingest(D).id  # two unpinned now: the one expiring first (C) is settled
+        assert a in mem and b in mem and d in mem and c not in mem
+        assert mem.verify().ok
+
+
 def test_a_repeated_turn_does_not_recall_itself(mem) -> None:
     mem.ingest(A)
     first = mem.integrate(T1, top_k=3)

@@ -288,3 +288,43 @@ def test_many_threads_many_users_small_pool(tmp_path: Path) -> None:
                 assert len(mem) == len(set(acked[uid]))
                 others = {i for u, ids in acked.items() if u != uid for i in ids}
                 assert not any(i in mem for i in others)
+
+
+def test_close_during_an_acquire_that_evicts_does_not_wait_for_it(tmp_path) -> None:
+    """An acquire that finds the pool closed after making room gives its lease back."""
+    import threading
+    import time as _time
+
+    from engramdb.encoders import HashingEncoder
+    from engramdb.errors import StoreClosed
+    from engramdb.pool import Pool
+
+    pool = Pool(tmp_path / "root", encoder=HashingEncoder(dim=8), max_open=1)
+    with pool.session("a") as mem:
+        mem.ingest("first user")
+    real = pool._close_victims
+    closing = threading.Event()
+
+    def slow_close(victims):  # the eviction of "a" is under way when close() starts
+        if victims:
+            closing.set()
+            _time.sleep(0.3)
+        real(victims)
+
+    pool._close_victims = slow_close
+    errors = []
+
+    def acquire_b():
+        try:
+            pool.acquire("b")
+        except StoreClosed as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=acquire_b)
+    t.start()
+    closing.wait(5)
+    started = _time.monotonic()
+    pool.close(wait=10)
+    t.join(10)
+    assert _time.monotonic() - started < 5, "close() waited for a lease nobody would end"
+    assert errors, "the acquire should report the closed pool"

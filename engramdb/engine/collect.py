@@ -14,6 +14,7 @@ atomic rename).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from engramdb.types import KIND_NAMES
 
 COMPACT_DEAD_FRACTION = 0.25  # rewrite a segment once a quarter of its rows are unreferenced
 
+
+log = logging.getLogger(__name__)
 
 def segments_to_compact(
     committed: dict[int, int], row_eid: dict[int, np.ndarray], alive: np.ndarray, erase: bool
@@ -132,6 +135,7 @@ class Collector:
             # the graph is rebuilt without them.
             self.keeper.build(parts.index.config, hot.live_eids(now))
         report["bytes_after"] = self.file_bytes()
+        log.info("gc of %s: %s", parts.path, report)
         return report
 
     def _collect(self, dead: np.ndarray) -> None:

@@ -15,6 +15,7 @@ per commit, and keeps "fast" durability's sync points.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -39,6 +40,8 @@ REASONS = ("forgotten", "expired", "lost")
 # engram id is a hash of the encoder's fingerprint and the text, so keeping it would let
 # anyone holding the store confirm a guessed text (docs/lifespan.md, "Erasure").
 TOMBSTONE_PREFIX = "erased-"
+log = logging.getLogger(__name__)
+SLOW_SECONDS = 1.0  # a commit or fold longer than this is logged as slow
 TOMBSTONE_SQL = (f"'{TOMBSTONE_PREFIX}' || "
                  "replace(CAST(gen_random_uuid() AS VARCHAR), '-', '')")
 
@@ -260,6 +263,7 @@ class Committer:
         generation (a commit that changes nothing a reader or a saved index can see)."""
         if self.pending:
             self.fold()  # a write straight to the catalog sees every acknowledged turn first
+        started = time.monotonic()
         c = Commit(self, durable, bump)
         try:
             with c._stack:
@@ -272,6 +276,9 @@ class Committer:
                 self.parts.segments.rollback()
             raise
         self._apply(c)
+        took = time.monotonic() - started
+        if took > SLOW_SECONDS:
+            log.warning("a commit to %s took %.2f s", self.parts.path, took)
 
     @contextmanager
     def turn(self) -> Iterator[Commit]:
@@ -325,6 +332,7 @@ class Committer:
         if mirror is None or not mirror.pending:
             parts.journal.reset()
             return
+        started = time.monotonic()
         if not self.fast:
             parts.segments.sync()  # the catalog is about to point at these vectors
         counters = self.counters
@@ -343,11 +351,16 @@ class Committer:
             self.abandon()  # the mirror holds what the catalog refused: reopen replays it
             raise
         self._folded_lengths = None
+        turns = parts.journal.records
         mirror.folded()
         # "fast": the fold committed without fsyncs, so it is made a sync point before the
         # journal, the only durable copy of synced turns, is emptied.
         self.sync()
         parts.journal.reset()
+        took = time.monotonic() - started
+        (log.warning if took > SLOW_SECONDS else log.debug)(
+            "folded %d journaled turns into the catalog of %s in %.3f s", turns, parts.path,
+            took)
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -8,6 +8,7 @@ rest. A store without a manifest is an unfinished creation, which open safely re
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -48,6 +49,7 @@ from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
                    "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT}
 _COUNTERS = {"generation", "clock", "next_eid", "next_seq"}
+log = logging.getLogger(__name__)
 
 
 class Background:
@@ -279,6 +281,8 @@ class Opening:
             self.committer.fold()
         if todo:
             self.recovered.append(f"replayed {len(todo)} turns from the turn journal")
+        for action in self.recovered:  # the open's last step: everything recovery did
+            log.warning("recovery of %s: %s", parts.path, action)
 
     def _load_derived(self, saved: Background | None, index: dict[str, Any] | None) -> None:
         parts = self.parts

@@ -13,6 +13,7 @@ takes the store past that size, or at once when the caller set an index configur
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from engramdb.errors import StorageError
 from engramdb.progress import progress_bar
 from engramdb.storage.fsio import check_directory
 
+log = logging.getLogger(__name__)
 INDEX_DIR = "index"
 # Saved again once this many changes (or a quarter of the index) are not on disk.
 _SAVE_EVERY = 50_000
@@ -263,6 +265,8 @@ class IndexKeeper:
         backlog exactly until it is in)."""
         parts = self.parts
         live = parts.hot.live_eids(self.committer.counters.clock)
+        log.info("%s outgrew exact scans (%d live engrams): indexing them in the background",
+                 parts.path, len(live))
         idx = VectorIndex.build(live[:0], parts.fetch_vectors, self.config, dim=parts.dim)
         parts.indexer = BackgroundIndexer(
             idx, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))

@@ -394,7 +394,9 @@ class Writer:
         hot = parts.hot
         now = self.committer.counters.clock
         eff = effective_kind(hot.kind, hot.created, now)
-        short = np.nonzero(hot.visible(now) & (eff != LONG_TERM))[0]
+        # A pinned engram never dies (its expiry is NEVER): the rule does not count it.
+        short = np.nonzero(hot.visible(now) & (eff != LONG_TERM)
+                           & ~np.isinf(hot.expires[:len(eff)]))[0]
         excess = len(short) - cap
         if excess <= 0:
             return
