@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 import engramdb
-from engramdb.errors import EngramError, StoreLocked
+from engramdb.errors import EngramError, StorageError, StoreLocked
 from engramdb.storage.manifest import MANIFEST_NAME
 
 from . import queries
@@ -45,7 +45,10 @@ class Failed(click.ClickException):
 
 
 def _fail(exc: EngramError) -> Failed:
-    return Failed(str(exc), EXIT_LOCKED if isinstance(exc, StoreLocked) else EXIT_FAILED)
+    # Locked, or a disk that refused (read-only, full, gone): the command could not run; that
+    # says nothing about the store, so it must not look like damage (exit 1) to a script.
+    could_not_run = isinstance(exc, StoreLocked | StorageError)
+    return Failed(str(exc), EXIT_LOCKED if could_not_run else EXIT_FAILED)
 
 
 class CloseFailed(Failed):
@@ -497,11 +500,13 @@ def rebuild(path: Path, wait: float) -> None:
 def verify(path: Path, wait: float, as_json: bool) -> None:
     """Check every invariant of the store at PATH; exit 1 if it is damaged.
 
-    A store too damaged to open also exits 1, naming the damage.
+    A store too damaged to open also exits 1, naming the damage. A store that could not be
+    checked (locked by another process, or a disk error such as a read-only file system)
+    exits 2: that says nothing about the store, so do not restore over it.
 
     \b
     Example:
-      engramdb verify alice.engram || echo "restore alice.engram from an export"
+      engramdb verify alice.engram; [ $? -eq 1 ] && echo "restore alice.engram from an export"
     """
     close_failed = None
     try:

@@ -68,3 +68,20 @@ def test_not_finite_vector_is_reported(store: Path) -> None:
     vecs.tofile(seg)
     result = run("verify", store)
     assert result.exit_code == 1 and "damaged:" in result.output
+
+
+def test_a_store_that_cannot_be_checked_exits_2_not_1(store: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a read-only mount the lock file cannot be opened: that is no damage, and the
+    `verify; [ $? -eq 1 ] && restore` idiom must not restore over a healthy store."""
+    from engramdb.errors import StorageError
+    from engramdb.storage import locking
+
+    def refuse(self, timeout: float = 0.0) -> None:
+        raise StorageError(f"cannot open lock file {self.path}: [Errno 30] Read-only file "
+                           "system")
+
+    monkeypatch.setattr(locking.StoreLock, "acquire", refuse)
+    result = run("verify", store)
+    assert result.exit_code == 2
+    assert "Read-only file system" in result.output and "damaged" not in result.output
