@@ -11,7 +11,7 @@ import json
 import math
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -253,3 +253,48 @@ def vector_checksum(row: np.ndarray) -> int:
     """A 63-bit checksum of a stored vector's bytes, so verify() can detect bit rot."""
     digest = hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+# -- arguments of the public API (the front door's checks) ---------------------------------------
+
+
+def is_id(ident: object) -> bool:
+    """Whether ``ident`` has the form of an engram id (64 lowercase hex digits)."""
+    return isinstance(ident, str) and len(ident) == 64 and all(
+        ch in "0123456789abcdef" for ch in ident)
+
+
+def check_id(ident: object) -> None:
+    """InvalidInput unless ``ident`` has the form of an engram id."""
+    if not is_id(ident):
+        raise InvalidInput(f"not an engram id: {ident!r}",
+                           hint="ids are the 64-hex-digit strings ingest() returns")
+
+
+def id_list(ids: str | Iterable[str]) -> list[str]:
+    """One id or many, as a checked list."""
+    out = [ids] if isinstance(ids, str) else list(ids)
+    for i in out:
+        check_id(i)
+    return out
+
+
+def check_bool(value: Any, what: str) -> bool:
+    """``value`` as a bool (None: False); InvalidInput for anything but a bool."""
+    if value is None:
+        return False
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInput(f"{what} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def per_item(values: Any, n: int, what: str, check: Any) -> list[Any]:
+    """A per-text argument of a batch call: None (the default for every text: False for a
+    bool, else None) or one checked entry per text."""
+    if values is None:
+        return [check(None, what) if check is check_bool else None] * n
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise InvalidInput(f"{what} must be a list with one entry per text")
+    if len(values) != n:
+        raise InvalidInput(f"{what} has {len(values)} entries for {n} texts")
+    return [check(v, f"{what}[{i}]") for i, v in enumerate(values)]

@@ -19,13 +19,17 @@ from typing import Any
 import numpy as np
 
 from engramdb.content import (
+    check_bool,
     check_finite,
+    check_id,
     check_label,
     check_top_k,
     check_vectors,
     content_id,
     encode_metadata,
+    id_list,
     normalize_text,
+    per_item,
     unit_rows,
     validate_vectors,
 )
@@ -41,7 +45,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.restore import Restorer
 from engramdb.engine.upkeep import IndexKeeper
 from engramdb.engine.verify import verify
-from engramdb.engine.writer import Batch, Writer, is_id
+from engramdb.engine.writer import Batch, Writer
 from engramdb.errors import (
     CorruptStore,
     EncoderRequired,
@@ -371,10 +375,10 @@ class Store:
             raise InvalidInput("texts must be a list of str (for one text use ingest())")
         n = len(texts)
         norm = [normalize_text(t, what=f"texts[{i}]") for i, t in enumerate(texts)]
-        roles_ = _per_item(roles, n, "roles", check_label)
-        sessions_ = _per_item(sessions, n, "sessions", check_label)
-        metas = _per_item(metadatas, n, "metadatas", lambda v, w: encode_metadata(v))
-        pins_ = _per_item(pins, n, "pins", _check_bool)
+        roles_ = per_item(roles, n, "roles", check_label)
+        sessions_ = per_item(sessions, n, "sessions", check_label)
+        metas = per_item(metadatas, n, "metadatas", lambda v, w: encode_metadata(v))
+        pins_ = per_item(pins, n, "pins", check_bool)
         # Checked whole now (nothing is written if any is bad), normalised batch by batch: a
         # bulk load holds one float32 batch at a time, not a normalised copy of its input.
         given = None if vectors is None else validate_vectors(vectors, self.dim, n)
@@ -480,10 +484,10 @@ class Store:
         1
         """
         self._parts.check_open()
-        id_list = _id_list(ids)
+        listed = id_list(ids)
         with self._writing():
-            found = self._writer.lookup_ids(sorted(set(id_list)))
-            missing = sorted(set(id_list) - set(found))
+            found = self._writer.lookup_ids(sorted(set(listed)))
+            missing = sorted(set(listed) - set(found))
             if missing:
                 raise NotFound(f"no engram with id {missing[0]}"
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -514,9 +518,9 @@ class Store:
         """
         self._parts.check_open()
         amount = self.settings.recall_reward if amount is None else check_finite(amount, "amount")
-        id_list = _id_list(ids)
+        listed = id_list(ids)
         with self._writing():
-            self._writer.reinforce(id_list, amount)
+            self._writer.reinforce(listed, amount)
 
     # -- maintenance --------------------------------------------------------------------------
 
@@ -535,7 +539,7 @@ class Store:
         {'expired': 12, 'erased': 1, 'segments_compacted': 1, ...}
         """
         with self._writing():
-            return self._collector.gc(dry_run, _check_bool(rewrite, "rewrite"))
+            return self._collector.gc(dry_run, check_bool(rewrite, "rewrite"))
 
     def rebuild(self, *, progress: bool = False) -> dict[str, Any]:
         """Rebuild every derived structure from the catalog and the segments.
@@ -615,7 +619,7 @@ class Store:
         >>> mem.get(result.id).text  # doctest: +SKIP
         'I adopted a guinea pig named Oscar.'
         """
-        _check_id(ident)
+        check_id(ident)
         with self._writing():  # no turn may land between the lookup and the catalog read
             found = self._writer.lookup_ids([ident])
             if not found or not self._parts.hot.visible(self.clock)[found[ident]]:
@@ -677,7 +681,7 @@ class Store:
         if occ_sql:
             self._fold()  # the filter runs on the catalog's occurrences
         if context is not None:
-            context = _check_bool(context, "context")
+            context = check_bool(context, "context")
         hot, searcher = self._parts.hot, self._searcher
         with self._parts.gate.reading():
             now = self.clock
@@ -694,7 +698,7 @@ class Store:
         """Return the stored (unit-length) vectors of live engrams, in the order given."""
         self._parts.check_open()
         for i in ids:
-            _check_id(i)
+            check_id(i)
         found = self._writer.lookup_ids(sorted(set(ids)))
         vis = self._parts.hot.visible(self.clock)
         missing = [i for i in ids if i not in found or not vis[found[i]]]
@@ -759,37 +763,3 @@ class Store:
         report = self.verify()
         if not report.ok:
             raise CorruptStore(f"{self.path}: " + "; ".join(report.problems[:5]))
-
-
-# -- argument checks ----------------------------------------------------------------------------
-
-
-def _per_item(values: Any, n: int, what: str, check: Any) -> list[Any]:
-    if values is None:
-        return [check(None, what) if check is _check_bool else None] * n
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidInput(f"{what} must be a list with one entry per text")
-    if len(values) != n:
-        raise InvalidInput(f"{what} has {len(values)} entries for {n} texts")
-    return [check(v, f"{what}[{i}]") for i, v in enumerate(values)]
-
-
-def _check_bool(value: Any, what: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInput(f"{what} must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _check_id(ident: object) -> None:
-    if not is_id(ident):
-        raise InvalidInput(f"not an engram id: {ident!r}",
-                           hint="ids are the 64-hex-digit strings ingest() returns")
-
-
-def _id_list(ids: str | Iterable[str]) -> list[str]:
-    id_list = [ids] if isinstance(ids, str) else list(ids)
-    for i in id_list:
-        _check_id(i)
-    return id_list

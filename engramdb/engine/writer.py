@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb.content import compress_text, content_id, vector_checksum
+from engramdb.content import compress_text, content_id, is_id, vector_checksum
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex
@@ -444,12 +444,6 @@ def _edges(c: Commit) -> Any:
 
 def _nullable(expires: np.ndarray) -> list[float | None]:
     return [None if np.isinf(x) else float(x) for x in expires.tolist()]
-
-
-def is_id(ident: object) -> bool:
-    """Whether ``ident`` has the form of an engram id (64 lowercase hex digits)."""
-    return isinstance(ident, str) and len(ident) == 64 and all(
-        c in "0123456789abcdef" for c in ident)
 
 
 def _metadata_dates(metas: list[str | None], home: list[bool], key: str) -> list[Any]:
