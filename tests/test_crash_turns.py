@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +22,9 @@ from engramdb.content import check_vectors, decompress_text, normalize_text
 from engramdb.encoders import HashingEncoder
 from tests.conftest import HELPERS, PYTHON, python_env
 from tests.test_crash import _acknowledged
+from tests.test_crash_points import _kill_after_progress
 
 KILLS = int(os.environ.get("ENGRAMDB_CRASH_KILLS", "12"))
-
-
-def _wait_for_progress(proc: subprocess.Popen, log: Path) -> None:
-    start = log.stat().st_size if log.exists() else 0
-    deadline = time.monotonic() + 30
-    while (log.stat().st_size if log.exists() else 0) == start:
-        if proc.poll() is not None:
-            raise AssertionError(f"writer died: {proc.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, "writer made no progress in 30 s"
-        time.sleep(0.005)
 
 
 def test_sigkill_during_turns_never_loses_acknowledged_turns(tmp_path: Path) -> None:
@@ -47,9 +36,7 @@ def test_sigkill_during_turns_never_loses_acknowledged_turns(tmp_path: Path) -> 
         proc = subprocess.Popen(
             [PYTHON, str(HELPERS / "turn_writer.py"), str(store), str(log), str(i)],
             env=python_env(), stderr=subprocess.PIPE)
-        _wait_for_progress(proc, log)
-        time.sleep(rng.uniform(0.0, 0.4))
-        proc.send_signal(signal.SIGKILL)
+        _kill_after_progress(proc, log, rng, 0.4)
         proc.wait()
         proc.stderr.close()
         acked = _acknowledged(log)

@@ -87,7 +87,7 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
     hits = None if head["h"] is None else [_int(h) for h in _list(head["h"])]
     if hits is not None and (len(set(hits)) != len(hits) or now is None or count != 1):
         raise ValueError("the recalled engrams of a record that is not one integrate turn")
-    rows = [_int(r) for r in head["i"]] if isinstance(head["i"], list) else _list(head["i"])
+    rows = [_int(r) for r in _list(head["i"])]
     if len(set(rows)) != len(rows) or any(r >= count for r in rows):
         raise ValueError(f"vector rows {rows} for {count} texts")
     raw = payload[_LEN.size + n:]

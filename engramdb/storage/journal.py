@@ -53,16 +53,9 @@ class TurnJournal:
             raise StorageError(f"cannot read {self.path}: {exc}") from exc
         payloads: list[bytes] = []
         pos = 0
-        while pos + _HEADER.size <= len(data):
-            magic, length, crc = _HEADER.unpack_from(data, pos)
-            end = pos + _HEADER.size + length
-            if magic != MAGIC or length > MAX_RECORD or end > len(data):
-                break
-            payload = data[pos + _HEADER.size:end]
-            if zlib.crc32(payload) != crc:
-                break
+        while (payload := _frame_at(data, pos)) is not None:
             payloads.append(payload)
-            pos = end
+            pos += _HEADER.size + len(payload)
         note = None
         if pos < len(data):
             if _whole_frame_after(data, pos + 1):
@@ -155,15 +148,24 @@ class TurnJournal:
             raise StorageError(f"cannot truncate {self.path}: {exc}") from exc
 
 
+def _frame_at(data: bytes, pos: int) -> bytes | None:
+    """The payload of the whole frame (magic, length and checksum all right) at ``pos``,
+    or None."""
+    if pos + _HEADER.size > len(data):
+        return None
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    end = pos + _HEADER.size + length
+    if magic != MAGIC or length > MAX_RECORD or end > len(data):
+        return None
+    payload = data[pos + _HEADER.size:end]
+    return payload if zlib.crc32(payload) == crc else None
+
+
 def _whole_frame_after(data: bytes, start: int) -> bool:
-    """Whether a whole frame (magic, length, checksum all right) begins at or after
-    ``start``."""
+    """Whether a whole frame begins at or after ``start``."""
     pos = data.find(MAGIC, start)
-    while pos != -1 and pos + _HEADER.size <= len(data):
-        _, length, crc = _HEADER.unpack_from(data, pos)
-        end = pos + _HEADER.size + length
-        if length <= MAX_RECORD and end <= len(data) and \
-                zlib.crc32(data[pos + _HEADER.size:end]) == crc:
+    while pos != -1:
+        if _frame_at(data, pos) is not None:
             return True
         pos = data.find(MAGIC, pos + 1)
     return False
