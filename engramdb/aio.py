@@ -66,6 +66,8 @@ NOT_WRAPPED: dict[str, str] = {
     "encoder": "built from the manifest on first use (may load a model): read it in run()",
     "snapshot": "holds the write lock on one thread for a with-block: run the whole block "
                 "in run()",
+    "iter_engrams": "a generator that reads page by page: await engrams(limit=, offset=) "
+                    "for each page instead",
     "restorer": "the machinery of engramdb.transfer.import_store: run that in a worker thread",
 }
 
@@ -169,6 +171,8 @@ class AsyncStore:
     # The wrapped methods, each a conscious choice (NOT_WRAPPED lists the rest): writes...
     ingest = _in_worker(Store.ingest)
     ingest_many = _in_worker(Store.ingest_many)
+    upsert = _in_worker(Store.upsert)
+    upsert_many = _in_worker(Store.upsert_many)
     integrate = _in_worker(Store.integrate, after=_turn_loaded)
     forget = _in_worker(Store.forget)
     tick = _in_worker(Store.tick)
@@ -183,6 +187,8 @@ class AsyncStore:
     # ... and reads.
     recall = _in_worker(Store.recall, after=_loaded)
     get = _in_worker(Store.get)
+    get_keys = _in_worker(Store.get_keys)
+    engrams = _in_worker(Store.engrams)
     contains = _in_worker(Store.__contains__, name="contains")
     vectors = _in_worker(Store.vectors)
     links = _in_worker(Store.links)

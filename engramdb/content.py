@@ -298,3 +298,45 @@ def per_item(values: Any, n: int, what: str, check: Any) -> list[Any]:
     if len(values) != n:
         raise InvalidInput(f"{what} has {len(values)} entries for {n} texts")
     return [check(v, f"{what}[{i}]") for i, v in enumerate(values)]
+
+
+#: A caller key is an exact string (never normalised) of at most this many characters.
+MAX_KEY_CHARS = 1024
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Validate a caller key: a non-empty str of at most :data:`MAX_KEY_CHARS` characters
+    without NUL (keys are matched exactly: "a" and "a " are two keys)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput(f"{what} must be a non-empty str, got {key!r}")
+    if len(key) > MAX_KEY_CHARS or "\x00" in key:
+        raise InvalidInput(f"{what} must be at most {MAX_KEY_CHARS} characters without NUL, "
+                           f"got {len(key)} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file or catalog can hold it
+        raise InvalidInput(f"{what} is not valid Unicode: {exc.reason}") from exc
+    return key
+
+
+def key_list(keys: str | Iterable[str], what: str = "keys") -> list[str]:
+    """One key or many, as a checked list of distinct keys (a key twice is refused: each key
+    names one occurrence, so one call cannot write or remove it twice)."""
+    if isinstance(keys, str):
+        return [check_key(keys, what)]
+    if isinstance(keys, bytes) or not isinstance(keys, Iterable):
+        raise InvalidInput(f"{what} must be a str or a list of str")
+    out = [check_key(k, f"{what}[{i}]") for i, k in enumerate(keys)]
+    check_distinct(out, what)
+    return out
+
+
+def check_distinct(keys: Sequence[str | None], what: str = "keys") -> None:
+    """Refuse a key given twice in one call."""
+    seen: set[str] = set()
+    for k in keys:
+        if k is not None:
+            if k in seen:
+                raise InvalidInput(f"{what} holds {k!r} twice",
+                                   hint="each key names one occurrence: give it once per call")
+            seen.add(k)

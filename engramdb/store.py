@@ -29,9 +29,6 @@ from engramdb.content import (
     encode_metadata,
     id_list,
     normalize_text,
-    per_item,
-    unit_rows,
-    validate_vectors,
 )
 from engramdb.encoders import Encoder, from_spec
 from engramdb.engine import collect
@@ -48,13 +45,12 @@ from engramdb.engine.verify import verify
 from engramdb.engine.writer import Batch, Writer
 from engramdb.errors import (
     CorruptStore,
-    EncoderRequired,
     EngramError,
     InvalidInput,
     ModelMismatch,
     NotFound,
 )
-from engramdb.progress import progress_bar
+from engramdb.keyed import KeyedMethods
 from engramdb.prompt import format_prompt
 from engramdb.recall.filters import kind_codes, occurrence_filter
 from engramdb.recall.hybrid import check_min_score
@@ -128,7 +124,7 @@ class _Part:
         return getattr(store._parts, self.name)
 
 
-class Store:
+class Store(KeyedMethods):
     """A persistent memory. Use :func:`engramdb.open` to get one; thread-safe within a process."""
 
     path = _Part("The store's directory.")
@@ -328,6 +324,7 @@ class Store:
         self,
         text: str,
         *,
+        key: str | None = None,
         role: str | None = None,
         session: str | None = None,
         metadata: dict[str, Any] | None = None,
@@ -338,6 +335,8 @@ class Store:
 
         The same content ingested again returns the same id with ``is_new=False``; its
         reference count grows and the new occurrence (role, session, metadata, tick) is kept.
+        ``key`` names this occurrence for ``get(key=)``, ``upsert`` and ``forget(keys=)``;
+        a key already stored raises InvalidInput (``upsert`` replaces it).
         Raises InvalidInput / DimensionMismatch for bad input (nothing is written),
         EncoderRequired when there is no encoder and no ``vector``, StorageError on disk failure.
 
@@ -347,12 +346,14 @@ class Store:
         return self.ingest_many(
             [normalize_text(text)], vectors=None if vector is None else [vector], roles=[role],
             sessions=[session], metadatas=[metadata], pins=[pin],
+            keys=None if key is None else [key],
         )[0]
 
     def ingest_many(
         self,
         texts: Sequence[str],
         *,
+        keys: Sequence[str | None] | None = None,
         vectors: Any = None,
         roles: Sequence[str | None] | None = None,
         sessions: Sequence[str | None] | None = None,
@@ -363,53 +364,17 @@ class Store:
     ) -> list[IngestResult]:
         """Store many texts in batches: one segment append + fsync and one commit per batch.
 
-        Every argument is validated before the first batch is written. Batches of
-        ``settings.batch_rows`` commit one after another; if one fails, the earlier ones stay
-        stored (ingesting them again is safe: content ids deduplicate, only the reference
-        counts grow). Raises as :meth:`ingest`.
+        Every argument is validated before the first batch is written (``keys``: one key or
+        None per text, none stored yet and none twice). Batches of ``settings.batch_rows``
+        commit one after another; if one fails, the earlier ones stay stored (ingesting
+        them again is safe: content ids deduplicate, only the reference counts grow).
+        Raises as :meth:`ingest`.
 
         >>> mem.ingest_many(["hi", "how are you?"], roles=["user", "bot"])  # doctest: +SKIP
         """
         self._parts.check_open()
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InvalidInput("texts must be a list of str (for one text use ingest())")
-        n = len(texts)
-        norm = [normalize_text(t, what=f"texts[{i}]") for i, t in enumerate(texts)]
-        roles_ = per_item(roles, n, "roles", check_label)
-        sessions_ = per_item(sessions, n, "sessions", check_label)
-        metas = per_item(metadatas, n, "metadatas", lambda v, w: encode_metadata(v))
-        pins_ = per_item(pins, n, "pins", check_bool)
-        # Checked whole now (nothing is written if any is bad), normalised batch by batch: a
-        # bulk load holds one float32 batch at a time, not a normalised copy of its input.
-        given = None if vectors is None else validate_vectors(vectors, self.dim, n)
-        if given is None and n and self.manifest.encoder_spec.get("kind") in ("vectors",):
-            raise EncoderRequired("this store has no encoder: pass vectors=...")
-        if not isinstance(kind, str) or kind not in (Kind.WORKING, Kind.SHORT_TERM,
-                                                     Kind.LONG_TERM):
-            raise InvalidInput(f"kind must be working, short_term or long_term, got {kind!r}")
-        kind = Kind(kind)  # the name as a str works too
-        ids = [content_id(self.fingerprint, t) for t in norm]
-        results: list[IngestResult] = []
-        step = self.settings.batch_rows
-        bar = progress_bar(n, progress, "ingest")
-        try:
-            for start in range(0, n, step):
-                part = slice(start, min(n, start + step))
-                batch = Batch(ids[part], norm[part], roles_[part], sessions_[part], metas[part],
-                              pins_[part], None if given is None else unit_rows(given[part]),
-                              KIND_CODES[kind.value])
-                turn = self._turn_path(len(batch.ids))
-                with self._writing(fold=not turn):
-                    results.extend(self._writer.ingest_batch(batch, journal=turn))
-                    self._writer.settle_overflow(turn=turn)
-                    if turn:
-                        self._committer.fold_if_due()
-                if bar is not None:
-                    bar.update(part.stop - start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return results
+        prepared = self._prepare(texts, vectors, roles, sessions, metadatas, pins, kind, keys)
+        return self._write_batches(prepared, progress, upsert=False)
 
     def integrate(
         self,
@@ -473,17 +438,24 @@ class Store:
         return n <= _JOURNAL_BATCH_MAX and (
             self._committer.counters.next_eid + n <= self.settings.journal_max_engrams)
 
-    def forget(self, ids: str | Iterable[str]) -> int:
+    def forget(self, ids: str | Iterable[str] | None = None, *,
+               keys: str | Iterable[str] | None = None) -> int:
         """Erase engrams now: they vanish from recall at once; ``gc()`` reclaims their bytes.
 
         Removes the engram rows, occurrences and links in one transaction and records each id
         in the forgetting log. Raises NotFound if any id is unknown (nothing is forgotten then).
-        Returns the number of engrams forgotten.
+        Returns the number of engrams forgotten. With ``keys`` instead, removes the
+        occurrences those keys name and returns how many: an engram is erased as above when
+        its last occurrence goes (NotFound if any key is not stored).
 
         >>> mem.forget([result.id])  # doctest: +SKIP
         1
         """
         self._parts.check_open()
+        if (ids is None) == (keys is None):
+            raise InvalidInput("pass exactly one of ids or keys=")
+        if keys is not None:
+            return self._forget_keys(keys)
         listed = id_list(ids)
         with self._writing():
             found = self._writer.lookup_ids(sorted(set(listed)))
@@ -611,14 +583,19 @@ class Store:
         found = self._writer.lookup_ids([ident])
         return bool(found) and bool(self._parts.hot.visible(self.clock)[found[ident]])
 
-    def get(self, ident: str) -> Engram:
-        """Return the live engram with this id, with its text and every occurrence.
+    def get(self, ident: str | None = None, *, key: str | None = None) -> Engram:
+        """Return the live engram with this id (or whose occurrence has this ``key``), with
+        its text and every occurrence.
 
-        Raises NotFound for an unknown, forgotten or dead id; InvalidInput for a non-id.
+        Raises NotFound for an unknown, forgotten or dead id or key; InvalidInput for a non-id.
 
         >>> mem.get(result.id).text  # doctest: +SKIP
         'I adopted a guinea pig named Oscar.'
         """
+        if (ident is None) == (key is None):
+            raise InvalidInput("pass exactly one of an id or key=")
+        if key is not None:
+            return self._get_key(key)
         check_id(ident)
         with self._writing():  # no turn may land between the lookup and the catalog read
             found = self._writer.lookup_ids([ident])

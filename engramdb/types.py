@@ -41,17 +41,20 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class Occurrence:
-    """One time some content was said: by whom, in which session, at which tick."""
+    """One time some content was said: by whom, in which session, at which tick, and under
+    which caller ``key`` (None when it was stored without one)."""
 
     role: str | None
     session: str | None
     tick: int
     metadata: dict[str, Any] | None
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """role, session, tick and a copy of metadata as plain data, ready for ``json.dumps``."""
+        """role, session, tick, a copy of metadata and the key as plain data, ready for
+        ``json.dumps``."""
         return {"role": self.role, "session": self.session, "tick": int(self.tick),
-                "metadata": copy.deepcopy(self.metadata)}
+                "metadata": copy.deepcopy(self.metadata), "key": self.key}
 
 
 @dataclass(frozen=True)

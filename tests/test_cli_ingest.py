@@ -36,7 +36,7 @@ def test_jsonl_keeps_role_session_metadata_and_appends(tmp_path: Path) -> None:
     rows = run_json("ls", store)
     tea = next(r for r in rows if r["text"] == "I like tea")
     assert tea["occurrences"][0] == {"role": "user", "session": "d1", "tick": 0,
-                                     "metadata": {"k": 1}}
+                                     "metadata": {"k": 1}, "key": None}
     assert len(rows) == 3
 
 

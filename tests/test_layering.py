@@ -35,6 +35,7 @@ MODULE_LAYER = {
     "engramdb.progress": "foundation",
     "engramdb.prompt": "foundation",
     "engramdb.store": "front",
+    "engramdb.keyed": "front",
     "engramdb.pool": "apps",
     "engramdb.aio": "apps",
     "engramdb.report": "apps",

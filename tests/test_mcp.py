@@ -19,7 +19,7 @@ from engramdb.errors import InvalidInput
 from engramdb.integrations import mcp_server
 from tests.conftest import PYTHON, python_env
 
-TOOLS = {"remember", "recall", "forget", "stats", "users"}
+TOOLS = {"remember", "recall", "forget", "list", "stats", "users"}
 E2E_TIMEOUT = 30.0  # seconds for the whole subprocess conversation; it takes about 2
 
 
@@ -93,6 +93,9 @@ def test_remember_recall_forget_stats_over_a_pool(sdk: Any, pool: engramdb.Pool)
                                    where={"session": "s1"})
         out["bob"] = await _call(client, "recall", query="guinea pig Oscar", user="bob")
         out["stats"] = await _call(client, "stats", user="alice")
+        out["list"] = await _call(client, "list", user="alice", limit=1)
+        out["list_where"] = await _call(client, "list", user="alice",
+                                        where={"session": "s1"})
         out["forget"] = await _call(client, "forget", id=out["first"][1]["id"], user="alice")
         out["after"] = await _call(client, "recall", query="guinea pig", user="alice")
         out["stats_after"] = await _call(client, "stats", user="alice")
@@ -111,6 +114,9 @@ def test_remember_recall_forget_stats_over_a_pool(sdk: Any, pool: engramdb.Pool)
     assert [o["session"] for o in out["where"][1]["hits"][0]["occurrences"]] == ["s1"]
     assert all(h["id"] != first["id"] for h in out["bob"][1]["hits"])  # one store per user
     assert out["stats"][1]["count"] == 2 and "files" not in out["stats"][1]
+    [newest] = out["list"][1]["memories"]
+    assert newest["text"] == "My sister lives in Lisbon." and newest["kind"] == "short_term"
+    assert [m["id"] for m in out["list_where"][1]["memories"]] == [first["id"]]
     assert out["forget"][1] == {"forgotten": 1}
     assert all(h["id"] != first["id"] for h in out["after"][1]["hits"])
     assert out["stats_after"][1]["count"] == 1

@@ -52,7 +52,7 @@ def test_recall_to_dict_is_json_and_stays_valid_after_close(tmp_path: Path) -> N
     oscar = next(d for d in dicts if d["text"].startswith("I adopted"))
     assert [o["session"] for o in oscar["occurrences"]] == ["s1", "s3"]
     assert oscar["occurrences"][0] == {"role": "user", "session": "s1", "tick": 0, "metadata": {
-        "mood": "happy", "tags": ["pet", 1, None, 2.5]}}
+        "mood": "happy", "tags": ["pet", 1, None, 2.5]}, "key": None}
     mem.close()
     assert _dumps(dicts) == before
     # to_dict() loaded the occurrences: the hits still give the same dicts after close.
@@ -111,7 +111,7 @@ def test_engram_turn_and_the_rest_to_dict(tmp_path: Path) -> None:
                  "refs": 1, "created_tick": 0, "expires_at": None, "lifespan_left": None,
                  "pinned": True, "recalls": 0,
                  "occurrences": [{"role": "user", "session": None, "tick": 0,
-                                  "metadata": None}]}
+                                  "metadata": None, "key": None}]}
     oscar = mem.get(mem.ingest("I adopted a guinea pig named Oscar.").id).to_dict()
     assert oscar["expires_at"] > 0 and len(oscar["occurrences"]) == 3
     turn = mem.integrate("What is my guinea pig called?", top_k=2, session="s4")

@@ -262,8 +262,10 @@ class TurnContext:
         cur = self.next[p]
         self.next[p] = np.where((cur >= 0) & (cur < c), cur, c)
 
-    def apply_delete(self, eids: np.ndarray) -> None:
-        """Forget the context of removed engrams (after the commit that deleted their rows)."""
+    def apply_delete(self, eids: np.ndarray, *, keep_length: bool = False) -> None:
+        """Forget the context of removed engrams (after the commit that deleted their rows);
+        ``keep_length``: the engrams stay (only their context row went), so their BM25
+        length is kept for a context row they may get again."""
         eids = np.asarray(eids, np.int64)
         eids = eids[eids < self.capacity]
         if len(eids) == 0:
@@ -281,7 +283,8 @@ class TurnContext:
         # which still name them (recall never reads it: they are not visible).
         for name, fill in (("prev", -1), ("session", -1), ("role", -1), ("day", -1),
                            ("length", 0.0)):
-            getattr(self, name)[eids] = fill
+            if name != "length" or not keep_length:
+                getattr(self, name)[eids] = fill
         if len(orphaned):
             # Their next was removed: the next smallest child (if any) takes its place, as a
             # reopen that reads the remaining rows would find.

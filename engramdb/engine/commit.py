@@ -88,6 +88,9 @@ class Commit:
     said_again: list[int] = field(default_factory=list)
     life: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     deleted: list[np.ndarray] = field(default_factory=list)
+    # Surviving engrams whose first occurrence went (a keyed removal): their context row is
+    # deleted, and an occurrence of theirs in the same commit may plan a new one.
+    rehomed: list[int] = field(default_factory=list)
     dropped_labels: list[int] = field(default_factory=list)
     moved: tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | None = None
     linked: bool = False
@@ -195,6 +198,15 @@ class Commit:
         for sql, params in [*lexical_delete_sql(eids), *context_delete_sql(eids)]:
             con.execute(sql, params)
         self.deleted.append(eids)
+
+    def drop_context(self, eids: list[int]) -> None:
+        """Delete the conversation-context rows of engrams that stay (their first
+        occurrence was removed); the derived context forgets them after the commit."""
+        if not eids:
+            return
+        for sql, params in context_delete_sql(np.asarray(eids, np.int64)):
+            self.con.execute(sql, params)
+        self.rehomed.extend(eids)
 
     def drop_labels(self, codes: list[int]) -> None:
         """Session and role labels no occurrence uses any more (the site deletes them)."""
@@ -425,6 +437,8 @@ class Committer:
             parts.segments.set_committed(c.segment_lengths)
         if c.new is not None:
             self._apply_new(c.new)
+        if c.rehomed:  # before the commit's own rows, which may give them a new one
+            parts.context.apply_delete(np.asarray(c.rehomed, np.int64), keep_length=True)
         if c.turns is not None:
             parts.context.apply(*c.turns)
         if c.said_again:

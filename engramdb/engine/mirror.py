@@ -32,10 +32,12 @@ _MUTABLE = ("kind", "expires_at", "pinned", "refs", "recalls", "earned", "last_t
 # Up to this many engrams the mirror also keeps every occurrence, loaded by the first recall
 # that reads them: a recall's hits then need no catalog query (about 3 ms a turn).
 OCCURRENCES_MAX = 50_000
-OCCURRENCES_SQL = "SELECT eid, role, session, tick, metadata FROM occurrences ORDER BY seq"
+OCCURRENCES_SQL = ("SELECT eid, role, session, tick, metadata, key FROM occurrences "
+                   "ORDER BY seq")
 MIRROR_SQL = ("SELECT eid, id, kind, created_tick, expires_at, pinned, refs, recalls, earned, "
               "last_tick FROM engrams")
 EDGES_SQL = "SELECT a, b, weight, tick FROM edges"
+KEYS_SQL = "SELECT key, eid, seq FROM occurrences WHERE key IS NOT NULL"
 
 
 class TurnMirror:
@@ -54,6 +56,8 @@ class TurnMirror:
         self.last_tick = np.zeros(0, np.int64)
         self.edges: dict[tuple[int, int], tuple[float, int]] = {}
         self.adjacent: dict[int, set[int]] = {}
+        self._keys: dict[str, tuple[int, int]] | None = None  # see keys
+        self._query_arrow: Callable[[str], pa.Table] | None = None
         self._folded_occurrences: dict[int, list[dict[str, Any]]] | None = None
         self._folds = 0  # a reader's occurrence load is kept only if no fold came between
         self._occurrences_lock = threading.Lock()
@@ -68,6 +72,8 @@ class TurnMirror:
         self.pending_occurrences: dict[int, list[dict[str, Any]]] = {}
         self.lexical_rows: list[LexicalRows] = []
         self.context_rows: list[ContextRows] = []
+        self.released_keys: list[int] = []  # seqs of folded occurrences that lose their key
+        self._unfolded_keys: dict[str, tuple[int, int]] = {}  # keys of the pending turns
 
     @property
     def folds(self) -> int:
@@ -78,7 +84,7 @@ class TurnMirror:
     def pending(self) -> bool:
         """Whether turns wait to be folded into the catalog."""
         return bool(self.new_rows or self.changed or self.changed_edges
-                    or self.occurrence_rows)
+                    or self.occurrence_rows or self.released_keys)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -97,7 +103,24 @@ class TurnMirror:
                                                                        "tick")), strict=True):
             m._put_edge(int(a), int(b), float(w), int(t))
         m.changed_edges.clear()
+        m._query_arrow = query_arrow
         return m
+
+    @property
+    def keys(self) -> dict[str, tuple[int, int]]:
+        """Every caller key, folded or not -> (eid, seq) of the occurrence it names; read
+        from the catalog by the first keyed write (a store without keys never pays for it)."""
+        if self._keys is None:
+            if self._query_arrow is None:  # a mirror of an empty catalog, built in memory
+                self._keys = dict(self._unfolded_keys)
+                return self._keys
+            rows = self._query_arrow(KEYS_SQL)
+            held = dict(zip(rows.column("key").to_pylist(),
+                            zip(rows.column("eid").to_pylist(), rows.column("seq").to_pylist(),
+                                strict=True), strict=True))
+            held.update(self._unfolded_keys)
+            self._keys = held
+        return self._keys
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -168,9 +191,10 @@ class TurnMirror:
         if folded is None:
             folds = self._folds
             folded = {}
-            for eid, role, session, tick, meta in query(OCCURRENCES_SQL):
+            for eid, role, session, tick, meta, key in query(OCCURRENCES_SQL):
                 folded.setdefault(int(eid), []).append(
-                    {"role": role, "session": session, "tick": tick, "metadata": meta})
+                    {"role": role, "session": session, "tick": tick, "metadata": meta,
+                     "key": key})
             with self._occurrences_lock:
                 if folds == self._folds:  # else a fold ran meanwhile: use it once only
                     self._folded_occurrences = folded
@@ -178,6 +202,10 @@ class TurnMirror:
         return {e: [*folded.get(e, ()), *pending.get(e, ())] for e in eids}
 
     # -- what the turn path writes ----------------------------------------------------------
+
+    def release_keys(self, seqs: list[int]) -> None:
+        """Folded occurrences that lose their key to a replayed turn (the later write)."""
+        self.released_keys.extend(seqs)
 
     def add_engrams(self, rows: pa.Table, lexical: LexicalRows) -> None:
         """New engram rows (all columns of ``engrams``) and their BM25 rows."""
@@ -195,6 +223,11 @@ class TurnMirror:
         self.context_rows.append(context)
         for o in rows.to_pylist():
             self.pending_occurrences.setdefault(int(o["eid"]), []).append(o)
+            if o.get("key") is not None:
+                held = (int(o["eid"]), int(o["seq"]))
+                self._unfolded_keys[o["key"]] = held
+                if self._keys is not None:
+                    self._keys[o["key"]] = held
 
     def bump_refs(self, eids: np.ndarray, counts: np.ndarray, now: int) -> None:
         """Engrams that got occurrences at ``now``."""
@@ -257,6 +290,9 @@ class TurnMirror:
         old = sorted(self.changed - self.new_eids)
         if old:
             self._update_fields(con, np.array(old, np.int64))
+        if self.released_keys:
+            con.execute("UPDATE occurrences SET key = NULL "
+                        "WHERE seq IN (SELECT unnest(?::BIGINT[]))", [self.released_keys])
         if self.occurrence_rows:
             cat.insert_arrow(con, "occurrences", pa.concat_tables(self.occurrence_rows))
             self._insert_context(con)

@@ -42,7 +42,8 @@ from engramdb.storage.catalog import CATALOG_NAME, Catalog
 from engramdb.storage.fsio import check_tree, fsync_dir
 from engramdb.storage.journal import TurnJournal
 from engramdb.storage.locking import LOCK_NAME
-from engramdb.storage.manifest import MANIFEST_NAME, Manifest
+from engramdb.storage.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
+from engramdb.storage.schema import ADD_KEY_COLUMN
 from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
 
 # Files a half-created store may hold before its manifest (written last) exists.
@@ -240,6 +241,7 @@ class Opening:
             catalog.set_fast(True)
         parts.catalog = catalog
         counters = self._counters()
+        self._upgrade_format()
         self.committer = Committer(parts, Counters(
             generation=counters["generation"], clock=counters["clock"],
             next_eid=counters["next_eid"], next_seq=counters["next_seq"],
@@ -329,6 +331,20 @@ class Opening:
                             [counters["next_eid"]])
             counters["synced_eid"] = counters["next_eid"]
         return counters
+
+    def _upgrade_format(self) -> None:
+        """Bring a store of an older format to this one: format 3 adds the occurrences' key
+        column (an empty column: one catalog statement, once). The manifest is written after
+        the catalog, so a crash between the two only repeats the idempotent statement."""
+        manifest = self.parts.manifest
+        if manifest.format_version >= 3:
+            return
+        # Durable before the manifest says 3 ("fast" mode would leave the COMMIT unsynced).
+        with self.parts.catalog.durable(), self.parts.catalog.transaction() as con:
+            con.execute(ADD_KEY_COLUMN)
+        manifest.format_version = FORMAT_VERSION
+        manifest.write(self.parts.path)
+        log.info("%s: upgraded to format %d (occurrence keys)", self.parts.path, FORMAT_VERSION)
 
     def _settle_unsynced(self, mark: int) -> list[str]:
         """Check the vectors written after the last sync point; drop the engrams they lost.

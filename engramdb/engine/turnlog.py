@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from engramdb.content import check_label, encode_metadata, normalize_text
+from engramdb.content import (
+    check_distinct,
+    check_key,
+    check_label,
+    encode_metadata,
+    normalize_text,
+)
 from engramdb.errors import CorruptStore, EngramError
 from engramdb.types import KIND_NAMES
 
@@ -45,14 +51,18 @@ class TurnRecord:
     hits: list[int] | None  # integrate: the recalled engrams' eids, best first
     rows: list[int]  # the batch positions of the texts that were new: the vectors' owners
     vectors: np.ndarray  # the new engrams' stored vectors, in that order
+    keys: list[str | None] | None = None  # the occurrences' caller keys (all new keys)
 
     def encode(self) -> bytes:
         """The record's payload."""
-        head = json.dumps({
+        fields = {
             "v": VERSION, "q": self.seq, "t": self.texts, "r": self.roles, "s": self.sessions,
             "m": self.metas, "p": self.pins, "k": self.kind, "n": self.now, "h": self.hits,
             "i": self.rows,
-        }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        }
+        if self.keys is not None:  # optional: a record without keys reads as before
+            fields["y"] = self.keys
+        head = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.vectors).tobytes()
 
 
@@ -97,8 +107,12 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1) if len(rows) else np.ones(0)
     if not np.isfinite(vectors).all() or np.any(np.abs(norms - 1.0) > 1e-2):
         raise ValueError("a vector is not of unit length")
+    keys = None
+    if head.get("y") is not None:
+        keys = [None if k is None else check_key(k) for k in _list(head["y"], count)]
+        check_distinct(keys)
     return TurnRecord(_int(head["q"]), texts, roles, sessions, metas, pins, kind, now, hits,
-                      rows, vectors)
+                      rows, vectors, keys)
 
 
 def _list(value: Any, n: int | None = None) -> list[Any]:

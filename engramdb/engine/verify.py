@@ -29,6 +29,12 @@ _DANGLING = (
      "SELECT count(*) FROM turns WHERE eid NOT IN (SELECT eid FROM engrams)"),
     ("duplicate engram ids", "SELECT count(*) - count(DISTINCT id) FROM engrams"),
     ("duplicate eids", "SELECT count(*) - count(DISTINCT eid) FROM engrams"),
+    ("occurrence keys held twice",
+     "SELECT count(key) - count(DISTINCT key) FROM occurrences"),
+    ("conversation-context rows naming no label",
+     "SELECT count(*) FROM turns t WHERE (t.session IS NOT NULL AND t.session NOT IN "
+     "(SELECT code FROM labels)) OR (t.role IS NOT NULL AND t.role NOT IN "
+     "(SELECT code FROM labels))"),
 )
 _CODES = ", ".join(str(code) for code in sorted(KIND_NAMES))
 # Values recall, export or the forgetting log cannot read: (what they are, the query that

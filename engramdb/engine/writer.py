@@ -8,6 +8,7 @@ already validated.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex
 from engramdb.engine import links as lk
 from engramdb.engine.commit import Commit, Committer, NewEngrams
+from engramdb.engine.keys import lookup_keys
 from engramdb.engine.lifespan import (
     apply_reward,
     consolidates,
@@ -37,6 +39,8 @@ from engramdb.types import LONG_TERM, IngestResult
 # 1M engrams) instead of joining a registered Arrow table (a scan, 1.6 ms).
 POINT_UPDATE_MAX = 256
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Batch:
@@ -50,6 +54,7 @@ class Batch:
     pins: list[bool]
     vectors: np.ndarray | None  # unit rows given by the caller, or None: encode
     kind: int
+    keys: list[str | None] | None = None  # the caller's key of each occurrence
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Writer:
     def ingest_batch(
         self, batch: Batch, *, now: int | None = None, hits: list[int] | None = None,
         existing: dict[str, int] | None = None, journal: bool = False,
+        before: Callable[[Commit], None] | None = None,
     ) -> list[IngestResult]:
         """Write one batch: vectors first, then one commit.
 
@@ -117,7 +123,9 @@ class Writer:
         (``batch.ids[0]``) is linked to them and to the previous turn. ``existing``: the
         batch's stored ids and their eids, when the caller looked them up under the same
         write lock (integrate does; a lookup less per turn). ``journal``: a turn-path write,
-        made durable by its journal record and folded into the catalog later.
+        made durable by its journal record and folded into the catalog later. ``before``
+        runs in the commit before the batch's rows are written (an upsert removes the
+        occurrences it replaces there).
         """
         parts = self.parts
         if parts.indexer is not None:
@@ -126,15 +134,16 @@ class Writer:
         vectors = self._new_vectors(batch, plan)
         record = TurnRecord(0, batch.texts, batch.roles, batch.sessions, batch.metas,
                             batch.pins, batch.kind, now, hits, list(plan.new_first.values()),
-                            vectors) if journal else None
-        return self._write(batch, plan, vectors, now, hits, turn=journal, record=record)
+                            vectors, batch.keys) if journal else None
+        return self._write(batch, plan, vectors, now, hits, turn=journal, record=record,
+                           before=before)
 
     def replay(self, record: TurnRecord) -> None:
         """Apply a journaled turn again (on open, after a crash), as it was first applied."""
         fingerprint = self.parts.fingerprint
         batch = Batch([content_id(fingerprint, t) for t in record.texts], record.texts,
                       record.roles, record.sessions, record.metas, record.pins, None,
-                      record.kind)
+                      record.kind, record.keys)
         plan = self._plan(batch, None)
         clock = self.committer.counters.clock
         if record.now is not None and record.now != clock + 1:  # integrate moves it by one
@@ -148,8 +157,26 @@ class Writer:
         hits = None if record.hits is None else [
             h for h in record.hits if self.parts.stored(h)]  # a power cut may have lost one
         self._write(batch, plan, self._replayed_vectors(record, plan), record.now, hits,
-                    turn=True, record=None, seq=record.seq)
+                    turn=True, record=None, seq=record.seq, before=self._replayed_keys(record))
         self.settle_overflow(turn=True)
+
+    def _replayed_keys(self, record: TurnRecord) -> Callable[[Commit], None] | None:
+        """A replayed turn's keys that the store holds already. Only a power cut in "fast"
+        durability gets here (the removal of the key, unsynced, was lost; the turn that
+        stored it again was not): the turn is the later write, so it takes the key and the
+        older occurrence stays, without one."""
+        held = lookup_keys(self.parts, [k for k in record.keys or () if k is not None])
+        if not held:
+            return None
+        seqs = [o.seq for o in held.values()]
+        log.warning("%s: turn journal record %d takes keys %s from older occurrences",
+                    self.parts.path, record.seq, sorted(held))
+
+        def release(c: Commit) -> None:
+            if c.mirror is not None:  # always: a replayed turn is a turn-path commit
+                c.mirror.release_keys(seqs)
+
+        return release
 
     def _replayed_vectors(self, record: TurnRecord, plan: _Planned) -> np.ndarray:
         """The vectors of the engrams a replayed turn creates: from the record; a text that
@@ -185,7 +212,8 @@ class Writer:
 
     def _write(self, batch: Batch, plan: _Planned, vectors: np.ndarray, now: int | None,
                hits: list[int] | None, *, turn: bool, record: TurnRecord | None,
-               seq: int | None = None) -> list[IngestResult]:
+               seq: int | None = None, before: Callable[[Commit], None] | None = None
+               ) -> list[IngestResult]:
         counters = self.committer.counters
         advance = now is not None
         now = counters.clock if now is None else now
@@ -198,6 +226,8 @@ class Writer:
                 c.journal(record)  # durable from here: replayed if anything below fails
             elif seq is not None:
                 c.set(journal_seq=seq)  # a replayed record
+            if before is not None:
+                before(c)
             lex_rows = None
             if plan.new_first:
                 lex_rows = self._add_engrams(c, batch, plan, now, life, vectors, pointers)
@@ -277,8 +307,14 @@ class Writer:
             "session": pa.array(batch.sessions, pa.string()),
             "tick": pa.array(np.full(len(ids), now, np.int64)),
             "metadata": pa.array(batch.metas, pa.string()),
+            "key": pa.array(batch.keys or [None] * len(ids), pa.string()),
         })
         home = [plan.new_first.get(i) == k for k, i in enumerate(ids)]
+        if c.rehomed:  # engrams whose first occurrence an upsert removed: this is their first
+            first = {eid_of[i]: k for k, i in reversed(list(enumerate(ids)))}
+            for eid in c.rehomed:
+                if eid in first:
+                    home[first[eid]] = True
         context = self.parts.context
         ctx_rows = context.plan(
             [eid_of[i] for i in ids], home, batch.sessions, batch.roles,

@@ -144,6 +144,18 @@ class MemoryTools:
         with self._leased(user) as store:
             return {"forgotten": store.forget([id])}
 
+    def list(self, user: str | None = None, where: dict[str, Any] | None = None,  # noqa: A003
+             limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """Memories newest first without a query (:meth:`~engramdb.Store.engrams`), each with
+        its occurrences (those matching ``where``)."""
+        with self._leased(user) as store:
+            found = store.engrams(where=where, limit=limit, offset=offset, order="-seq")
+        return {"memories": [
+            {"id": e.id, "text": e.text, "kind": e.kind.value,
+             "occurrences": [{"role": o.role, "session": o.session, "tick": o.tick,
+                              "metadata": o.metadata} for o in e.occurrences]}
+            for e in found]}
+
     def stats(self, user: str | None = None) -> dict[str, Any]:
         """Counts per kind, clock, dimension, encoder and bytes of the store."""
         with self._leased(user) as store:
@@ -196,7 +208,7 @@ def _tool_errors(tool_error: type[Exception]) -> Iterator[None]:
 
 def build_server(memory: engramdb.Pool | engramdb.Store | MemoryTools, *,
                  default_user: str | None = None, name: str = SERVER_NAME) -> Any:
-    """An ``mcp.server.mcpserver.MCPServer`` with the five tools over ``memory``.
+    """An ``mcp.server.mcpserver.MCPServer`` with the six tools over ``memory``.
 
     ``memory`` is a Pool, a Store, or a ready :class:`MemoryTools`; the caller keeps
     ownership and closes it after the server stops. Raises MissingExtra without the ``mcp``
@@ -215,7 +227,7 @@ def build_server(memory: engramdb.Pool | engramdb.Store | MemoryTools, *,
 
 
 def _add_tools(server: Any, tools: MemoryTools) -> None:
-    """Register the five tools on ``server``; each turns engramdb errors into ToolError."""
+    """Register the six tools on ``server``; each turns engramdb errors into ToolError."""
     from typing import Annotated
 
     from mcp.server.mcpserver.exceptions import ToolError as tool_error  # noqa: N813
@@ -267,6 +279,19 @@ def _add_tools(server: Any, tools: MemoryTools) -> None:
         """Erase one memory for good; it no longer comes back from recall."""
         with _tool_errors(tool_error):
             return tools.forget(id, user)
+
+    @server.tool(name="list", annotations=ToolAnnotations(read_only_hint=True))
+    def list_memories(
+        user: User = None,
+        where: Annotated[dict[str, Any] | None, Field(
+            description="The same filter as recall's where.")] = None,
+        limit: Annotated[int, Field(description="How many memories, at least 0.")] = 20,
+        offset: Annotated[int, Field(description="How many of the newest to skip.")] = 0,
+    ) -> dict[str, Any]:
+        """List memories newest first, without a query (page with offset): id, text, kind
+        and occurrences of each."""
+        with _tool_errors(tool_error):
+            return tools.list(user, where, limit, offset)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def stats(user: User = None) -> dict[str, Any]:

@@ -40,12 +40,12 @@ class OccurrenceLoader:
     def _query(self, eids: list[int], mirror: Any) -> dict[int, list[Occurrence]]:
         extra = f" AND {self._sql}" if self._sql else ""
         rows = self._parts.query(
-            "SELECT eid, role, session, tick, metadata FROM occurrences o "
+            "SELECT eid, role, session, tick, metadata, key FROM occurrences o "
             f"WHERE eid IN {lk.in_list(eids)}{extra} ORDER BY seq", self._params)
         loaded: dict[int, list[Occurrence]] = {e: [] for e in eids}
-        for eid, role, session, tick, meta in rows:
+        for eid, role, session, tick, meta, key in rows:
             loaded[int(eid)].append(occurrence(
-                {"role": role, "session": session, "tick": tick, "metadata": meta}))
+                {"role": role, "session": session, "tick": tick, "metadata": meta, "key": key}))
         if mirror is not None and not self._sql:
             # Turns not folded yet: said after every occurrence the catalog holds.
             for eid, pending in mirror.occurrences(eids).items():
@@ -78,7 +78,7 @@ def occurrence(o: dict[str, Any]) -> Occurrence:
     meta = o.get("metadata")
     return Occurrence(
         role=o.get("role"), session=o.get("session"), tick=int(o.get("tick") or 0),
-        metadata=None if meta is None else json.loads(meta),
+        metadata=None if meta is None else json.loads(meta), key=o.get("key"),
     )
 
 
@@ -121,7 +121,7 @@ def engrams(parts: Parts, eids: list[int], occ_sql: str, occ_params: Sequence[An
         "SELECT e.eid, e.id, e.text, e.kind, e.refs, e.created_tick, e.expires_at, "
         "e.pinned, e.recalls, "
         "list(struct_pack(role := o.role, session := o.session, tick := o.tick, "
-        "metadata := o.metadata) ORDER BY o.seq) FILTER (WHERE o.eid IS NOT NULL) "
+        "metadata := o.metadata, key := o.key) ORDER BY o.seq) FILTER (WHERE o.eid IS NOT NULL) "
         f"FROM engrams e LEFT JOIN occurrences o ON {join} "
         "WHERE e.eid IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL",
         [*occ_params, eids],

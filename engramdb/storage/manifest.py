@@ -18,7 +18,7 @@ from engramdb.content import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
 from engramdb.storage.fsio import atomic_write_bytes, open_regular
 
-FORMAT_VERSION = 2  # 2: the turn journal (journal.bin) holds acknowledged turns
+FORMAT_VERSION = 3  # 2: the turn journal (journal.bin); 3: occurrences carry caller keys
 MANIFEST_NAME = "MANIFEST.json"
 MAGIC = "engramdb"
 

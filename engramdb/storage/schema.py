@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CATALOG_TABLES", "CONTEXT_TABLES", "LEXICAL_TABLES", "UNUSED_LABELS_SQL",
-           "context_delete_sql", "lexical_delete_sql"]
+__all__ = ["ADD_KEY_COLUMN", "CATALOG_TABLES", "CONTEXT_TABLES", "LEXICAL_TABLES",
+           "UNUSED_LABELS_SQL", "context_delete_sql", "lexical_delete_sql"]
 
 #: The catalog's own tables and indexes (one script: DuckDB runs it in one ``execute``).
 CATALOG_TABLES = """
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS occurrences (
     role VARCHAR,
     session VARCHAR,
     tick BIGINT NOT NULL,
-    metadata VARCHAR              -- canonical JSON or NULL
+    metadata VARCHAR,             -- canonical JSON or NULL
+    key VARCHAR                   -- the caller's key of this occurrence, unique, or NULL
 );
 CREATE TABLE IF NOT EXISTS edges (
     a BIGINT NOT NULL,            -- a < b: one row per undirected link
@@ -75,6 +76,9 @@ CREATE INDEX IF NOT EXISTS edges_a ON edges(a);
 CREATE INDEX IF NOT EXISTS edges_b ON edges(b);
 """
 
+#: Format 3 gave occurrences their caller key; an older catalog gains the column on open.
+ADD_KEY_COLUMN = "ALTER TABLE occurrences ADD COLUMN IF NOT EXISTS key VARCHAR"
+
 #: The BM25 tables. The primary key refuses an engram indexed twice inside its transaction.
 LEXICAL_TABLES: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS lex_docs (eid BIGINT PRIMARY KEY, len INTEGER NOT NULL)",
@@ -93,7 +97,9 @@ CONTEXT_TABLES: tuple[str, ...] = (
 #: The codes of labels no occurrence uses any more (gc drops them: a label is content too).
 UNUSED_LABELS_SQL = (
     "SELECT code FROM labels WHERE label NOT IN (SELECT session FROM occurrences "
-    "WHERE session IS NOT NULL UNION SELECT role FROM occurrences WHERE role IS NOT NULL)")
+    "WHERE session IS NOT NULL UNION SELECT role FROM occurrences WHERE role IS NOT NULL) "
+    "AND code NOT IN (SELECT session FROM turns WHERE session IS NOT NULL "
+    "UNION SELECT role FROM turns WHERE role IS NOT NULL)")
 
 
 def _eid_list(eids: Sequence[int] | np.ndarray) -> list[int]:

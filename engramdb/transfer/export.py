@@ -138,7 +138,7 @@ def _engram_batches(snap: Snapshot) -> Iterator[list[dict[str, Any]]]:
         last = int(rows[-1]["eid"])
         occ = snap.query(
             "SELECT eid, list(struct_pack(seq := seq, role := role, session := session, "
-            "tick := tick, metadata := metadata) ORDER BY seq) FROM occurrences "
+            "tick := tick, metadata := metadata, key := key) ORDER BY seq) FROM occurrences "
             "WHERE eid IN (SELECT unnest(?::BIGINT[])) GROUP BY eid",
             [[r["eid"] for r in rows]],
         )

@@ -26,7 +26,7 @@ from engramdb.settings import Settings
 from engramdb.storage.fsio import fsync_dir
 
 FORMAT = "engramdb-export"
-VERSION = 1
+VERSION = 2  # 2: occurrences carry their caller `key` (1: none; still read)
 FORMATS = ("jsonl", "parquet")
 HEADER_NAME = "header.json"  # inside a Parquet export directory
 BATCH = 4096  # engrams per read query on export and per commit on import
@@ -123,7 +123,7 @@ class ParquetWriter:
                      for v in values],
                     pa.list_(pa.struct([("seq", pa.int64()), ("role", pa.string()),
                                         ("session", pa.string()), ("tick", pa.int64()),
-                                        ("metadata", pa.string())])),
+                                        ("metadata", pa.string()), ("key", pa.string())])),
                 )
             elif key in ("id", "text", "kind"):  # stored as codes or zstd; exported as text
                 cols[key] = pa.array(values, pa.string())

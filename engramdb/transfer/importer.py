@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb.content import compress_text, content_id, encode_metadata, normalize_text
+from engramdb.content import (
+    check_key,
+    compress_text,
+    content_id,
+    encode_metadata,
+    normalize_text,
+)
 from engramdb.encoders.base import Encoder
 from engramdb.engine.restore import Restorer
 from engramdb.errors import (
@@ -37,7 +43,7 @@ from engramdb.storage.locking import StoreLock
 from engramdb.transfer.formats import ARROW_OF, KIND_HINT, PHYSICAL, Reader, bad, open_source
 from engramdb.types import KIND_CODES
 
-_OCCURRENCE_COLUMNS = ("eid", "seq", "role", "session", "tick", "metadata")
+_OCCURRENCE_COLUMNS = ("eid", "seq", "role", "session", "tick", "metadata", "key")
 
 
 class _SpecEncoder(Encoder):
@@ -179,6 +185,7 @@ class _Importer:
         self.eid_of: dict[str, int] = {}
         self.max_seq = 0
         self.n_occ = 0
+        self.keys: set[str] = set()
         self.types = {name: restorer.column_types(name)
                       for name in ("engrams", "occurrences", "edges", "forgotten")}
 
@@ -269,8 +276,22 @@ class _Importer:
             occ["session"].append(o.get("session"))
             occ["tick"].append(o["tick"])
             occ["metadata"].append(encode_metadata(o.get("metadata"), max_depth=None))
+            occ["key"].append(self._key(o.get("key"), where))
             self.max_seq = max(self.max_seq, o["seq"])
         self.n_occ += len(occurrences)
+
+    def _key(self, key: Any, where: str) -> str | None:
+        """An occurrence's caller key, checked as the front door checks it, and unique."""
+        if key is None:
+            return None
+        try:
+            key = check_key(key)
+        except InvalidInput as exc:
+            raise bad(f"{where}: {exc}") from exc
+        if key in self.keys:
+            raise bad(f"{where}: key {key!r} is held by two occurrences")
+        self.keys.add(key)
+        return key
 
     def _finish(self, links: list[dict[str, Any]], forgotten: list[dict[str, Any]]) -> None:
         """Check the links and the log, then commit them with the counters."""
