@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 import engramdb
-from engramdb.errors import EngramError, StorageError, StoreLocked
+from engramdb.errors import EngramError, ReadOnlyStore, StorageError, StoreLocked
 from engramdb.storage.manifest import MANIFEST_NAME
 
 from . import queries
@@ -56,12 +56,19 @@ class CloseFailed(Failed):
 
 
 @contextmanager
-def opened(path: Path, wait: float = 0.0, **kwargs: Any) -> Iterator[engramdb.Store]:
+def opened(path: Path, wait: float = 0.0, *, read: bool = False, **kwargs: Any
+           ) -> Iterator[engramdb.Store]:
     """Open an existing store (or as ``kwargs`` say) and turn library errors into Failed,
-    closing's included (close() writes: the index, the BM25 snapshot, a sync)."""
+    closing's included (close() writes: the index, the BM25 snapshot, a sync). ``read``: a
+    command that only reads opens read-only (no lock file, nothing written: it works on a
+    read-only mount and beside other readers), unless the store needs recovery or an upgrade
+    first, which a writable open does."""
     kwargs.setdefault("create", False)
     try:
-        store = engramdb.open(path, lock_timeout=wait, **kwargs)
+        try:
+            store = engramdb.open(path, lock_timeout=wait, read_only=read, **kwargs)
+        except ReadOnlyStore:
+            store = engramdb.open(path, lock_timeout=wait, **kwargs)
     except EngramError as exc:
         raise _fail(exc) from None
     try:
@@ -225,7 +232,7 @@ def inspect(path: Path, wait: float, as_json: bool, log_limit: int) -> None:
     Example:
       engramdb inspect alice.engram --log 20
     """
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         data = mem.stats()
         data["forgetting_log"] = mem.forgetting_log(log_limit) if log_limit else []
     if as_json:
@@ -266,7 +273,7 @@ def stats(path: Path, wait: float, as_json: bool) -> None:
     Example:
       engramdb stats alice.engram --json
     """
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         data = mem.stats()
     if as_json:
         _echo_json(data)
@@ -291,7 +298,7 @@ def ls_(path: Path, wait: float, kinds: tuple[str, ...], session: str | None, ro
     Example:
       engramdb ls alice.engram --kind long_term --session 2023-05-08 --limit 5
     """
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         engrams = queries.list_engrams(mem, kinds=kinds, session=session, role=role,
                                        since=since, limit=limit)
     if as_json:
@@ -320,7 +327,7 @@ def show(path: Path, wait: float, ident: str, as_json: bool) -> None:
     Example:
       engramdb show alice.engram 3f1c0a9b2d7e
     """
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         eng = mem.get(queries.resolve_id(mem, ident))
     if as_json:
         _echo_json(eng)
@@ -353,7 +360,7 @@ def recall(path: Path, wait: float, query: str, top_k: int, kinds: tuple[str, ..
     Example:
       engramdb recall alice.engram "what pets do I have?" -k 3
     """
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         hits = mem.recall(query, top_k=top_k, where=_where(session, role, since),
                           kinds=kinds or None)
         if as_json:  # while the store is open: occurrences load on first access
@@ -510,7 +517,7 @@ def verify(path: Path, wait: float, as_json: bool) -> None:
     """
     close_failed = None
     try:
-        with opened(path, wait) as mem:
+        with opened(path, wait, read=True) as mem:
             report = mem.verify()
     except CloseFailed as exc:  # checked, then closing failed: no damage found, still exit 1
         close_failed = exc
@@ -548,7 +555,7 @@ def export_(path: Path, wait: float, out: Path, fmt: str, quiet: bool) -> None:
     """
     from engramdb.transfer import export_store
 
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         counts = export_store(mem, out, fmt, progress=not quiet)
     click.echo(f"exported {counts['engrams']} engrams, {counts['links']} links to {out}")
 
@@ -592,7 +599,7 @@ def report(path: Path, wait: float, output: Path) -> None:
     """
     from engramdb.report import write_report
 
-    with opened(path, wait) as mem:
+    with opened(path, wait, read=True) as mem:
         write_report(mem, output)
     click.echo(f"wrote {output}")
 

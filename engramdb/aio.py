@@ -255,6 +255,7 @@ def open(  # noqa: A001 - mirrors engramdb.open
     lock_timeout: float = 0.0,
     create: bool = True,
     index: dict[str, Any] | None = None,
+    read_only: bool = False,
     executor: Executor | None = None,
 ) -> Opener:
     """:func:`engramdb.open` for asyncio: the same parameters and errors, the store opened
@@ -268,7 +269,7 @@ def open(  # noqa: A001 - mirrors engramdb.open
     """
     return Opener(functools.partial(
         open_store, path, encoder, dim=dim, settings=settings, lock_timeout=lock_timeout,
-        create=create, index=index), executor)
+        create=create, index=index, read_only=read_only), executor)
 
 
 class AsyncPool:
@@ -291,13 +292,15 @@ class AsyncPool:
         settings: Settings | dict[str, Any] | None = None,
         max_open: int = 64,
         idle_seconds: float = 300.0,
-        lock_timeout: float = 10.0,
+        lock_timeout: float | None = None,
         create: bool = True,
+        multiprocess: bool = False,
         executor: Executor | None = None,
     ) -> None:
         """Make the Pool (see :class:`~engramdb.pool.Pool`); calls run in ``executor``."""
         self._pool = Pool(root, encoder=encoder, settings=settings, max_open=max_open,
-                          idle_seconds=idle_seconds, lock_timeout=lock_timeout, create=create)
+                          idle_seconds=idle_seconds, lock_timeout=lock_timeout, create=create,
+                          multiprocess=multiprocess)
         self._executor = executor
 
     @property

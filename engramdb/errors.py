@@ -99,6 +99,16 @@ class StorageError(EngramError, OSError):
     )
 
 
+class ReadOnlyStore(EngramError):
+    """A write on a handle opened with ``read_only=True``, or a read-only open of a store
+    that needs a writer first (recovery after a crash, a format upgrade)."""
+
+    default_hint = (
+        "open the store without read_only=True (recovery and upgrades run on a writable "
+        "open; the CLI does that for `engramdb verify` and the other read commands)"
+    )
+
+
 class CommitUncertain(StorageError):
     """The catalog commit failed in a way that may have left it durable; the handle closed."""
 
@@ -119,6 +129,7 @@ __all__ = [
     "ModelMismatch",
     "NotAStore",
     "NotFound",
+    "ReadOnlyStore",
     "StorageError",
     "StoreClosed",
     "StoreLocked",

@@ -48,6 +48,7 @@ from engramdb.errors import (
     EngramError,
     InvalidInput,
     ModelMismatch,
+    NotAStore,
     NotFound,
 )
 from engramdb.keyed import KeyedMethods
@@ -84,6 +85,7 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     lock_timeout: float = 0.0,
     create: bool = True,
     index: dict[str, Any] | None = None,
+    read_only: bool = False,
 ) -> Store:
     """Open the store at ``path``, creating it if it does not exist.
 
@@ -97,6 +99,13 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     recorded in the manifest. Other errors: NotAStore, CorruptStore, FormatTooNew,
     InvalidInput.
 
+    ``read_only=True`` opens an existing store for reading without writing a byte or taking
+    its lock (so it works on a read-only mount and beside other readers): recall, get,
+    listing, verify, export and stats work; writes raise ReadOnlyStore, and so does the open
+    itself when the store needs recovery or an upgrade first (a writable open does that),
+    or StoreLocked while another handle has it open for writing. ``settings`` then apply to
+    this handle only.
+
     >>> import engramdb
     >>> from engramdb.encoders import HashingEncoder
     >>> with engramdb.open(tmp / "alice.engram", encoder=HashingEncoder()) as mem:  # doctest: +SKIP
@@ -104,7 +113,7 @@ def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
     """
     return Store(
         Path(path), encoder, dim=dim, settings=settings, lock_timeout=lock_timeout,
-        create=create, index=index,
+        create=create, index=index, read_only=read_only,
     )
 
 
@@ -150,6 +159,7 @@ class Store(KeyedMethods):
         lock_timeout: float,
         create: bool,
         index: dict[str, Any] | None = None,
+        read_only: bool = False,
     ) -> None:
         if encoder is not None and not isinstance(encoder, Encoder):
             raise InvalidInput(f"encoder must be an engramdb Encoder, got {type(encoder).__name__}")
@@ -159,10 +169,15 @@ class Store(KeyedMethods):
             raise InvalidInput(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout}")
         if index is not None and not isinstance(index, dict):
             raise InvalidInput(f"index must be a dict of index settings, got {index!r}")
-        path = prepare_directory(path, create)  # absolute, the user's own links resolved once
+        read_only = check_bool(read_only, "read_only")
+        # absolute, the user's own links resolved once
+        path = prepare_directory(path, create and not read_only)
+        if read_only and not (path / MANIFEST_NAME).exists():
+            raise NotAStore(f"no store at {path}", hint="a read-only open never creates one")
         self._parts = parts = Parts(path)
+        parts.read_only = read_only
         self._encoder = encoder
-        self._lock = StoreLock(path)
+        self._lock = StoreLock(path, shared=read_only)
         take_lock(self._lock, lock_timeout)
         self._prefault_stop = threading.Event()
         self._prefault: threading.Thread | None = None
@@ -171,7 +186,8 @@ class Store(KeyedMethods):
         try:
             if not (path / MANIFEST_NAME).exists():
                 created = create_store(path, encoder, dim, settings or Settings())
-            opening.run(read_manifest(path, encoder, dim, settings), index, created)
+            opening.run(read_manifest(path, encoder, dim, settings, record=not read_only),
+                        index, created)
             self._writer = Writer(parts, opening.committer, self._encode)
             opening.replay(self._writer)
         except BaseException:
@@ -219,6 +235,9 @@ class Store(KeyedMethods):
             if parts.closed:
                 return
             parts.closed = True
+            if parts.read_only:  # nothing to fold, sync or save
+                self._release()
+                return
             try:
                 self._committer.fold()  # the journaled turns go into the catalog
                 self._committer.sync()  # "fast": this handle's writes become durable
@@ -510,6 +529,8 @@ class Store(KeyedMethods):
         >>> mem.gc()  # doctest: +SKIP
         {'expired': 12, 'erased': 1, 'segments_compacted': 1, ...}
         """
+        if not dry_run:
+            self._parts.check_writable("gc")
         with self._writing():
             return self._collector.gc(dry_run, check_bool(rewrite, "rewrite"))
 
@@ -524,6 +545,7 @@ class Store(KeyedMethods):
         >>> mem.rebuild()  # doctest: +SKIP
         {'indexed': 1000, 'levels': [384], 'lexical': 1000}
         """
+        self._parts.check_writable("rebuild")
         with self._writing():
             parts = self._parts
             live = parts.hot.live_eids(self.clock)
@@ -548,6 +570,8 @@ class Store(KeyedMethods):
         >>> mem.ingest_many(texts); mem.drain_index()  # doctest: +SKIP
         """
         self._parts.check_open()
+        if save:
+            self._parts.check_writable("saving the vector index")
         return self._keeper.drain(save)
 
     def restorer(self) -> Restorer:
@@ -560,6 +584,7 @@ class Store(KeyedMethods):
         again and call :meth:`rebuild`. Raises StoreClosed.
         """
         self._parts.check_open()
+        self._parts.check_writable("restoring")
         return Restorer(self._parts, self._committer)
 
     # -- reads --------------------------------------------------------------------------------

@@ -273,6 +273,7 @@ class Committer:
         clean exit the transaction commits, then the counters and derived state follow.
         ``durable`` fsyncs this commit even in "fast" mode; ``bump=False`` leaves the
         generation (a commit that changes nothing a reader or a saved index can see)."""
+        self.parts.check_writable()
         if self.pending:
             self.fold()  # a write straight to the catalog sees every acknowledged turn first
         started = time.monotonic()
@@ -299,6 +300,7 @@ class Committer:
         the record is appended changes nothing; after it, the handle is abandoned (the next
         open replays the record)."""
         parts = self.parts
+        parts.check_writable()
         manifest = parts.manifest
         if manifest.format_version < FORMAT_VERSION:
             # An engramdb from before the journal would ignore journaled turns: from the
@@ -341,6 +343,8 @@ class Committer:
         Called under the write lock."""
         parts = self.parts
         mirror = parts.mirror
+        if parts.read_only:
+            return  # nothing is ever pending, and the journal file is not ours to empty
         if mirror is None or not mirror.pending:
             parts.journal.reset()
             return
@@ -396,7 +400,7 @@ class Committer:
         """Make every acknowledged write durable (no-op when nothing is pending): the sync
         point of "fast" durability. Called under the write lock."""
         parts = self.parts
-        if not self.fast:
+        if not self.fast or parts.read_only:
             return
         parts.journal.sync()
         if not (parts.catalog.pending or parts.segments.dirty):

@@ -52,7 +52,7 @@ class DerivedLoader:
         parts = self.parts
         con = parts.catalog.con
         try:
-            for statement in LEXICAL_TABLES:
+            for statement in () if parts.read_only else LEXICAL_TABLES:
                 con.execute(statement)
         except duckdb.Error as exc:  # a failed write; never a raw DuckDB error
             raise StorageError(f"cannot create the lexical tables: {exc}") from exc
@@ -70,6 +70,7 @@ class DerivedLoader:
         stale = docs != engrams or parts.query(
             "SELECT count(*) FROM engrams e ANTI JOIN lex_docs d ON d.eid = e.eid")[0][0]
         if stale:
+            parts.check_writable("rebuilding the lexical index (a writable open does it)")
             self._rederive_lexical()
         try:
             return LexicalIndex.load(con)
@@ -100,12 +101,14 @@ class DerivedLoader:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.recovered.append(f"ignored a damaged lexical snapshot ({exc})")
-            snap.unlink(missing_ok=True)
+            if not self.parts.read_only:
+                snap.unlink(missing_ok=True)
             return None
         generation = self.committer.counters.generation
         if info.get("meta") != {"generation": generation, "tokenizer": TOKENIZER_ID} \
                 or info.get("stats") != tables:
-            snap.unlink(missing_ok=True)
+            if not self.parts.read_only:
+                snap.unlink(missing_ok=True)
             return None
         self.lexical_saved = generation
         return lex
@@ -143,11 +146,13 @@ class DerivedLoader:
         existed = parts.query(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'turns'")[0][0]
         try:
-            for statement in CONTEXT_TABLES if not existed or derive else ():
+            for statement in CONTEXT_TABLES if (not existed or derive) and not parts.read_only \
+                    else ():
                 con.execute(statement)
         except duckdb.Error as exc:  # a failed write; never a raw DuckDB error
             raise StorageError(f"cannot create the context tables: {exc}") from exc
         if derive or not existed:
+            parts.check_writable("deriving the conversation context (a writable open does it)")
             try:
                 rows = TurnContext(parts.lexical.tokenizer).derive(con, parts.settings.date_key)
             except duckdb.Error as exc:  # as Catalog.query: never a raw DuckDB error

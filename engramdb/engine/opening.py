@@ -34,6 +34,7 @@ from engramdb.errors import (
     InvalidInput,
     ModelMismatch,
     NotAStore,
+    ReadOnlyStore,
     StorageError,
 )
 from engramdb.settings import Settings
@@ -173,10 +174,11 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
 
 
 def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
-                  settings: Settings | None) -> tuple[Manifest, dict[str, Any]]:
+                  settings: Settings | None, *, record: bool = True
+                  ) -> tuple[Manifest, dict[str, Any]]:
     """The store's manifest, checked against what the caller opened it with; new settings
-    are recorded. Also returns the settings recorded before (journaled turns replay with
-    them)."""
+    are recorded (with ``record``; else they apply to this handle only). Also returns the
+    settings recorded before (journaled turns replay with them)."""
     manifest = Manifest.read(path)
     before = dict(manifest.settings)
     if encoder is not None and encoder.fingerprint != manifest.fingerprint:
@@ -191,7 +193,8 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
         if settings.vector_dtype != manifest.dtype:
             raise InvalidInput("vector_dtype cannot change after a store is created")
         manifest.settings = settings.to_dict()
-        manifest.write(path)
+        if record:
+            manifest.write(path)
     return manifest, before
 
 
@@ -231,11 +234,13 @@ class Opening:
         if (path / INDEX_DIR / "index.json").exists():
             saved = Background(VectorIndex.load, path / INDEX_DIR, manifest.dim)
             self.jobs.append(saved)
-        fast = parts.settings.durability != "full"
-        # A catalog rewrite that died before its rename leaves this behind (collect.py).
-        (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
+        read_only = parts.read_only
+        fast = parts.settings.durability != "full" and not read_only
+        if not read_only:
+            # A catalog rewrite that died before its rename leaves this behind (collect.py).
+            (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
         if catalog is None:
-            catalog = Catalog(path / CATALOG_NAME, fast=fast)
+            catalog = Catalog(path / CATALOG_NAME, fast=fast, read_only=read_only)
         elif fast:
             parts.catalog = catalog  # closed by the caller if the switch fails
             catalog.set_fast(True)
@@ -250,13 +255,38 @@ class Opening:
         parts.segments = SegmentStore(path, manifest.dim, manifest.dtype,
                                       parts.settings.segment_bytes // (manifest.dim * itemsize),
                                       not fast)
-        self.recovered.extend(self._settle_unsynced(counters["synced_eid"]))
-        self.recovered.extend(parts.segments.recover(parts.catalog.segment_lengths()))
-        parts.journal = TurnJournal(path, durable=not fast)
+        if read_only:
+            self._check_clean(counters)
+        else:
+            self.recovered.extend(self._settle_unsynced(counters["synced_eid"]))
+            self.recovered.extend(parts.segments.recover(parts.catalog.segment_lengths()))
+        parts.journal = TurnJournal(path, durable=not fast, read_only=read_only)
         self._journaled, torn = parts.journal.read()
         if torn:
             self.recovered.append(torn)
+        if read_only:
+            self._journaled = self._unfolded()
         self._load_derived(saved, index)
+
+    def _check_clean(self, counters: dict[str, int]) -> None:
+        """A read-only open writes nothing, so it can only open a store that needs no
+        recovery: ReadOnlyStore names what a writable open would have to do first."""
+        parts = self.parts
+        needs = parts.segments.recover(parts.catalog.segment_lengths(), dry_run=True)
+        if counters["synced_eid"] < counters["next_eid"]:
+            needs.append("writes made in \"fast\" durability were never synced")
+        if needs:
+            raise ReadOnlyStore(f"{parts.path} needs recovery before a read-only open: "
+                                + "; ".join(needs))
+
+    def _unfolded(self) -> list[bytes]:
+        """The journal's records a read-only open would have to replay: none allowed."""
+        parts, seq = self.parts, self.committer.counters.journal_seq
+        if any(turnlog.decode(p, parts.dim, parts.manifest.dtype).seq > seq
+               for p in self._journaled):
+            raise ReadOnlyStore(f"{parts.path} needs recovery before a read-only open: its "
+                                "turn journal holds turns not folded into the catalog")
+        return []
 
     def replay(self, writer: Writer) -> None:
         """Apply the turns journaled since the last fold (a crash or a dropped handle kept
@@ -310,7 +340,8 @@ class Opening:
             parts.indexer = BackgroundIndexer(
                 parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
         self.committer.derived_ready = True
-        self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
+        if not parts.read_only:
+            self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
 
     def _counters(self) -> dict[str, int]:
         """The catalog's counters, with those older stores lack added."""
@@ -319,6 +350,9 @@ class Opening:
         if not set(counters) >= _COUNTERS:
             raise CorruptStore(
                 f"{self.parts.path}: catalog counters are incomplete ({sorted(counters)})")
+        if self.parts.read_only:  # those older stores lack: their starting values, unwritten
+            return {"last_turn": -1, "journal_seq": 0, "synced_eid": counters["next_eid"],
+                    **counters}
         # Counters of stores written before integrate() (last_turn) and the turn journal.
         for name, start in (("last_turn", -1), ("journal_seq", 0)):
             if name not in counters:
@@ -339,6 +373,10 @@ class Opening:
         manifest = self.parts.manifest
         if manifest.format_version >= 3:
             return
+        if self.parts.read_only:
+            raise ReadOnlyStore(
+                f"{self.parts.path} is of format {manifest.format_version}; reading it needs "
+                f"format {FORMAT_VERSION}, which a writable open upgrades it to")
         # Durable before the manifest says 3 ("fast" mode would leave the COMMIT unsynced).
         with self.parts.catalog.durable(), self.parts.catalog.transaction() as con:
             con.execute(ADD_KEY_COLUMN)

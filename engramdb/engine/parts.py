@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from engramdb.errors import StoreClosed
+from engramdb.errors import ReadOnlyStore, StoreClosed
 from engramdb.storage.catalog import Catalog, CatalogClosed
 
 if TYPE_CHECKING:
@@ -119,6 +119,13 @@ class Parts:
         self.indexer: BackgroundIndexer | None = None
         # Whether any link exists: a store without links skips the edge query on recall.
         self.has_links = False
+        # Opened with read_only=True: no lock, no file is written (engramdb.open).
+        self.read_only = False
+
+    def check_writable(self, what: str = "writing") -> None:
+        """Raise ReadOnlyStore on a read-only handle (before anything is written)."""
+        if self.read_only:
+            raise ReadOnlyStore(f"{self.path} is open read-only: {what} is refused")
 
     def check_open(self) -> None:
         """Raise StoreClosed if this handle is closed or belongs to the parent of a fork."""

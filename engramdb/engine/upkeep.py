@@ -121,7 +121,8 @@ class IndexKeeper:
         if not self.wants_index(cfg):
             if saved is not None:
                 saved.wait()
-                self.drop_files()
+                if not parts.read_only:
+                    self.drop_files()
             parts.hot.next_death = float(parts.hot.expires[live].min()) if len(live) else NEVER
             return None
         try:
@@ -133,6 +134,12 @@ class IndexKeeper:
             if generation > self.committer.counters.generation:
                 raise IndexDamaged("it is ahead of the catalog")
         except IndexDamaged as exc:
+            if parts.read_only:  # nothing to save it to: recall scans exactly (same answers)
+                recovered.append(f"read-only: the vector index is unusable ({exc}); recall "
+                                 "scans every vector")
+                parts.hot.next_death = (float(parts.hot.expires[live].min()) if len(live)
+                                        else NEVER)
+                return None
             recovered.append(f"rebuilt the vector index ({exc})")
             return self.build(cfg, live)
         if idx.config != cfg:  # only search settings changed: no rebuild needed

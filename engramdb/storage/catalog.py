@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engramdb.errors import CommitUncertain, CorruptStore, StorageError
+from engramdb.errors import CommitUncertain, CorruptStore, StorageError, StoreLocked
 from engramdb.storage.schema import CATALOG_TABLES, LEXICAL_TABLES
 
 CATALOG_NAME = "catalog.duckdb"
@@ -30,6 +30,9 @@ ALIAS = "engramdb_catalog"
 # the block size it was created with: stores made before this keep 256 KiB.
 BLOCK_SIZE = 16384
 # Errors of the disk, not of the file: reported as StorageError, never as damage.
+# DuckDB refusing an attach because another handle holds the file: a writer keeps readers
+# out, a read-only open (which needs no LOCK file) keeps writers out.
+_HELD = ("Could not set lock", "Conflicting lock", "Unique file handle conflict")
 _DISK_ERRORS = ("No space left on device", "Read-only file system", "Permission denied",
                 "Disk quota exceeded")
 
@@ -267,6 +270,10 @@ def _attach(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         con.execute(f"USE {ALIAS}")
     except duckdb.Error as exc:
         con.close()
+        if any(cause in str(exc) for cause in _HELD):
+            raise StoreLocked(f"{path.parent} is open in another handle or process: {exc}",
+                              hint="close the other handle (a writer keeps readers out, a "
+                                   "reader keeps writers out)") from exc
         if any(cause in str(exc) for cause in _DISK_ERRORS):  # the disk, not the file
             raise StorageError(f"cannot open catalog {path.name}: {exc}") from exc
         raise CorruptStore(f"cannot open catalog {path.name}: {exc}") from exc

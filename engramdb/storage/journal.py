@@ -17,7 +17,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from engramdb.errors import CorruptStore, StorageError
+from engramdb.errors import CorruptStore, ReadOnlyStore, StorageError
 from engramdb.storage.fsio import check_regular, fsync_dir, open_regular, write_all
 
 JOURNAL_NAME = "journal.bin"
@@ -31,8 +31,9 @@ MAX_RECORD = 64 * 2**20
 class TurnJournal:
     """The journal file of one open store; every method runs under the store's write lock."""
 
-    def __init__(self, directory: Path, *, durable: bool) -> None:
+    def __init__(self, directory: Path, *, durable: bool, read_only: bool = False) -> None:
         self.path = directory / JOURNAL_NAME
+        self.read_only = read_only  # a read-only open: the file is never written nor removed
         self.durable = durable  # fsync each append ("full" durability)
         self.size = 0  # bytes of whole records in the file
         self.records = 0  # whole records in the file
@@ -67,6 +68,9 @@ class TurnJournal:
                     hint="restore the store from an export or backup")
             note = (f"cut {len(data) - pos} bytes of a torn or damaged tail off the turn "
                     f"journal after {len(payloads)} whole records")
+            if self.read_only:
+                raise ReadOnlyStore(f"{self.path.parent} needs recovery: its turn journal has "
+                                    "a torn tail")
             self._cut(pos)
         self.size, self.records = pos, len(payloads)
         return payloads, note
@@ -122,7 +126,7 @@ class TurnJournal:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-        if self.size == 0:
+        if self.size == 0 and not self.read_only:
             try:
                 if check_regular(self.path):
                     self.path.unlink()

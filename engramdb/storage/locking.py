@@ -24,10 +24,13 @@ LOCK_NAME = "LOCK"
 
 
 class StoreLock:
-    """An exclusive, process-wide lock on one store directory."""
+    """An exclusive, process-wide lock on one store directory; ``shared`` (a read-only open)
+    takes it shared instead, and only if ``LOCK`` exists: it never creates or writes the file,
+    so it works on a read-only mount, beside other readers, and keeps writers out meanwhile."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, shared: bool = False) -> None:
         self.path = directory / LOCK_NAME
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self, timeout: float = 0.0) -> None:
@@ -37,15 +40,20 @@ class StoreLock:
         """
         try:
             check_directory(self.path.parent)  # a missing one fails in the open below
-            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+            fd = open_regular(self.path, os.O_RDONLY if self.shared else os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:
+            if self.shared:
+                return  # never opened for writing since it had a LOCK: no writer to keep out
+            raise StorageError(f"cannot open lock file {self.path}") from None
         except EngramError:
             raise
         except OSError as exc:
             raise StorageError(f"cannot open lock file {self.path}: {exc}") from exc
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -58,6 +66,9 @@ class StoreLock:
                         pid=pid,
                     ) from None
                 time.sleep(0.02)
+        if self.shared:
+            self._fd = fd
+            return
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -101,8 +101,9 @@ class SegmentStore:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def recover(self, committed: dict[int, int]) -> list[str]:
-        """Bring the files in line with the catalog's committed lengths; return what was done.
+    def recover(self, committed: dict[int, int], *, dry_run: bool = False) -> list[str]:
+        """Bring the files in line with the catalog's committed lengths; return what was done
+        (with ``dry_run``, what would be done, changing nothing: a read-only open).
 
         Truncates tails past the committed length (a write that was never acknowledged),
         removes segment files the catalog does not know (created by a batch whose commit never
@@ -112,6 +113,10 @@ class SegmentStore:
         actions: list[str] = []
         try:
             if not check_directory(self.directory):
+                if dry_run:
+                    self._committed = dict(committed)
+                    return [] if not any(committed.values()) else [
+                        f"{SEGMENT_DIR}/ is missing"]
                 self.directory.mkdir()
             on_disk = {}
             with os.scandir(self.directory) as entries:
@@ -134,17 +139,22 @@ class SegmentStore:
                     f"segment {path.name} holds {size} bytes, but {want} are committed"
                 )
             if size > want:
-                self._truncate(path, want)
-                actions.append(f"truncated {size - want} unacknowledged bytes from {path.name}")
+                if not dry_run:
+                    self._truncate(path, want)
+                actions.append(f"{'' if dry_run else 'truncated '}{size - want} unacknowledged "
+                               f"bytes {'at the end of' if dry_run else 'from'} {path.name}")
         known = {segment_name(s) for s in committed}
         for name, path in on_disk.items():
             if name not in known and _SEGMENT_FILE.match(name):
+                if dry_run:
+                    actions.append(f"an uncommitted segment file {name}")
+                    continue
                 try:
                     path.unlink()
                 except OSError as exc:
                     raise StorageError(f"cannot remove orphan segment {path}: {exc}") from exc
                 actions.append(f"removed uncommitted segment file {name}")
-        if actions and self.durable:
+        if actions and self.durable and not dry_run:
             fsync_dir(self.directory)
         self._committed = dict(committed)
         return actions
