@@ -19,27 +19,44 @@ creates the store, or the first time it opens an older one for that user), and
 A Pool survives ``os.fork()`` (gunicorn ``--preload`` with a warm-up, multiprocessing): just
 before the fork it closes the stores nobody holds, so the child can open them; the child drops
 every handle it inherited, unclosed, and opens its own on demand.
+
+Several worker processes may serve the same users from one root with ``multiprocess=True``
+(each process its own Pool). A store is open in one process at a time (its ``LOCK`` flock),
+so such a Pool closes a store as soon as its last lease in this process ends, and an open
+waits its turn: it first takes a lock on the store's directory (an ``flock`` on the directory
+itself, no extra file), which queues the processes wanting that user so that a process
+releasing the store cannot take it straight back from one that has been waiting, then polls
+the store's lock; both waits back off with jitter, within ``lock_timeout`` in all.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import hashlib
 import os
+import random
 import re
 import threading
 import time
 import unicodedata
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engramdb.encoders import Encoder
-from engramdb.errors import EngramError, InvalidInput, StorageError, StoreClosed
+from engramdb.errors import (
+    EngramError,
+    InvalidInput,
+    StorageError,
+    StoreClosed,
+    StoreLocked,
+)
 from engramdb.settings import Settings
 from engramdb.storage.manifest import MANIFEST_NAME, Manifest
 from engramdb.store import Store
@@ -50,6 +67,13 @@ SLUG_MAX = 40  # readable prefix only; the hash carries the identity
 HASH_HEX = 32  # 128 bits of sha256: collisions are out of reach for any user count
 
 _NOT_SLUG = re.compile(r"[^a-z0-9_-]+")
+
+LOCK_TIMEOUT = 10.0  # seconds an open waits for another process's hold: the default mode
+MULTIPROCESS_LOCK_TIMEOUT = 30.0  # the same with multiprocess=True, where waiting is routine
+# Polling another process's hold (multiprocess mode): the first pause, doubling up to the
+# last, each drawn from [1/2, 1] of it so that waiters in step do not retry in step.
+_POLL_FIRST, _POLL_MAX = 0.002, 0.025
+_T = TypeVar("_T")
 
 # Entry states. OPENING/CLOSING entries stay in the table so nobody opens a second handle on
 # the same directory meanwhile (the store's flock would refuse it: StoreLocked).
@@ -65,6 +89,10 @@ _POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 # shared copy-on-write).
 _INHERITED: list[Store] = []
 ctypes.pythonapi.Py_IncRef(ctypes.py_object(_INHERITED))
+# The directory descriptors open for a multiprocess wait (_turn), closed in a forked child: a
+# copy there would keep the parent's place in the queue until the child exits.
+_TURN_FDS: set[int] = set()
+_TURN_FDS_LOCK = threading.Lock()
 
 
 def user_dirname(user_id: str) -> str:
@@ -141,8 +169,19 @@ class Pool:
     the next pool call (or by :meth:`close_idle`). Stores held by a session are never closed
     for either reason; if more than ``max_open`` users are held at once the pool briefly holds
     more, and closes the excess as sessions end (waiting instead could deadlock a thread that
-    holds two sessions). ``lock_timeout`` is passed to :func:`engramdb.open` (another process
-    holding a user's store).
+    holds two sessions). ``lock_timeout`` is how long an open waits for another process
+    holding the user's store before it raises StoreLocked (None: 10 s, 30 s in multiprocess
+    mode).
+
+    ``multiprocess=True`` is for several processes (gunicorn or uvicorn workers), each with its
+    own Pool over the same root, serving the same users: a store is closed as soon as its last
+    lease in this process ends, so the other processes can open it (``idle_seconds`` does not
+    apply, and :meth:`get` is refused: use :meth:`session`), and an open waits its turn behind
+    the processes already waiting for that user (see the module's docstring). Each session then
+    pays for an open and a close of the store. Hold one user's store at a time (or take several
+    in one fixed order, e.g. sorted ids): two processes each holding a store the other waits for
+    wait until ``lock_timeout`` runs out. Threads of one process asking for the same user still
+    share one open handle.
 
     Raises InvalidInput for bad arguments, StorageError if ``root`` cannot be created.
 
@@ -160,14 +199,21 @@ class Pool:
         settings: Settings | dict[str, Any] | None = None,
         max_open: int = 64,
         idle_seconds: float = 300.0,
-        lock_timeout: float = 10.0,
+        lock_timeout: float | None = None,
         create: bool = True,
+        multiprocess: bool = False,
     ) -> None:
         if isinstance(max_open, bool) or not isinstance(max_open, int) or max_open < 1:
             raise InvalidInput(f"max_open must be an int >= 1, got {max_open!r}")
+        if not isinstance(multiprocess, bool):
+            raise InvalidInput(f"multiprocess must be True or False, got {multiprocess!r}")
+        if lock_timeout is None:
+            lock_timeout = MULTIPROCESS_LOCK_TIMEOUT if multiprocess else LOCK_TIMEOUT
         for name, value in (("idle_seconds", idle_seconds), ("lock_timeout", lock_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise InvalidInput(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if not isinstance(create, bool):
+            raise InvalidInput(f"create must be True or False, got {create!r}")
         if encoder is not None and not isinstance(encoder, Encoder):
             raise InvalidInput(f"encoder must be an engramdb Encoder, got {type(encoder).__name__}")
         try:
@@ -181,6 +227,7 @@ class Pool:
         self.idle_seconds = float(idle_seconds)
         self.lock_timeout = float(lock_timeout)
         self.create = create
+        self.multiprocess = multiprocess
         self._cond = threading.Condition(threading.Lock())
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # LRU order: oldest first
         self._closed = False
@@ -274,15 +321,69 @@ class Pool:
         return store
 
     def _open(self, path: Path, user_id: str) -> Store:
-        """Open (or create) ``user_id``'s store at ``path`` and record the user in it."""
-        store = open_store(path, self.encoder, settings=self.settings,
-                           lock_timeout=self.lock_timeout, create=self.create)
+        """Open (or create) ``user_id``'s store at ``path`` and record the user in it.
+
+        StoreLocked gets a hint about pools: another process holding the store is usually
+        another worker's Pool.
+        """
+        try:
+            if self.multiprocess:
+                store = self._open_in_turn(path)
+            else:
+                store = self._open_store(path, self.lock_timeout)
+        except StoreLocked as exc:
+            raise StoreLocked(exc.message, pid=exc.pid, hint=self._locked_hint(exc.pid)) from None
         try:
             _record_user(store, user_id)
         except BaseException:
             store.close()
             raise
         return store
+
+    def _open_store(self, path: Path, lock_timeout: float) -> Store:
+        return open_store(path, self.encoder, settings=self.settings,
+                          lock_timeout=lock_timeout, create=self.create)
+
+    def _open_in_turn(self, path: Path) -> Store:
+        """Open ``path`` in multiprocess mode: queue on its directory (:func:`_turn`), then
+        poll the store's lock, both with jittered backoff, within ``lock_timeout`` in all."""
+        start = time.monotonic()
+        deadline = start + self.lock_timeout
+        with _turn(path, self.create, deadline) as fd:
+            if fd is None:
+                raise StoreLocked(
+                    f"{path} is wanted by other processes: no turn to open it came in "
+                    f"{self.lock_timeout:g} s")
+            refused: list[StoreLocked] = []
+
+            def attempt() -> Store | None:
+                try:
+                    return self._open_store(path, 0.0)
+                except StoreLocked as exc:
+                    if exc.pid == os.getpid():  # a handle of this process outside this pool
+                        left = max(0.0, deadline - time.monotonic())
+                        return self._open_store(path, left)
+                    refused[:] = [exc]
+                    return None
+
+            store = _until(deadline, attempt)
+        if store is None:
+            raise StoreLocked(f"{refused[0].message}; waited {time.monotonic() - start:.1f} s",
+                              pid=refused[0].pid)
+        return store
+
+    def _locked_hint(self, pid: int | None) -> str:
+        if pid == os.getpid():
+            return ("this process holds the store outside this pool (engramdb.open or another "
+                    "Pool on the same directory): close that handle, or use one Pool")
+        if self.multiprocess:
+            return ("another process kept this user's store for all of lock_timeout: keep "
+                    "sessions short (a store is held for a whole session), hold one user at a "
+                    "time, raise lock_timeout, or route each user to one worker")
+        return ("another process has this user's store open (a Pool keeps idle stores open "
+                "for idle_seconds): if several worker processes serve the same users from "
+                "one root, create each Pool with multiprocess=True, or route each user to one "
+                "process")
 
     def release(self, store: Store) -> None:
         """End one lease taken by :meth:`acquire`; the store may now be closed by the pool.
@@ -328,8 +429,15 @@ class Pool:
         that spans more than one call or runs alongside other threads. Raises as
         :meth:`acquire`.
 
+        Raises InvalidInput in multiprocess mode, where the store would be closed at once.
+
         >>> pool.get("alice").recall("guinea pig")  # doctest: +SKIP
         """
+        if self.multiprocess:
+            raise InvalidInput(
+                "Pool.get() is not available with multiprocess=True: the store would be "
+                "closed (for the other processes) before it is used",
+                hint="use `with pool.session(user_id) as mem:` instead")
         store = self.acquire(user_id)
         self.release(store)
         return store
@@ -394,7 +502,8 @@ class Pool:
     def close_idle(self) -> int:
         """Close the stores nobody holds that have been idle for ``idle_seconds``; return how
         many were closed. Pool calls do this anyway; call it from a timer to free handles
-        while no request arrives."""
+        while no request arrives. (In multiprocess mode there are none: a store closes when
+        its last lease ends.)"""
         with self._cond:
             victims = self._pick_victims()
         self._close_victims(victims)
@@ -427,6 +536,8 @@ class Pool:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.open_count} open"
+        if self.multiprocess:
+            state += ", multiprocess"
         return f"<engramdb.Pool {str(self.root)!r} {state}>"
 
     # -- internals (called with self._cond held, except _close_victims) -----------------------
@@ -438,13 +549,14 @@ class Pool:
     def _pick_victims(self) -> list[tuple[str, _Entry]]:
         """Mark for closing the idle entries and the LRU excess over ``max_open``."""
         now = time.monotonic()
+        idle = 0.0 if self.multiprocess else self.idle_seconds  # free for the other processes
         live = [(k, e) for k, e in self._entries.items() if e.state != _CLOSING]
         excess = len(live) - self.max_open
         victims = []
         for key, entry in live:  # oldest first
             if entry.state != _OPEN or entry.leases:
                 continue
-            if excess > 0 or now - entry.last_used >= self.idle_seconds:
+            if excess > 0 or now - entry.last_used >= idle:
                 entry.state = _CLOSING
                 victims.append((key, entry))
                 excess -= 1
@@ -538,6 +650,66 @@ def _is_closed(store: Store) -> bool:
     return store.closed
 
 
+@contextmanager
+def _turn(path: Path, create: bool, deadline: float) -> Iterator[int | None]:
+    """Wait, until ``deadline`` (a ``time.monotonic()``), for this process's turn to open the
+    store at ``path``: an exclusive ``flock`` on the store's directory, held for the ``with``.
+
+    Yields the directory's descriptor, or None if the turn did not come in time. The lock is
+    the queue of the processes opening that user (the store's ``LOCK`` flock is what keeps the
+    store to one process; nothing else locks the directory): a process that has just closed
+    the store cannot open it again while another process, which holds the turn, waits for
+    it. The directory is made if missing and ``create`` (an empty directory is a store not
+    made yet, which the open then makes); without it, or if it is missing, there is no queue
+    (yields -1) and the open says what is wrong.
+    """
+    if create:
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError:
+            pass  # the open below reports it
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            yield -1  # no directory (or not one): the open raises NotAStore
+            return
+        raise StorageError(f"cannot open the store directory {path}: {exc}") from exc
+    with _TURN_FDS_LOCK:
+        _TURN_FDS.add(fd)
+    try:
+        yield fd if _until(deadline, lambda: _try_flock(fd)) else None
+    finally:
+        with _TURN_FDS_LOCK:
+            _TURN_FDS.discard(fd)
+        os.close(fd)  # releases the flock
+
+
+def _try_flock(fd: int) -> bool | None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return None
+
+
+def _until(deadline: float, attempt: Callable[[], _T | None]) -> _T | None:
+    """Call ``attempt`` until it returns something other than None, or ``deadline`` (a
+    ``time.monotonic()``) passes (then return None). Between tries it sleeps 2 ms, doubling
+    up to 25 ms, each pause drawn from [1/2, 1] of that (jitter: waiters do not retry in
+    step, and none keeps losing the race to the same other one)."""
+    pause = _POLL_FIRST
+    while True:
+        got = attempt()
+        if got is not None:
+            return got
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+        pause = min(pause * 2, _POLL_MAX)
+
+
 def _before_fork() -> None:
     for pool in list(_POOLS):
         try:
@@ -547,6 +719,14 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _TURN_FDS_LOCK
+    _TURN_FDS_LOCK = threading.Lock()  # a parent thread may have held it at the fork
+    for fd in _TURN_FDS:  # the waits of the parent's threads: not this process's turns
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _TURN_FDS.clear()
     for pool in list(_POOLS):
         pool._forked_child()
 
