@@ -410,8 +410,9 @@ class EngramStore(BaseStore):
     its vectors change: a store refuses another encoder with ``ModelMismatch``). Without
     ``index``, ``encoder`` (an engramdb Encoder; default ``HashingEncoder()``) embeds the
     items' text. ``pin``: items never expire (default); False lets engramdb's lifespans forget
-    the unused ones. ``settings``, ``max_open``, ``idle_seconds`` and ``lock_timeout`` go to
-    the :class:`~engramdb.Pool` (one process per root). Close it (or use ``with``) to close
+    the unused ones. ``settings``, ``max_open``, ``idle_seconds``, ``lock_timeout`` and
+    ``multiprocess`` go to the :class:`~engramdb.Pool` (``multiprocess=True`` when several
+    worker processes serve one root). Close it (or use ``with``) to close
     every store.
 
     Raises InvalidInput for a bad argument; see the module docstring for the mapping.
@@ -436,7 +437,8 @@ class EngramStore(BaseStore):
         settings: Settings | dict[str, Any] | None = None,
         max_open: int = 64,
         idle_seconds: float = 300.0,
-        lock_timeout: float = 10.0,
+        lock_timeout: float | None = None,
+        multiprocess: bool = False,
     ) -> None:
         if not isinstance(pin, bool):
             raise InvalidInput(f"pin must be True or False, got {pin!r}")
@@ -450,7 +452,7 @@ class EngramStore(BaseStore):
         self._pin = pin
         self.pool = Pool(root, encoder=_pool_encoder(self._index, encoder, embed_name),
                          settings=settings, max_open=max_open, idle_seconds=idle_seconds,
-                         lock_timeout=lock_timeout)
+                         lock_timeout=lock_timeout, multiprocess=multiprocess)
         """The :class:`~engramdb.Pool` of per-namespace stores (user ids: namespace_user)."""
         self._names_lock = threading.Lock()
         self._names: tuple[frozenset[str], list[Namespace]] | None = None
