@@ -166,3 +166,12 @@ def test_a_reader_without_a_lock_file_still_keeps_writers_out(tmp_path: Path) ->
         assert len(ro) == 61
     with engramdb.open(path) as mem:
         assert mem.verify().ok
+
+
+def test_a_writer_kept_out_by_readers_is_told_so(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _store(path)  # the LOCK file names this process, its last writer
+    with engramdb.open(path, read_only=True):
+        with pytest.raises(StoreLocked, match="read-only") as caught:
+            engramdb.open(path)
+        assert caught.value.pid is None

@@ -57,14 +57,7 @@ class StoreLock:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    pid = _read_pid(fd)
-                    os.close(fd)
-                    who = "this process" if pid == os.getpid() else f"process {pid}"
-                    raise StoreLocked(
-                        f"{self.path.parent} is open in {who}" if pid else
-                        f"{self.path.parent} is open in another process",
-                        pid=pid,
-                    ) from None
+                    raise self._held(fd) from None
                 time.sleep(0.02)
         if self.shared:
             self._fd = fd
@@ -75,6 +68,27 @@ class StoreLock:
         except OSError:
             pass  # the pid is advisory; holding the flock is what matters
         self._fd = fd
+
+    def _held(self, fd: int) -> StoreLocked:
+        """The StoreLocked for a lock someone else holds (``fd`` is closed). The pid in the
+        file is the last writer's: when only read-only opens hold the lock (a shared lock
+        can still be had), it names none of them."""
+        readers = False
+        if not self.shared:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                readers = True
+            except BlockingIOError:
+                pass
+        pid = None if readers else _read_pid(fd)
+        os.close(fd)  # releases the probe's shared lock too
+        if readers:
+            return StoreLocked(f"{self.path.parent} is open read-only by another handle or "
+                               "process", hint="close the read-only handles, then open it "
+                                               "for writing")
+        who = "this process" if pid == os.getpid() else f"process {pid}"
+        return StoreLocked(f"{self.path.parent} is open in {who}" if pid else
+                           f"{self.path.parent} is open in another process", pid=pid)
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
