@@ -67,6 +67,8 @@ class Conv:
     session: list[int] = field(default_factory=list)
     date: list[str] = field(default_factory=list)
     questions: list[dict] = field(default_factory=list)  # question, category, evidence (idx)
+    raw: list[str] = field(default_factory=list)  # what the speaker said, as given
+    caption: list[str] = field(default_factory=list)  # the image caption ("": none)
 
 
 def _norm_dia(e: str) -> list[str]:
@@ -91,6 +93,8 @@ def load(path: Path) -> list[Conv]:
                 txt = f"{t['speaker']}: {t['text']}"
                 if t.get("blip_caption"):
                     txt += f" [image: {t['blip_caption']}]"
+                conv.raw.append(t["text"])
+                conv.caption.append(t.get("blip_caption") or "")
                 conv.dia.append(t["dia_id"])
                 conv.speaker.append(t["speaker"])
                 conv.text.append(txt)

@@ -18,6 +18,8 @@ DURABILITY_MODES = ("full", "fast")
 # What recall did before these settings existed (see Settings.from_stored).
 _BEFORE_COVERAGE = {"turn_lexical": 1.0, "coverage_prior": 0.0, "coverage_context": 0.0,
                     "context_lexical": 0.5, "speaker_prior": 0.5}
+# What recall did before role_lexical existed (see Settings.from_stored).
+_BEFORE_ROLE_LEXICAL = {"role_lexical": False, "role_free_query": False}
 _STORED_HINT = ("the store's MANIFEST.json was edited or damaged: set a valid value in its "
                 "\"settings\" (an int for a whole-number setting, e.g. 5 not 5.0)")
 # Whole-number settings are used as counts, sizes and slice bounds: numpy and DuckDB take
@@ -73,6 +75,13 @@ class Settings:
     coverage_context: float = 2.5  # ... and x this x the coverage of the turn + previous turn
     context_dense: float = 0.5  # share of the previous turn's cosine added to a turn's cosine
     speaker_prior: float = 0.75  # added (in z units) when a turn's role is named in the query
+    # A turn's role (a speaker's name) counts as words of the turn in its query coverage, so
+    # "Caroline" in a question is held by Caroline's turns as if each began "Caroline: ".
+    role_lexical: bool = True
+    # A query that names a speaker is encoded for the dense search with the name replaced by
+    # "they" (recall/query_text.py): no stored vector holds a role, so the name only pulls
+    # the query away from every turn alike. The lexical search keeps the name.
+    role_free_query: bool = True
     date_prior: float = 3.0  # added (in z units) x date affinity: 1 same day, 0.5 same month
     date_key: str = "date"  # metadata key holding an occurrence's date ("" : no dates)
     neighbour_seeds: int = 5  # best hits that pass score to the turns before and after them
@@ -123,7 +132,8 @@ class Settings:
         """Settings recorded by a store (its manifest, an export): as :meth:`from_dict`, but
         a record from before query coverage existed (it names none of its settings) keeps
         the ranking it was made with: a turn's BM25 in full, no coverage, and the context
-        weights of that time where it lacks them.
+        weights of that time where it lacks them; one from before ``role_lexical`` keeps
+        roles out of query coverage.
 
         Raises CorruptStore for a record that is not a dict or holds a value of the wrong
         type or range (an import catches it and names its file).
@@ -133,6 +143,10 @@ class Settings:
                                hint=_STORED_HINT)
         if not any(k in data for k in ("turn_lexical", "coverage_prior", "coverage_context")):
             data = {**_BEFORE_COVERAGE, **data}
+        if "role_lexical" not in data:
+            data = {**_BEFORE_ROLE_LEXICAL, **data}
+        elif "role_free_query" not in data:
+            data = {"role_free_query": False, **data}
         try:
             return cls.from_dict(data)
         except InvalidInput as exc:

@@ -55,6 +55,7 @@ from engramdb.keyed import KeyedMethods
 from engramdb.prompt import format_prompt
 from engramdb.recall.filters import kind_codes, occurrence_filter
 from engramdb.recall.hybrid import check_min_score
+from engramdb.recall.query_text import dense_query
 from engramdb.recall.searcher import Searcher
 from engramdb.recall.snapshot import Snapshot
 from engramdb.settings import Settings
@@ -424,7 +425,10 @@ class Store(KeyedMethods):
         role = check_label(role, "role")
         session = check_label(session, "session")
         meta = encode_metadata(metadata)
-        q = self._encode([norm])[0]
+        q = q_recall = self._encode([norm])[0]  # the turn's own vector, stored as it is
+        if self.settings.role_free_query and (free := dense_query(norm, self._parts.context)) \
+                != norm:
+            q_recall = self._encode([free])[0]  # the recall's: no speaker's name in it
         occ_sql, occ_params = occurrence_filter(where)
         turn = self._turn_path(1) and not occ_sql
         with self._writing(fold=not turn):
@@ -438,7 +442,7 @@ class Store(KeyedMethods):
             # A repeated turn must not recall itself: excluded by eid, not by copying the
             # O(N) mask (0.8 ms at 1M engrams).
             recalled = self._searcher.recall(
-                q, norm, top_k, mask, occ_sql, occ_params, True, now, filtered=bool(occ_sql),
+                q_recall, norm, top_k, mask, occ_sql, occ_params, True, now, filtered=bool(occ_sql),
                 exclude=own.get(ident), visible=hot.visible(now), min_score=min_score)
             # The hits' eids, as the recall found them (no second catalog lookup).
             hit_eids = [h._occurrences.eid_of[h.id] for h in recalled]
@@ -677,7 +681,8 @@ class Store(KeyedMethods):
             q = check_vectors(vector, self.dim, 1)[0]
         else:
             text = normalize_text(query, what="query")
-            q = self._encode([text])[0]
+            q = self._encode([dense_query(text, self._parts.context)
+                              if self.settings.role_free_query else text])[0]
         codes = kind_codes(kinds)
         occ_sql, occ_params = occurrence_filter(where)
         if occ_sql:

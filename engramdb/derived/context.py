@@ -78,6 +78,7 @@ class TurnContext:
         self.last: dict[int, int] = {}  # session code -> eid of the occurrence said last in it
         self.session_len = np.zeros(0, np.float64)  # per code: summed length of its turns
         self.session_turns = np.zeros(0, np.int64)  # per code: its turns
+        self.role_turns = np.zeros(0, np.int64)  # per code: the turns said in that role
         # (k1, b, sessions with turns, BM25 length norm per code, _sessions_version it was
         # computed at): kept while the sessions stand.
         self._session_norm: tuple[float, float, int, np.ndarray, int] | None = None
@@ -193,7 +194,7 @@ class TurnContext:
     def _grow_codes(self, need: int) -> None:
         if need > len(self.session_len):
             size = max(need, 2 * len(self.session_len), 64)
-            for name in ("session_len", "session_turns"):
+            for name in ("session_len", "session_turns", "role_turns"):
                 old = getattr(self, name)
                 new = np.zeros(size, old.dtype)
                 new[: len(old)] = old
@@ -238,10 +239,15 @@ class TurnContext:
 
         prev_i = ints(prev, np.int64)
         sess_i = ints(session, np.int32)
+        role_i = ints(role, np.int32)
         self.prev[eids] = prev_i
         self.session[eids] = sess_i
-        self.role[eids] = ints(role, np.int32)
+        self.role[eids] = role_i
         self.day[eids] = ints(day, np.int32)
+        has_role = role_i >= 0
+        if has_role.any():
+            self._grow_codes(int(role_i.max()) + 1)
+            np.add.at(self.role_turns, role_i[has_role], 1)
         linked = (prev_i >= 0) & (prev_i < self.capacity)
         if linked.any():
             self._link_next(prev_i[linked], eids[linked].astype(np.int64))
@@ -276,6 +282,10 @@ class TurnContext:
             np.subtract.at(self.session_len, sess[has], self.length[eids[has]].astype(np.float64))
             np.subtract.at(self.session_turns, sess[has], 1)
             self._sessions_changed()
+        roles = self.role[eids]
+        roles = roles[(roles >= 0) & (roles < len(self.role_turns))]
+        if len(roles):
+            np.subtract.at(self.role_turns, roles, 1)
         parents = self.prev[eids]
         orphaned = parents[(parents >= 0) & (parents < self.capacity)]
         orphaned = np.unique(orphaned[np.isin(self.next[orphaned], eids)])
@@ -358,6 +368,31 @@ class TurnContext:
         for term in set(query_terms):
             out |= self.role_words.get(term, _NO_ROLES)
         return out
+
+    def role_codes(self, term: str) -> list[int]:
+        """The codes of the roles whose label holds the query term ``term`` (as the
+        tokenizer splits labels) and that some stored turn was said in; a session's label is
+        no role, nor is a role whose turns are all gone."""
+        codes = self.role_words.get(term)
+        if not codes or not self.capacity:
+            return []
+        turns = self.role_turns
+        return [c for c in codes if c < len(turns) and turns[c] > 0]
+
+    def said_in(self, eids: np.ndarray, codes: Sequence[int]) -> np.ndarray:
+        """Which of ``eids`` (non-negative) were said in one of the roles ``codes`` (non-
+        empty)."""
+        cap = self.capacity
+        if len(eids) == 0 or not cap:
+            return np.zeros(len(eids), bool)
+        if int(eids.max()) < cap:
+            roles = self.role[eids]
+        else:  # (-1, no role, never equals a code)
+            roles = np.where(eids < cap, self.role[np.minimum(eids, cap - 1)], -1)
+        held = roles == codes[0]
+        for c in codes[1:]:
+            held |= roles == c
+        return held
 
     def neighbour(self, eids: np.ndarray, visible: np.ndarray, link: np.ndarray, *,
                   ascending: bool = False) -> np.ndarray:

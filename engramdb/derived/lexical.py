@@ -107,11 +107,13 @@ class LexicalMatch:
 class QueryPostings:
     """The postings a query scores (:attr:`LexicalMatch.postings`): its terms' live
     documents, term after term. ``slots`` and ``tfs`` hold all terms' postings one after the
-    other; ``counts[t]`` is how many belong to term ``t`` (its document frequency)."""
+    other; ``counts[t]`` is how many belong to term ``t`` (its document frequency), and
+    ``terms[t]`` is that term."""
 
     slots: np.ndarray
     tfs: np.ndarray
     counts: list[int]
+    terms: tuple[str, ...] = ()
 
 
 _DOCS_SCHEMA = pa.schema([("eid", pa.int64()), ("len", pa.int32())])
@@ -427,21 +429,23 @@ class LexicalIndex:
         """The postings of the query terms that scoring uses, term after term: the live
         documents holding each (terms no live document holds are left out)."""
         parts: list[tuple[np.ndarray, np.ndarray]] = []
+        held: list[str] = []
         if self._n_live:
-            for tid in self._query_tids(terms):
+            for term, tid in self._query_tids(terms):
                 slots, tfs = self._postings(tid)
                 if self._dead:
                     live = self._live[slots]
                     slots, tfs = slots[live], tfs[live]
                 if len(slots):
                     parts.append((slots, tfs))
+                    held.append(term)
         if len(parts) == 1:
-            return QueryPostings(parts[0][0], parts[0][1], [len(parts[0][0])])
+            return QueryPostings(parts[0][0], parts[0][1], [len(parts[0][0])], tuple(held))
         if not parts:
             return QueryPostings(np.empty(0, np.int32), np.empty(0, np.float32), [])
         return QueryPostings(np.concatenate([sl for sl, _ in parts]),
                              np.concatenate([tf for _, tf in parts]),
-                             [len(sl) for sl, _ in parts])
+                             [len(sl) for sl, _ in parts], tuple(held))
 
     def _idf(self, counts: Sequence[int]) -> np.ndarray:
         """BM25 idf (float64) of terms held by ``counts`` live documents each."""
@@ -490,16 +494,16 @@ class LexicalIndex:
         nz = acc.nonzero()[0]
         return nz, acc[nz].astype(np.float32)
 
-    def _query_tids(self, terms: Sequence[str]) -> list[int]:
-        """Term ids of the distinct known query terms that scoring uses."""
-        tids = [t for t in (self._vocab.get(term) for term in dict.fromkeys(terms))
-                if t is not None]
+    def _query_tids(self, terms: Sequence[str]) -> list[tuple[str, int]]:
+        """(term, term id) of the distinct known query terms that scoring uses."""
+        tids = [(term, t) for term, t in ((term, self._vocab.get(term))
+                                          for term in dict.fromkeys(terms)) if t is not None]
         if self._n_live >= COMMON_TERM_MIN_DOCS and len(tids) > 1:
             # A term in more than half of a large index (idf < ln 2, against 7 or more for a
             # rare one) barely moves a score but costs a pass over most documents: at 1M
             # engrams, 27 ms per query. Skip such terms while the query has rarer ones.
             half = self._n_live / 2
-            rare = [t for t in tids if self._df_estimate(t) <= half]
+            rare = [(term, t) for term, t in tids if self._df_estimate(t) <= half]
             tids = rare or tids
         return tids
 

@@ -2,8 +2,11 @@
 
 A memory store knows when something was said only if the application tells it: an occurrence's
 metadata may carry a date under ``Settings.date_key`` (default ``"date"``), as ISO 8601
-(``"2023-05-08"``, ``"2023-05-08T13:56:00"``) or as English text (``"8 May, 2023"``,
-``"May 8, 2023"``, ``"1:56 pm on 8 May, 2023"``). Questions name dates the same ways ("What did
+(``"2023-05-08"``, ``"2023-05-08T13:56:00"``, also ``"2023/05/08"``, ``"2023.05.08"`` and
+``"20230508"``), as English text (``"8 May, 2023"``, ``"May 8, 2023"``, ``"8-May-2023"``,
+``"1:56 pm on 8 May, 2023"``) or as a Unix time in seconds or milliseconds (a number, or
+digits in a string; UTC). All-numeric day-month orders (``"08/05/2023"``) are ambiguous
+between countries and are not read. Questions name dates the same ways ("What did
 Gina find on 1 February, 2023?", "... in May 2023?"). On LoCoMo, boosting turns said on the day
 (or in the month) a question names lifted evidence recall@10 by about 1.5 points on held-out
 conversations (docs/quality.md); nothing else here needs a date.
@@ -34,11 +37,21 @@ _MONTHS = {m: i + 1 for i, m in enumerate(
 _MONTHS.update({m[:3]: i for m, i in list(_MONTHS.items())})
 _MONTHS["sept"] = 9
 _MON = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
-_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
-_DMY = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+" + _MON + r",?\s+(\d{4})\b")
-_MDY = re.compile(r"\b" + _MON + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b")
+# Year first, with one separator throughout: 2023-05-08, 2023/05/08, 2023.05.08.
+_ISO = re.compile(r"\b(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?!\d)")
+# Day and month name, or month name and day, then the year: spaces, a comma, or dashes
+# (8 May, 2023; 8-May-2023; May 8th 2023; Sept. 8, 2023).
+_DMY = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?(?:\s+|-)" + _MON + r",?(?:\s+|-)(\d{4})\b")
+_MDY = re.compile(r"\b" + _MON + r"(?:\s+|-)(\d{1,2})(?:st|nd|rd|th)?,?(?:\s+|-)(\d{4})\b")
+_COMPACT = re.compile(r"\s*(\d{4})(\d{2})(\d{2})\s*")  # a whole value like 20230508
+_NUMBER = re.compile(r"\s*\d{9,14}(?:\.\d*)?\s*")
+# Unix time: seconds from 1973-03-03 to 5138, milliseconds past that (a number below is no
+# date: 42 is not 1970-01-01).
+_EPOCH_SECONDS = (1e8, 1e11)
+_EPOCH_MILLIS = (1e11, 1e14)
 _MY = re.compile(r"\b" + _MON + r",?\s+(\d{4})\b")
 _YEAR = re.compile(r"\d{4}")  # every pattern above names a four-digit year
+_PATTERNS = ((_ISO, "ymd"), (_DMY, "dmy"), (_MDY, "mdy"))
 
 
 def _day(year: int, month: int, day: int) -> int | None:
@@ -54,17 +67,42 @@ def parse_day(value: Any) -> int | None:
     >>> parse_day("1:56 pm on 8 May, 2023") == parse_day("2023-05-08")
     True
     """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _epoch_day(float(value))
     if not isinstance(value, str):
         return None
     text = value.lower()
-    for pattern, order in ((_ISO, "ymd"), (_DMY, "dmy"), (_MDY, "mdy")):
+    for pattern, order in _PATTERNS:
         m = pattern.search(text)
         if m:
-            parts = dict(zip(order, m.groups(), strict=True))
-            month = parts["m"]
-            month_no = int(month) if month.isdigit() else _MONTHS[month]
-            return _day(int(parts["y"]), month_no, int(parts["d"]))
+            return _match_day(m, order)
+    m = _COMPACT.fullmatch(text)
+    if m:
+        return _day(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    if _NUMBER.fullmatch(text):  # a Unix time written as text (as a rebuild reads it back)
+        return _epoch_day(float(text))
     return None
+
+
+def _epoch_day(seconds: float) -> int | None:
+    """The UTC day of a Unix time in seconds or milliseconds (:data:`_EPOCH_SECONDS`,
+    :data:`_EPOCH_MILLIS`); None outside those ranges (or not finite)."""
+    if _EPOCH_MILLIS[0] <= seconds < _EPOCH_MILLIS[1]:
+        seconds /= 1000.0
+    elif not _EPOCH_SECONDS[0] <= seconds < _EPOCH_SECONDS[1]:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).date().toordinal()
+
+
+def _match_day(m: re.Match[str], order: str) -> int | None:
+    """The day a match of one of :data:`_PATTERNS` names (None: no such day)."""
+    groups = m.groups()
+    if order == "ymd":  # (year, separator, month, day)
+        groups = (groups[0], groups[2], groups[3])
+    parts = dict(zip(order, groups, strict=True))
+    month = parts["m"]
+    month_no = int(month) if month.isdigit() else _MONTHS[month]
+    return _day(int(parts["y"]), month_no, int(parts["d"]))
 
 
 class QueryDates:
@@ -110,12 +148,9 @@ def query_dates(text: str) -> QueryDates:
     if not _YEAR.search(low):
         return QueryDates(days, set())
     spans: list[tuple[int, int]] = []
-    for pattern, order in ((_ISO, "ymd"), (_DMY, "dmy"), (_MDY, "mdy")):
+    for pattern, order in _PATTERNS:
         for m in pattern.finditer(low):
-            parts = dict(zip(order, m.groups(), strict=True))
-            month = parts["m"]
-            month_no = int(month) if month.isdigit() else _MONTHS[month]
-            day = _day(int(parts["y"]), month_no, int(parts["d"]))
+            day = _match_day(m, order)
             if day is not None:
                 days.add(day)
                 spans.append(m.span())

@@ -24,6 +24,7 @@ turns' BM25 and the sessions' alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,6 +226,49 @@ def _priors(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query: 
     return session, speaker, date, speaker_prior, date_prior
 
 
+def _coverage_terms(s: Settings, ctx: TurnContext, lex: LexicalIndex, query: _Query,
+                    cp: _Pool) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """The query terms' idf, document frequencies and postings (term, eid) that query
+    coverage counts: the BM25 postings, plus, with ``role_lexical``, each query term that
+    is a word of a role label as held by the candidates and previous turns said in that
+    role (as if every turn began with its speaker's name). Such a term's document frequency
+    counts the turns whose text holds it or that were said in the role (each once), its
+    idf is BM25's over that count."""
+    found = query.found
+    term_idf, counts = found.term_idf, found.postings.counts
+    posting_term, posting_eids = query.posting_term, found.posting_eids
+    words = ctx.role_words
+    named = [t for t in dict.fromkeys(query.terms) if t in words] if s.role_lexical else []
+    roles = [(t, c) for t, c in ((t, ctx.role_codes(t)) for t in named) if c]
+    if not roles:
+        return term_idf, counts, posting_term, posting_eids
+    terms = list(found.postings.terms)
+    idf, dfs = term_idf.tolist(), list(counts)
+    starts = np.concatenate(([0], np.cumsum(counts))).tolist()
+    extra_term: list[np.ndarray] = []
+    extra_eid: list[np.ndarray] = []
+    n = len(lex)
+    for term, codes in roles:
+        said = int(sum(int(ctx.role_turns[c]) for c in codes))
+        if term in terms:  # its text holders said in the role are counted once
+            k = terms.index(term)
+            text_holders = posting_eids[starts[k]:starts[k + 1]]
+            dfs[k] += said - int(np.count_nonzero(ctx.said_in(text_holders, codes)))
+        else:
+            k = len(dfs)
+            terms.append(term)
+            dfs.append(said)
+            idf.append(0.0)
+        df = min(dfs[k], n)
+        idf[k] = math.log1p((n - df + 0.5) / (df + 0.5))
+        holders = cp.need[ctx.said_in(cp.need, codes)]
+        extra_term.append(np.full(len(holders), k, np.int64))
+        extra_eid.append(holders)
+    return (np.array(idf, np.float64), dfs,
+            np.concatenate([posting_term, *extra_term]),
+            np.concatenate([posting_eids, *extra_eid]))
+
+
 def _evidence(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query: _Query,
               cp: _Pool, weight: float,
               ) -> tuple[hybrid.ContextEvidence, hybrid.ContextWeights, np.ndarray]:
@@ -234,12 +278,10 @@ def _evidence(s: Settings, ctx: TurnContext, lex: LexicalIndex, text: str, query
     zeros = np.zeros(len(cp.cands), np.float64)
     # Coverage feeds relevance even where the mix gives it no weight (stores made before
     # coverage existed): there it is left out of the evidence, so the score parts say 0.
-    found = query.found
-    cover, cover_prev = hybrid.coverage(found.term_idf, query.posting_term,
-                                        found.posting_eids, cp.need, cp.at_c,
-                                        np.where(cp.has_prev, cp.at_p, -1))
-    held = hybrid.held_share(found.term_idf, found.postings.counts,
-                             len(dict.fromkeys(query.terms)))
+    term_idf, counts, posting_term, posting_eids = _coverage_terms(s, ctx, lex, query, cp)
+    cover, cover_prev = hybrid.coverage(term_idf, posting_term, posting_eids, cp.need,
+                                        cp.at_c, np.where(cp.has_prev, cp.at_p, -1))
+    held = hybrid.held_share(term_idf, counts, len(dict.fromkeys(query.terms)))
     relevance = hybrid.relevance(cp.cos, cover, cover_prev, held)
     if not s.coverage_prior:
         cover = cover_prev = zeros
