@@ -1,6 +1,7 @@
 """Crash safety: SIGKILL a writer during ingest_many; no acknowledged write may be lost.
 
-The default suite runs 30 kills; set ENGRAMDB_CRASH_KILLS=300 for a long campaign.
+The default suite runs 30 kills; set ENGRAMDB_CRASH_KILLS=300 for a long campaign (``-s``
+prints the figures).
 """
 
 from __future__ import annotations
@@ -34,12 +35,24 @@ def _acknowledged(log: Path) -> dict[str, str]:
     return acked
 
 
+def _cut_torn_tail(log: Path) -> None:
+    """Cut a last line the killed writer left unfinished, so that the next writer's first
+    line does not run into it (and get skipped with it)."""
+    if not log.exists():
+        return
+    data = log.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(log, "r+b") as fh:
+            fh.truncate(end)
+
+
 def test_sigkill_during_ingest_never_loses_acknowledged_writes(tmp_path: Path) -> None:
     kills = int(os.environ.get("ENGRAMDB_CRASH_KILLS", "30"))
     store, log = tmp_path / "crash.engram", tmp_path / "acks.jsonl"
     rng = random.Random(1234)
     enc = HashingEncoder(dim=32)
-    checked = 0
+    checked = total = 0
     for i in range(kills):
         proc = subprocess.Popen(
             [PYTHON, str(HELPERS / "crash_writer.py"), str(store), str(log), str(i)],
@@ -58,6 +71,7 @@ def test_sigkill_during_ingest_never_loses_acknowledged_writes(tmp_path: Path) -
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
+        _cut_torn_tail(log)
         acked = _acknowledged(log)
         with engramdb.open(store, encoder=enc) as mem:
             report = mem.verify()
@@ -70,4 +84,7 @@ def test_sigkill_during_ingest_never_loses_acknowledged_writes(tmp_path: Path) -
             for ident in rng.sample(ids, min(20, len(ids))):
                 assert mem.get(ident).text == normalize_text(acked[ident])
             checked = len(ids)
+            total += checked
     assert checked > 0, "the writer never acknowledged anything: the test proved nothing"
+    print(f"\n[crash] {kills} kills, 0 acknowledged writes lost: {checked} acknowledged ids "
+          f"checked after the last kill (id, exact vector, 20 texts), {total} id checks in all")

@@ -33,6 +33,7 @@ from engramdb.content import check_vectors, normalize_text
 from engramdb.encoders import HashingEncoder
 from engramdb.transfer import export_store, import_store
 from tests.conftest import HELPERS, PYTHON, python_env
+from tests.test_crash import _cut_torn_tail
 
 LONG = os.environ.get("ENGRAMDB_CRASH_LONG") == "1"
 KILLS = int(os.environ.get("ENGRAMDB_CRASH_POINT_KILLS", "100" if LONG else "8"))
@@ -112,6 +113,7 @@ def _kill_after_progress(proc: subprocess.Popen, log: Path, rng: random.Random,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+    _cut_torn_tail(log)
 
 
 def _check_store(path: Path, led: Ledger, rng: random.Random) -> int:

@@ -309,3 +309,32 @@ def test_cli_command_error_wins_over_a_close_failure(tmp_path: Path,
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 1 and "no live engram" in result.output, result.output
     assert "No space left" not in result.output
+
+
+def test_a_closed_handle_keeps_no_segment_file_open(tmp_path: Path) -> None:
+    """A closed Store may live on in a reference cycle until the garbage collector runs; its
+    segment maps (a descriptor each) must go at close(), or a process that opens many stores
+    runs out of descriptors (and a map that fails for that is a StorageError, not damage)."""
+    def vec_fds() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").endswith(".vec")
+            except OSError:
+                pass
+        return n
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    path = tmp_path / "m"
+    enc = HashingEncoder(dim=32)
+    with engramdb.open(path, encoder=enc, settings={"segment_bytes": 4096}) as mem:
+        mem.ingest_many([f"text {i}" for i in range(640)])  # 20 segment files
+    gc.disable()  # stands in for a garbage collector that runs late
+    try:
+        for _ in range(3):
+            with engramdb.open(path, encoder=enc) as mem:
+                mem.recall("text 5", top_k=3)
+            assert vec_fds() == 0
+    finally:
+        gc.enable()

@@ -47,6 +47,9 @@ def release_handle(parts: Parts, lock: StoreLock, stop: threading.Event,
             parts.indexer.close()
         if parts.catalog is not None:
             parts.catalog.close()
+        segments = getattr(parts, "segments", None)
+        if segments is not None:
+            segments.close()  # its maps hold descriptors; a dropped handle may linger
         journal = getattr(parts, "journal", None)
         if journal is not None:
             journal.close()  # turns not folded stay in it: the next open replays them

@@ -291,6 +291,14 @@ class SegmentStore:
             except (OSError, StorageError, CorruptStore):
                 pass  # recovery on the next open cuts it too
 
+    def close(self) -> None:
+        """Drop the cached maps (each holds a descriptor of its file): a closed handle may
+        live on in a reference cycle until the garbage collector runs, and must not keep its
+        files open meanwhile."""
+        with self._maps_lock:
+            self._maps_epoch += 1
+            self._maps.clear()
+
     def remove(self, segs: list[int]) -> None:
         """Delete segment files that a committed compaction no longer references."""
         with self._maps_lock:
@@ -333,7 +341,14 @@ class SegmentStore:
         try:
             mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(rows, self.dim)).view(
                 np.ndarray)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # the process, not the file
+                raise StorageError(f"cannot map segment {path.name}: {exc}",
+                                   hint="the process is out of file descriptors or memory: "
+                                        "close stores it no longer uses, or raise ulimit -n"
+                                   ) from exc
+            raise CorruptStore(f"cannot map segment {path.name}: {exc}") from exc
+        except ValueError as exc:
             raise CorruptStore(f"cannot map segment {path.name}: {exc}") from exc
         with self._maps_lock:
             if self._maps_epoch == epoch:
