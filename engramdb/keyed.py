@@ -159,9 +159,7 @@ class KeyedMethods:
         """Write a prepared call batch by batch: small batches through the turn journal,
         bulk ones and those that replace a stored key's occurrence to the catalog."""
         keyed = prepared.keys is not None and any(k is not None for k in prepared.keys)
-        if keyed and not upsert:
-            with self._writing(fold=False):  # refuse before the first batch is written
-                self._refuse_stored([k for k in prepared.keys or () if k is not None])
+        every_key = [k for k in prepared.keys or () if k is not None]
         n, step = len(prepared.ids), self.settings.batch_rows
         results: list[IngestResult] = []
         bar = progress_bar(n, progress, "upsert" if upsert else "ingest")
@@ -171,7 +169,10 @@ class KeyedMethods:
                 with self._writing(fold=False):
                     turn = self._turn_path(len(batch.ids))
                     if keyed:
-                        done, turn = self._keyed_batch(batch, upsert, turn)
+                        # An ingest checks every key of the call under the first batch's
+                        # lock (nothing is written if one is stored), then its own keys.
+                        done, turn = self._keyed_batch(batch, upsert, turn,
+                                                       every_key if start == 0 else None)
                     else:
                         if not turn:
                             self._committer.fold()
@@ -187,23 +188,19 @@ class KeyedMethods:
                 bar.close()
         return results
 
-    def _refuse_stored(self, keys: list[str]) -> None:
-        stored = lookup_keys(self._parts, keys)
-        if stored:
-            first = min(stored)
-            raise InvalidInput(
-                f"key {first!r} is already stored"
-                + (f" (and {len(stored) - 1} more)" if len(stored) > 1 else ""),
-                hint="upsert() replaces a key's occurrence; forget(keys=...) removes it")
-
-    def _keyed_batch(self, batch: Batch, upsert: bool, turn: bool
+    def _keyed_batch(self, batch: Batch, upsert: bool, turn: bool, check: list[str] | None
                      ) -> tuple[list[IngestResult], bool]:
         """One keyed batch in one commit, and whether it took the turn journal: new keys
-        may; an upsert of stored keys removes what they held in a catalog commit."""
+        may; an upsert of stored keys removes what they held in a catalog commit. An ingest
+        refuses stored keys among ``check`` (default: the batch's own)."""
         keys = [k for k in batch.keys or () if k is not None]
-        found = lookup_keys(self._parts, keys)
+        found = lookup_keys(self._parts, keys if upsert or check is None else check)
         if found and not upsert:
-            self._refuse_stored(keys)  # a key stored since the call's first check
+            first = min(found)
+            raise InvalidInput(
+                f"key {first!r} is already stored"
+                + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""),
+                hint="upsert() replaces a key's occurrence; forget(keys=...) removes it")
         if turn and not found:
             return self._writer.ingest_batch(batch, journal=True), True
         self._committer.fold()

@@ -139,10 +139,11 @@ class SegmentStore:
                     f"segment {path.name} holds {size} bytes, but {want} are committed"
                 )
             if size > want:
-                if not dry_run:
-                    self._truncate(path, want)
-                actions.append(f"{'' if dry_run else 'truncated '}{size - want} unacknowledged "
-                               f"bytes {'at the end of' if dry_run else 'from'} {path.name}")
+                if dry_run:
+                    actions.append(f"{size - want} unacknowledged bytes at the end of {path.name}")
+                    continue
+                self._truncate(path, want)
+                actions.append(f"truncated {size - want} unacknowledged bytes from {path.name}")
         known = {segment_name(s) for s in committed}
         for name, path in on_disk.items():
             if name not in known and _SEGMENT_FILE.match(name):

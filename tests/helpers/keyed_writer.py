@@ -34,22 +34,15 @@ import random
 import sys
 from typing import Any
 
+# Run as a script: its own folder is on sys.path. The fsynced log and the words are the
+# crash-point campaign's.
+from crash_ops import WORDS, AckLog
+
 import engramdb
 from engramdb.encoders import HashingEncoder
 
 DIM = 32
-WORDS = "oscar guinea pig paris sister carrots weather rain coffee piano guitar train".split()
 SHARED = 6  # texts "shared j" that several keys hold at once (one engram, many occurrences)
-
-
-class Log:
-    def __init__(self, path: str) -> None:
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives until the kill
-
-    def write(self, **entry: Any) -> None:
-        self._fh.write(json.dumps(entry) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
 
 
 def _logged_keys(path: str) -> list[str]:
@@ -79,7 +72,7 @@ class Writer:
         self.mem = engramdb.open(store, encoder=self.enc, settings=self.settings)
         held = self.mem.get_keys(_logged_keys(log_path))
         self.live: dict[str, str] = {k: e.text for k, e in held.items()}  # key -> text
-        self.log = Log(log_path)
+        self.log = AckLog(log_path)
         self.n = 0
         self.ops = 0
 
