@@ -104,6 +104,38 @@ def _bulk(path: Path, n: int) -> dict[str, float]:
     return out
 
 
+def _alone(path: Path, reps: int) -> dict[str, float]:
+    """Catalog-path writes with no turn between them (so no fold or mirror reload is
+    counted), on 1,000 keyed engrams, beside an ingest with the journal on and off."""
+    out: dict[str, list[float]] = {}
+
+    def timed(name: str, call: Callable[[], object]) -> None:
+        t = time.perf_counter()
+        call()
+        out.setdefault(name, []).append(time.perf_counter() - t)
+
+    for journal in (True, False):
+        settings = None if journal else {"journal_max_engrams": 0}
+        with engramdb.open(path / f"alone-{journal}", encoder=HashingEncoder(dim=384),
+                           settings=settings) as mem:
+            _fill(mem, 1000)
+            for r in range(reps):
+                timed(f"ingest (journal {'on' if journal else 'off'})",
+                      lambda r=r: mem.ingest(f"an unkeyed turn {r}"))
+            if not journal:
+                continue
+            for r in range(reps):
+                text = f"stored memory number {r} about topic {r % 97}"
+                timed("upsert same text", lambda r=r, t=text: mem.upsert(
+                    f"doc-{r}", t, metadata={"round": r}))
+            for r in range(reps):
+                timed("upsert new text", lambda r=r: mem.upsert(f"doc-{r}", f"edited {r}"))
+            for _ in range(reps):
+                ident = mem.engrams(limit=1)[0].id
+                timed("forget(id)", lambda i=ident: mem.forget(i))
+    return {name: statistics.median(v) * 1e3 for name, v in out.items()}
+
+
 def main() -> None:
     """Run the measurements and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -119,10 +151,14 @@ def main() -> None:
         for size in sizes:
             results[size] = _measure(Path(tmp) / f"s{size}", size, args.reps)
         bulk = _bulk(Path(tmp) / "bulk", args.bulk)
+        alone = _alone(Path(tmp), args.reps)
     print("| operation (p50 ms) | " + " | ".join(f"{s:,} engrams" for s in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for op in OPS:
         print(f"| {op} | " + " | ".join(f"{results[s][op]:.2f}" for s in sizes) + " |")
+    print("\n| alone, 1,000 keyed engrams (p50 ms) | |\n|---|---|")
+    for name, ms in alone.items():
+        print(f"| {name} | {ms:.2f} |")
     print(f"\n| bulk, {args.bulk:,} rows | rows/s |\n|---|---|")
     for name, rate in bulk.items():
         print(f"| {name} | {rate:,.0f} |")
