@@ -19,8 +19,9 @@ R@1/5/10/20 and all-evidence-hit@10, overall and per category, for:
 
 ``--as-app`` stores every conversation twice: in the lab's *prefixed* form (each turn's text
 is "speaker: text [image: caption]") and as a chatbot stores it (*app*: the text alone, the
-speaker as role, the session, and metadata ``{"date", "dia_id", "image_caption"}``), runs the
-pipelines (default: hybrid and hybrid+assoc+forget) on both, and adds R@5 and R@10 with 95%
+speaker as role, the session, and metadata ``{"date", "dia_id", "image_caption"}``, with
+``lexical_metadata="image_caption"`` so the caption is searched as words of the turn), runs
+the pipelines (default: hybrid and hybrid+assoc+forget) on both, and adds R@5 and R@10 with 95%
 bootstrap intervals over questions, per category, and the paired difference app - prefixed,
 then the paired recall latency of the two hybrid stores with cached query vectors.
 ``--set`` gives settings to every pipeline (``--set role_lexical=false``: the formula before
@@ -64,6 +65,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo
     "locomo-dev.json")
 NO_FORGETTING = {"short_term_lifespan": 1e12, "long_term_lifespan": 1e12}
 DEV_SPLIT = {"conv-26", "conv-30", "conv-41"}  # ../shared/data/locomo/README.md
+# What an app storing the caption as metadata sets to have it searched (Settings docs).
+APP_SETTINGS = {"lexical_metadata": "image_caption"}
 
 
 def turns(conv: Conv, form: str) -> tuple[list[str], list[dict]]:
@@ -244,9 +247,9 @@ def run_pipelines(convs: list[Conv], names: list[str], forms: list[str], encoder
     (with " (form)" when there are two forms)."""
     results, latency, all_rows = {}, {}, {}
     for name in names:
-        settings, through_integrate, associative, context = PIPELINES[name]
-        settings = settings | extra
+        base, through_integrate, associative, context = PIPELINES[name]
         for form in forms:
+            settings = base | (APP_SETTINGS if form == "app" else {}) | extra
             key = name if len(forms) == 1 else f"{name} ({form})"
             rows, times = [], []
             for conv in convs:

@@ -48,8 +48,10 @@ def texts(conv: lab.Conv, form: str) -> list[str]:
     out = []
     for sp, raw, cap in zip(conv.speaker, conv.raw, conv.caption, strict=True):
         text = raw if form in ("raw", "rawcap") else f"{sp}: {raw}"
-        if cap and form in ("pref", "rawcap"):
+        if cap and form == "pref":
             text += f" [image: {cap}]"
+        elif cap and form == "rawcap":  # as Settings.lexical_metadata indexes it
+            text += f" {cap}"
         out.append(text)
     return out
 

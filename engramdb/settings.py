@@ -82,6 +82,11 @@ class Settings:
     # "they" (recall/query_text.py): no stored vector holds a role, so the name only pulls
     # the query away from every turn alike. The lexical search keeps the name.
     role_free_query: bool = True
+    # Metadata keys whose values are searched as words of the engram (comma-separated, e.g.
+    # "image_caption,title"): BM25 indexes the text followed by those values of the
+    # occurrence that first stored the text. A change re-indexes the store on its next
+    # writable open. The dense vector stays the text's own.
+    lexical_metadata: str = ""
     date_prior: float = 3.0  # added (in z units) x date affinity: 1 same day, 0.5 same month
     date_key: str = "date"  # metadata key holding an occurrence's date ("" : no dates)
     neighbour_seeds: int = 5  # best hits that pass score to the turns before and after them
@@ -217,6 +222,13 @@ def _checked_choice(name: str, value: str) -> str:
         )
     if name == "vector_dtype" and value not in ("float32", "float16"):
         raise InvalidInput(f"vector_dtype must be float32 or float16, got {value!r}")
+    if name == "lexical_metadata":
+        keys = value.split(",")
+        if value and not all(k.strip() for k in keys):
+            raise InvalidInput(f"lexical_metadata holds an empty key: {value!r}",
+                               hint='name metadata keys separated by commas, e.g. '
+                                    '"image_caption,title" ("" searches none)')
+        return ",".join(k.strip() for k in keys) if value else value
     return value
 
 

@@ -8,19 +8,21 @@ is read and replaced only as a regular file (a link there is refused: CorruptSto
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
 
 from engramdb.content import decompress_text
 from engramdb.derived.context import TurnContext
-from engramdb.derived.lexical import TOKENIZER_ID, LexicalIndex
+from engramdb.derived.lexical import TOKENIZER_ID, LexicalIndex, lexical_document
 from engramdb.engine.commit import Committer
 from engramdb.engine.parts import Parts
 from engramdb.errors import CorruptStore, EngramError, StorageError
 from engramdb.storage.fsio import check_regular
 from engramdb.storage.schema import CONTEXT_TABLES, LEXICAL_TABLES
 
+log = logging.getLogger(__name__)
 # BM25 postings as of the last close (derived; see load_lexical).
 LEXICAL_SNAPSHOT = "lexical.snapshot"
 
@@ -71,22 +73,39 @@ class DerivedLoader:
             "SELECT count(*) FROM engrams e ANTI JOIN lex_docs d ON d.eid = e.eid")[0][0]
         if stale:
             parts.check_writable("rebuilding the lexical index (a writable open does it)")
-            self._rederive_lexical()
+            count = self._rederive_lexical()
+            self.recovered.append(f"rebuilt the lexical index of {count} engrams")
         try:
             return LexicalIndex.load(con)
         except duckdb.Error as exc:
             raise CorruptStore(f"lexical index tables are unreadable: {exc}") from exc
 
-    def _rederive_lexical(self) -> None:
+    def reindex_lexical(self) -> None:
+        """Index every engram's words again, as ``Settings.lexical_metadata`` now names
+        them (an open that changed it: the stored documents were made with other keys)."""
+        count = self._rederive_lexical()
+        self.parts.lexical = LexicalIndex.load(self.parts.catalog.con)
+        log.info("%s: re-indexed the words of %d engrams for lexical_metadata=%r",
+                 self.parts.path, count, self.parts.settings.lexical_metadata)
+
+    def _rederive_lexical(self) -> int:
         self.snapshot_path.unlink(missing_ok=True)
         lex = LexicalIndex()
-        rows = self.parts.query("SELECT eid, text FROM engrams ORDER BY eid")
-        batch = lex.add_rows([r[0] for r in rows], [decompress_text(r[1]) for r in rows])
+        keys = self.parts.settings.lexical_metadata
+        if keys:  # each engram's words: its text and its earliest occurrence's named values
+            rows = self.parts.query(
+                "SELECT e.eid, e.text, o.metadata FROM engrams e LEFT JOIN (SELECT eid, "
+                "metadata FROM occurrences QUALIFY row_number() OVER (PARTITION BY eid "
+                "ORDER BY seq) = 1) o ON o.eid = e.eid ORDER BY e.eid")
+        else:
+            rows = self.parts.query("SELECT eid, text, NULL FROM engrams ORDER BY eid")
+        batch = lex.add_rows([r[0] for r in rows], [
+            lexical_document(decompress_text(r[1]), r[2], keys) for r in rows])
         with self.committer.commit(bump=False) as c:
             c.con.execute("DELETE FROM lex_postings")
             c.con.execute("DELETE FROM lex_docs")
             LexicalIndex.insert(c.con, batch)
-        self.recovered.append(f"rebuilt the lexical index of {len(rows)} engrams")
+        return len(rows)
 
     def _snapshot(self, tables: dict[str, int]) -> LexicalIndex | None:
         """The BM25 index from ``lexical.snapshot`` if it matches the catalog (``tables``:

@@ -194,7 +194,13 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
             raise InvalidInput("vector_dtype cannot change after a store is created")
         manifest.settings = settings.to_dict()
         if record:
+            # A new lexical_metadata is recorded once the store is re-indexed under it
+            # (Opening.replay): a crash before that leaves the old one, which the stored
+            # BM25 documents still follow.
+            changed = manifest.settings
+            manifest.settings = {**changed, "lexical_metadata": before.get("lexical_metadata", "")}
             manifest.write(path)
+            manifest.settings = changed
     return manifest, before
 
 
@@ -313,6 +319,13 @@ class Opening:
             self.committer.fold()
         if todo:
             self.recovered.append(f"replayed {len(todo)} turns from the turn journal")
+        # BM25 documents hold the metadata values the settings name (derived/lexical.py):
+        # after the replayed turns, which were indexed under the settings they were written
+        # with, every document is made again under the new names.
+        stored = self.replay_settings.get("lexical_metadata", "")
+        if stored != parts.settings.lexical_metadata and not parts.read_only:
+            self.loader.reindex_lexical()
+            parts.manifest.write(parts.path)
         for action in self.recovered:  # the open's last step: everything recovery did
             log.warning("recovery of %s: %s", parts.path, action)
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from engramdb.content import compress_text, content_id, is_id, vector_checksum
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
-from engramdb.derived.lexical import LexicalIndex
+from engramdb.derived.lexical import LexicalIndex, lexical_document
 from engramdb.engine import links as lk
 from engramdb.engine.commit import Commit, Committer, NewEngrams
 from engramdb.engine.keys import lookup_keys
@@ -283,7 +283,9 @@ class Writer:
             "last_tick": pa.array(np.full(n, now, np.int64)),
         })
         lexical = self.parts.lexical
-        lex_rows = lexical.add_rows(plan.new_eids, [batch.texts[i] for i in new_idx])
+        keys = self.parts.settings.lexical_metadata
+        lex_rows = lexical.add_rows(plan.new_eids, [
+            lexical_document(batch.texts[i], batch.metas[i], keys) for i in new_idx])
         if c.mirror is not None:
             c.mirror.add_engrams(engram_rows, lex_rows)
         else:
