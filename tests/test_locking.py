@@ -54,7 +54,9 @@ def test_waits_up_to_its_timeout(store_path: Path, encoder) -> None:
         start = time.monotonic()
         with pytest.raises(StoreLocked):
             engramdb.open(store_path, lock_timeout=0.3)
-        assert 0.25 < time.monotonic() - start < 2.0
+        # It waited its timeout and then gave up; the upper bound only says it did not hang
+        # (a loaded 2-core CI machine took 2.2 s once).
+        assert 0.25 < time.monotonic() - start < 15.0
 
 
 def test_same_process_second_handle_is_refused(store_path: Path, encoder) -> None:
