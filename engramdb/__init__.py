@@ -12,11 +12,11 @@ One memory file (a directory) per user, opened in-process like SQLite::
 
 from engramdb import encoders, errors
 from engramdb.pool import Pool
+from engramdb.reembed import reembed
 from engramdb.settings import Settings
 from engramdb.store import Store, open  # noqa: A004 - engramdb.open is the front door
 from engramdb.types import Engram, IngestResult, Kind, Occurrence, Recall, VerifyReport
-
-__version__ = "0.1.0"
+from engramdb.version import __version__
 
 __all__ = [
     "Engram",
@@ -32,4 +32,5 @@ __all__ = [
     "encoders",
     "errors",
     "open",
+    "reembed",
 ]

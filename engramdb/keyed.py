@@ -156,8 +156,8 @@ class KeyedMethods:
 
     def _write_batches(self, prepared: Batch, progress: bool, *, upsert: bool
                        ) -> list[IngestResult]:
-        """Write a prepared call batch by batch: small batches through the turn journal,
-        bulk ones and those that replace a stored key's occurrence to the catalog."""
+        """Write a prepared call batch by batch: small batches through the turn journal
+        (those that replace a stored key's occurrence too), bulk ones to the catalog."""
         keyed = prepared.keys is not None and any(k is not None for k in prepared.keys)
         every_key = [k for k in prepared.keys or () if k is not None]
         n, step = len(prepared.ids), self.settings.batch_rows
@@ -190,9 +190,10 @@ class KeyedMethods:
 
     def _keyed_batch(self, batch: Batch, upsert: bool, turn: bool, check: list[str] | None
                      ) -> tuple[list[IngestResult], bool]:
-        """One keyed batch in one commit, and whether it took the turn journal: new keys
-        may; an upsert of stored keys removes what they held in a catalog commit. An ingest
-        refuses stored keys among ``check`` (default: the batch's own)."""
+        """One keyed batch in one commit (a turn when ``turn``), and whether it took the
+        turn journal. An upsert of stored keys removes what they held in the same commit
+        (the turn's record names them). An ingest refuses stored keys among ``check``
+        (default: the batch's own)."""
         keys = [k for k in batch.keys or () if k is not None]
         found = lookup_keys(self._parts, keys if upsert or check is None else check)
         if found and not upsert:
@@ -203,7 +204,8 @@ class KeyedMethods:
                 hint="upsert() replaces a key's occurrence; forget(keys=...) removes it")
         if turn and not found:
             return self._writer.ingest_batch(batch, journal=True), True
-        self._committer.fold()
+        if not turn:
+            self._committer.fold()
         existing = self._writer.lookup_ids(sorted(set(batch.ids)))
         before = None
         if found:
@@ -211,23 +213,26 @@ class KeyedMethods:
             keep = set(existing.values())
 
             def before(c: Any) -> None:
-                remove_occurrences(c, found.values(), keep=keep, tick=tick)
+                remove_occurrences(c, found, keep=keep, tick=tick)
 
-        return self._writer.ingest_batch(batch, existing=existing, before=before), False
+        return self._writer.ingest_batch(batch, existing=existing, before=before,
+                                         journal=turn, removed=sorted(found) or None), turn
 
     def _forget_keys(self, keys: str | Iterable[str]) -> int:
-        """Remove the occurrences these keys name (Store.forget(keys=...))."""
+        """Remove the occurrences these keys name (Store.forget(keys=...)): one journal
+        record for a few keys, one catalog commit for many (or with the journal off)."""
         listed = key_list(keys)
-        with self._writing():
+        with self._writing(fold=False):
             found = lookup_keys(self._parts, listed)
             missing = [k for k in listed if k not in found]
             if missing:
                 raise NotFound(f"no occurrence with key {missing[0]!r}"
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                   else ""))
-            tick = self.clock
-            with self._committer.commit() as c:
-                remove_occurrences(c, found.values(), keep=(), tick=tick)
+            turn = self._turn_path(len(found))
+            self._writer.forget_keys(found, journal=turn)
+            if turn:
+                self._committer.fold_if_due()
             return len(found)
 
     # -- reads --------------------------------------------------------------------------------

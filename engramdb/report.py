@@ -26,6 +26,7 @@ import numpy as np
 from engramdb.content import decompress_text
 from engramdb.storage.fsio import atomic_write_bytes
 from engramdb.types import KIND_NAMES
+from engramdb.version import __version__
 
 PICTURES = ("kinds-over-time", "lifespan-left", "link-graph", "recall-counts")
 KIND_COLOURS = {"working": "#e4a11b", "short_term": "#3b82c4", "long_term": "#2e9e6a"}
@@ -72,7 +73,6 @@ def _collect_locked(store: Any, snap: Any) -> dict[str, Any]:
         for ident, blob in q("SELECT id, text FROM engrams WHERE id IN "
                              "(SELECT unnest(?::VARCHAR[]))", [ids]):
             texts[ident] = decompress_text(blob)
-    from engramdb import __version__
 
     return {
         "stats": stats, "clock": now, "version": __version__,

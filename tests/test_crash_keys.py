@@ -1,11 +1,13 @@
 """Crash safety of caller keys: SIGKILL a process mixing keyed writes with turns.
 
-``tests/helpers/keyed_writer.py`` integrates turns and, between them, ingests new keys (the
-turn journal), upserts stored keys with the same text or a new one, upserts many keys at
-once, and forgets keys (catalog commits); the journal folds every few records and the store
-is closed and reopened every 4-25 operations. Each keyed write is logged (fsynced) as an intent
-before the call and an ack after it. After each kill at a random moment the parent reopens the
-store (which replays the journal), runs ``verify()``, and checks against the log:
+``tests/helpers/keyed_writer.py`` integrates turns and, between them, ingests new keys (the turn
+journal), upserts stored keys with the same text or a new one, upserts many keys at once, and
+forgets keys (small keyed writes on the turn journal, batches as catalog commits;
+``tests/test_crash_journal_keys.py`` kills writers whose writes all wait in the journal); the
+journal folds every few records and the store is closed and reopened every 4-25 operations. Each
+keyed write is logged (fsynced) as an intent before the call and an ack after it. After each
+kill at a random moment the parent reopens the store (which replays the journal), runs
+``verify()``, and checks against the log:
 
 - the write in flight at the kill (an intent without its ack) landed or not, batch by batch:
   each batch all or nothing, and no batch after one that did not land; the model then takes

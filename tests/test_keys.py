@@ -325,27 +325,34 @@ def test_context_follows_the_occurrences_a_key_replaces(tmp_path: Path) -> None:
 
 
 def test_a_replayed_turn_takes_a_key_whose_removal_was_lost(tmp_path: Path) -> None:
-    """In "fast" durability a power cut can lose a key's removal (unsynced) but keep the
-    journaled turn that stored the key again: replay gives the key to that turn, the later
-    write, and the store never holds one key twice."""
-    path = tmp_path / "m"
-    with _open(path) as mem:
-        mem.ingest("a first", key="K")
-    before = (path / "catalog.duckdb").read_bytes()
-    mem = _open(path)
-    mem.forget(keys="K")
-    mem.ingest("b second", key="K")  # a turn: journaled
-    del mem
-    gc.collect()
-    (path / "catalog.duckdb.wal").unlink(missing_ok=True)
-    (path / "catalog.duckdb").write_bytes(before)  # the forget never reached the disk
-    with _open(path) as mem:
-        assert mem.get(key="K").text == "b second"
-        assert "a first" in [e.text for e in mem.engrams()]  # kept, without its key
-        assert mem.verify().ok
-        assert mem.forget(keys="K") == 1
-        with pytest.raises(NotFound):
-            mem.get(key="K")
+    """In "fast" durability a power cut can lose a catalog commit that removed a key
+    (unsynced) but keep the journaled turn that stored the key again: replay gives the key
+    to that turn, the later write, and the store never holds one key twice. A removal that
+    took the journal itself (``forget(keys=)``) is replayed before the turn."""
+    for journaled in (False, True):
+        path = tmp_path / f"m{journaled}"
+        with _open(path) as mem:
+            first = mem.ingest("a first", key="K").id
+        before = (path / "catalog.duckdb").read_bytes()
+        mem = _open(path)
+        if journaled:
+            mem.forget(keys="K")
+        else:
+            mem.forget(first)  # a catalog commit: the occurrence and its key go with it
+        mem.ingest("b second", key="K")  # a turn: journaled
+        del mem
+        gc.collect()
+        (path / "catalog.duckdb.wal").unlink(missing_ok=True)
+        (path / "catalog.duckdb").write_bytes(before)  # the catalog lost what came after
+        with _open(path) as mem:
+            assert mem.get(key="K").text == "b second"
+            texts = [e.text for e in mem.engrams()]
+            # Lost with the catalog's commit, it stays without its key; journaled, it goes.
+            assert ("a first" in texts) is not journaled
+            assert mem.verify().ok
+            assert mem.forget(keys="K") == 1
+            with pytest.raises(NotFound):
+                mem.get(key="K")
 
 
 def test_verify_reports_a_key_held_twice(tmp_path: Path) -> None:

@@ -34,11 +34,15 @@ MODULE_LAYER = {
     "engramdb.content": "foundation",
     "engramdb.progress": "foundation",
     "engramdb.prompt": "foundation",
+    "engramdb.version": "foundation",
     "engramdb.store": "front",
     "engramdb.keyed": "front",
     "engramdb.pool": "apps",
     "engramdb.aio": "apps",
     "engramdb.report": "apps",
+    "engramdb.reembed": "apps",
+    "engramdb.fleet": "apps",
+    "engramdb.fleet_ops": "apps",
 }
 # A package and every module under it -> its layer.
 PACKAGE_LAYER = {

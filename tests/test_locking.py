@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -103,3 +104,42 @@ def test_forked_child_cannot_use_parent_handle(mem) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(mem) == 0
+
+
+def test_a_waiter_locks_the_directory_that_replaced_the_one_it_waited_on(tmp_path: Path) -> None:
+    """A store's directory swapped while an open waits (``engramdb.reembed`` does that in
+    one rename): the waiter must end up holding the new store's LOCK, not the old file's."""
+    import threading
+
+    from engramdb.storage.locking import LOCK_NAME, StoreLock
+
+    path, new = tmp_path / "s", tmp_path / "new"
+    path.mkdir()
+    new.mkdir()
+    (new / LOCK_NAME).write_text("")
+    holder = StoreLock(path)
+    holder.acquire()
+    waiter = StoreLock(path)
+    done: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            waiter.acquire(timeout=30)
+            done.append(None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            done.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    path.rename(tmp_path / "old")
+    new.rename(path)
+    holder.release()  # the old LOCK is free now; the waiter must not keep it
+    thread.join(30)
+    assert done == [None]
+    held = os.fstat(waiter._fd)  # noqa: SLF001 - the file the lock is on
+    assert (held.st_dev, held.st_ino) == (os.stat(path / LOCK_NAME).st_dev,
+                                          os.stat(path / LOCK_NAME).st_ino)
+    with pytest.raises(StoreLocked):
+        StoreLock(path).acquire()
+    waiter.release()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from engramdb.derived.hotstate import NEVER
 from engramdb.engine.links import in_list
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 SLOW_SECONDS = 1.0  # a commit or fold longer than this is logged as slow
 TOMBSTONE_SQL = (f"'{TOMBSTONE_PREFIX}' || "
                  "replace(CAST(gen_random_uuid() AS VARCHAR), '-', '')")
+_LISTED = "(SELECT unnest(?::BIGINT[]))"
 
 
 @dataclass
@@ -104,10 +106,20 @@ class Commit:
     _stack: ExitStack = field(default_factory=ExitStack)
     _con: Any = None
 
+    # Keys of the occurrences a catalog commit's erasures deleted (the mirror follows).
+    erased_keys: list[str] = field(default_factory=list)
+    # Whether the site ran statements of its own (on ``con``): the turn path's mirror cannot
+    # follow those, and is dropped (reloaded by the next turn).
+    wrote_rows: bool = False
+
     @property
     def con(self) -> Any:
         """The transaction's connection (the transaction begins on first use, so that a
         write appends and fsyncs its vectors before it)."""
+        self.wrote_rows = True
+        return self._connection()
+
+    def _connection(self) -> Any:
         if self.mirror is not None:
             raise RuntimeError("a turn-path commit writes the mirror, not the catalog")
         if self._con is None:
@@ -178,34 +190,45 @@ class Commit:
         """Delete engrams with their occurrences, links, BM25 and context rows, and log them
         in the forgetting log with ``reason`` at ``tick`` (default: the tick their lifespan
         ran out); ``collected`` (gc erases them now) logs them under a tombstone id. The
-        derived state forgets them once the commit is acknowledged."""
+        derived state forgets them once the commit is acknowledged. In a turn (a keyed
+        removal) the mirror records them and the fold deletes the rows (:func:`erase_rows`)."""
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         eids = np.asarray(eids, np.int64)
         if not len(eids):
             return
-        con = self.con
-        listed = "(SELECT unnest(?::BIGINT[]))"
+        parts = self.committer.parts
+        if self.mirror is not None:  # a turn: the fold deletes the rows (erase_rows)
+            if reason != "forgotten" or tick is None or collected:
+                raise ValueError("a turn erases engrams as forgotten, at a given tick")
+            self.mirror.erase(eids.tolist(), [parts.hot.payload(e)[0] for e in eids.tolist()],
+                              tick)
+            self.deleted.append(eids)
+            return
+        self.deleted.append(eids)
+        con = self._connection()
         when = "CAST(ceil(expires_at) AS BIGINT)" if tick is None else str(int(tick))
-        ids = eids.tolist()
         logged = TOMBSTONE_SQL if collected else "id"
         con.execute(f"INSERT INTO forgotten SELECT eid, {logged}, {when}, '{reason}', kind, "
-                    f"{'true' if collected else 'false'} FROM engrams WHERE eid IN {listed}",
-                    [ids])
-        con.execute(f"DELETE FROM occurrences WHERE eid IN {listed}", [ids])
-        con.execute(f"DELETE FROM edges WHERE a IN {listed} OR b IN {listed}", [ids, ids])
-        con.execute(f"DELETE FROM engrams WHERE eid IN {listed}", [ids])
-        for sql, params in [*lexical_delete_sql(eids), *context_delete_sql(eids)]:
-            con.execute(sql, params)
-        self.deleted.append(eids)
+                    f"{'true' if collected else 'false'} FROM engrams WHERE eid IN {_LISTED}",
+                    [eids.tolist()])
+        if parts.mirror is not None and parts.mirror.keys_loaded and not self.wrote_rows:
+            # The mirror will follow this commit (it runs nothing else): its keys go too.
+            self.erased_keys.extend(k for (k,) in con.execute(
+                f"SELECT key FROM occurrences WHERE eid IN {_LISTED} AND key IS NOT NULL",
+                [eids.tolist()]).fetchall())
+        delete_rows(con, eids)
 
     def drop_context(self, eids: list[int]) -> None:
         """Delete the conversation-context rows of engrams that stay (their first
         occurrence was removed); the derived context forgets them after the commit."""
         if not eids:
             return
-        for sql, params in context_delete_sql(np.asarray(eids, np.int64)):
-            self.con.execute(sql, params)
+        if self.mirror is not None:
+            self.mirror.drop_context(eids)
+        else:
+            for sql, params in context_delete_sql(np.asarray(eids, np.int64)):
+                self.con.execute(sql, params)
         self.rehomed.extend(eids)
 
     def drop_labels(self, codes: list[int]) -> None:
@@ -228,13 +251,13 @@ class Commit:
             return
         if self.segment_lengths is not None:
             before = self.committer.catalog_lengths if self.moved is None else None
-            cat.set_segment_lengths(self.con, self.segment_lengths, before)
+            cat.set_segment_lengths(self._connection(), self.segment_lengths, before)
         if "next_eid" in values and not self.committer.fast:
             # The vectors were fsynced before the commit: the sync mark moves with them.
             values.setdefault("synced_eid", values["next_eid"])
         self.counters = values
         if values:
-            cat.set_counters(self.con, values)
+            cat.set_counters(self._connection(), values)
 
 
 class Committer:
@@ -360,6 +383,8 @@ class Committer:
         try:
             with c._stack:
                 mirror.fold(c.con)
+                if mirror.erased:  # last: every row of theirs is in by now
+                    erase_rows(c.con, mirror.erased)
                 c.finish()
         except CommitUncertain:
             raise
@@ -431,8 +456,13 @@ class Committer:
             if name in c.counters:
                 setattr(counters, name, c.counters[name])
         parts = self.parts
-        if c.mirror is None and not c.folding:
-            parts.mirror = None  # a write straight to the catalog: reloaded by the next turn
+        if c.mirror is None and not c.folding and parts.mirror is not None:
+            if c.wrote_rows or c.new is not None or not self.derived_ready:
+                parts.mirror = None  # a write straight to the catalog: the next turn reloads
+            elif c.deleted:  # it erased engrams (and changed counters): the mirror follows
+                gone = np.concatenate(c.deleted).tolist()
+                parts.mirror.forget_engrams(gone, [parts.hot.payload(e)[0] for e in gone],
+                                            c.erased_keys)
         if c.linked:
             parts.has_links = True
         if not self.derived_ready:
@@ -493,3 +523,27 @@ class Committer:
             hot.add(eids, new_segs, new_rows, hot.kind[eids], hot.expires[eids],
                     hot.created[eids])
         parts.segments.remove(segs)  # only now: the commit no longer references them
+
+
+def delete_rows(con: Any, eids: np.ndarray) -> None:
+    """Delete engrams with their occurrences, links, BM25 and context rows (their
+    forgetting-log rows are written first, by the caller)."""
+    ids = eids.tolist()
+    con.execute(f"DELETE FROM occurrences WHERE eid IN {_LISTED}", [ids])
+    con.execute(f"DELETE FROM edges WHERE a IN {_LISTED} OR b IN {_LISTED}", [ids, ids])
+    con.execute(f"DELETE FROM engrams WHERE eid IN {_LISTED}", [ids])
+    for sql, params in [*lexical_delete_sql(eids), *context_delete_sql(eids)]:
+        con.execute(sql, params)
+
+
+def erase_rows(con: Any, erased: dict[int, int]) -> None:
+    """A fold's part of the erasures journaled turns made (eid -> tick): log the engrams
+    as forgotten at their tick and delete their rows, as :meth:`Commit.delete_engrams` does
+    in a commit."""
+    eids = sorted(erased)
+    ticks = pa.table({"eid": pa.array(eids, pa.int64()),
+                      "tick": pa.array([erased[e] for e in eids], pa.int64())})
+    with cat.registered(con, "erased", ticks) as view:
+        con.execute(f"INSERT INTO forgotten SELECT e.eid, e.id, v.tick, 'forgotten', e.kind, "
+                    f"false FROM engrams e JOIN {view} v ON e.eid = v.eid")
+    delete_rows(con, np.asarray(eids, np.int64))

@@ -6,15 +6,16 @@ engram's reference count; the engram itself is erased (logged as forgotten, its 
 reclaimed by gc) when its last occurrence goes, unless the same commit says it again (an
 upsert that keeps the text).
 
-A write of new keys takes the turn journal like any small ingest (the mirror knows every
-key); a write that replaces or removes a stored key's occurrence commits to the catalog
-(:meth:`Committer.commit`). Either way the key's uniqueness is checked under the store's
-write lock.
+Small keyed writes take the turn journal like any small ingest (the mirror knows every key):
+new keys, and replacing or removing a stored key's occurrence (the journal record names the
+keys it removes, :mod:`engramdb.engine.turnlog`). Bulk ones, and any when the journal is off,
+commit to the catalog (:meth:`Committer.commit`). Either way the key's uniqueness is checked
+under the store's write lock, and the result is the same store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,15 +52,36 @@ def lookup_keys(parts: Parts, keys: Iterable[str]) -> dict[str, KeyedOccurrence]
     return {k: KeyedOccurrence(int(e), int(s)) for k, e, s in rows}
 
 
-def remove_occurrences(c: Commit, found: Iterable[KeyedOccurrence], *, keep: Iterable[int],
-                       tick: int) -> list[int]:
-    """Delete these occurrences inside commit ``c``; erase the engrams left without any,
-    except those in ``keep`` (said again by the same commit). An engram that stays but lost
-    its first occurrence loses its conversation-context row (``Commit.drop_context``); an
-    occurrence of it in the same commit gives it a new one. Returns the erased eids."""
-    found = list(found)
+def remove_occurrences(c: Commit, found: Mapping[str, KeyedOccurrence], *,
+                       keep: Iterable[int], tick: int) -> list[int]:
+    """Delete the occurrences these keys name inside commit ``c`` (a catalog commit or a
+    turn); erase the engrams left without any, except those in ``keep`` (said again by the
+    same commit). An engram that stays but lost its first occurrence loses its
+    conversation-context row (``Commit.drop_context``); an occurrence of it in the same
+    commit gives it a new one. Returns the erased eids."""
     if not found:
         return []
+    if c.mirror is not None:
+        parts = c.committer.parts
+
+        def first_seq(eid: int, removed: frozenset[int]) -> int | None:
+            # Only for an engram that keeps occurrences (its text under several keys).
+            return parts.query("SELECT min(seq) FROM occurrences WHERE eid = ? AND NOT "
+                               "list_contains(?::BIGINT[], seq)", [eid, sorted(removed)])[0][0]
+
+        erased, firsts = c.mirror.remove_occurrences(
+            {k: (o.eid, o.seq) for k, o in found.items()}, keep, first_seq)
+    else:
+        erased, firsts = _remove_rows(c, list(found.values()), set(keep))
+    c.delete_engrams(erased, "forgotten", tick=tick)
+    c.drop_context(sorted(set(firsts) - set(erased)))
+    return erased
+
+
+def _remove_rows(c: Commit, found: list[KeyedOccurrence], kept: set[int]
+                 ) -> tuple[list[int], list[int]]:
+    """The catalog's part of :func:`remove_occurrences`: the erased engrams and those that
+    lost their first occurrence."""
     con = c.con
     seqs = [o.seq for o in found]
     eids, counts = np.unique(np.asarray([o.eid for o in found], np.int64), return_counts=True)
@@ -73,8 +95,5 @@ def remove_occurrences(c: Commit, found: Iterable[KeyedOccurrence], *, keep: Ite
         "UPDATE engrams SET refs = refs - b.n FROM (SELECT unnest(?::BIGINT[]) AS eid, "
         "unnest(?::BIGINT[]) AS n) b WHERE engrams.eid = b.eid "
         "RETURNING engrams.eid, engrams.refs", [eids.tolist(), counts.tolist()]).fetchall()
-    kept = set(keep)
     erased = sorted(int(e) for e, refs in orphans if refs <= 0 and int(e) not in kept)
-    c.delete_engrams(erased, "forgotten", tick=tick)
-    c.drop_context(sorted({int(e) for (e,) in firsts} - set(erased)))
-    return erased
+    return erased, [int(e) for (e,) in firsts]

@@ -9,31 +9,43 @@ durable by its journal record (:mod:`engramdb.storage.journal`), and the rows it
 here until :meth:`TurnMirror.fold` writes all pending turns in one transaction, with one or
 two statements per table.
 
+Keyed removals (an ``upsert`` of a stored key, ``forget(keys=)``) are turns too: the removed
+occurrences' sequence numbers, the engrams that lost their first occurrence (their context
+row goes) and the engrams erased with their last occurrence wait here as well, and the fold
+deletes those rows after inserting the pending ones. A write straight to the catalog that
+only erases engrams (``forget``) or changes only counters (``tick``) is followed here
+(:meth:`TurnMirror.forget_engrams`) instead of dropping the mirror, so the next turn does
+not reload it.
+
 Every method runs under the store's write lock, except the reads a recall makes without it
-(:meth:`touching` and :meth:`occurrences`), which copy what they read in one step.
+(:meth:`touching`, :meth:`occurrences`, :meth:`all_occurrences`), which copy what they read
+in one step.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engramdb.derived.context import ContextRows, TurnContext
 from engramdb.derived.hotstate import grow_array, grown_capacity
 from engramdb.derived.lexical import LexicalIndex, LexicalRows
 from engramdb.storage import catalog as cat
+from engramdb.storage.schema import context_delete_sql
 
 # The engram columns a turn changes after the row is written (the rest never change).
 _MUTABLE = ("kind", "expires_at", "pinned", "refs", "recalls", "earned", "last_tick")
 # Up to this many engrams the mirror also keeps every occurrence, loaded by the first recall
 # that reads them: a recall's hits then need no catalog query (about 3 ms a turn).
 OCCURRENCES_MAX = 50_000
-OCCURRENCES_SQL = ("SELECT eid, role, session, tick, metadata, key FROM occurrences "
-                   "ORDER BY seq")
+OCCURRENCES_SQL = ("SELECT eid, seq, role, session, tick, metadata, key FROM occurrences "
+                   "{} ORDER BY seq")
 MIRROR_SQL = ("SELECT eid, id, kind, created_tick, expires_at, pinned, refs, recalls, earned, "
               "last_tick FROM engrams")
 EDGES_SQL = "SELECT a, b, weight, tick FROM edges"
@@ -59,7 +71,9 @@ class TurnMirror:
         self._keys: dict[str, tuple[int, int]] | None = None  # see keys
         self._query_arrow: Callable[[str], pa.Table] | None = None
         self._folded_occurrences: dict[int, list[dict[str, Any]]] | None = None
-        self._folds = 0  # a reader's occurrence load is kept only if no fold came between
+        self._folds = 0
+        # A reader's occurrence load is kept only if no fold or removal came between.
+        self._occurrences_version = 0
         self._occurrences_lock = threading.Lock()
         self._clear_pending()
 
@@ -74,6 +88,12 @@ class TurnMirror:
         self.context_rows: list[ContextRows] = []
         self.released_keys: list[int] = []  # seqs of folded occurrences that lose their key
         self._unfolded_keys: dict[str, tuple[int, int]] = {}  # keys of the pending turns
+        # Keyed removals of the pending turns: the occurrences removed (replaced whole, so a
+        # reader copies it in one step), the engrams whose context row goes (deleted before
+        # the pending context rows are inserted), and the engrams erased (eid -> tick).
+        self.removed: frozenset[int] = frozenset()
+        self.dropped_context: set[int] = set()
+        self.erased: dict[int, int] = {}
 
     @property
     def folds(self) -> int:
@@ -84,7 +104,8 @@ class TurnMirror:
     def pending(self) -> bool:
         """Whether turns wait to be folded into the catalog."""
         return bool(self.new_rows or self.changed or self.changed_edges
-                    or self.occurrence_rows or self.released_keys)
+                    or self.occurrence_rows or self.released_keys or self.removed
+                    or self.dropped_context or self.erased)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -118,9 +139,17 @@ class TurnMirror:
             held = dict(zip(rows.column("key").to_pylist(),
                             zip(rows.column("eid").to_pylist(), rows.column("seq").to_pylist(),
                                 strict=True), strict=True))
+            removed = self.removed  # occurrences the catalog holds until the next fold
+            if removed:
+                held = {k: v for k, v in held.items() if v[1] not in removed}
             held.update(self._unfolded_keys)
             self._keys = held
         return self._keys
+
+    @property
+    def keys_loaded(self) -> bool:
+        """Whether :attr:`keys` has been read (a write that removes keys must follow)."""
+        return self._keys is not None
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -186,22 +215,119 @@ class TurnMirror:
         """Every occurrence of ``eids`` (folded and pending, in order), from memory; the
         folded ones are read once with ``query``. None for a store too big to keep them."""
         if len(self.eid_of) > OCCURRENCES_MAX:
-            return None
-        folded = self._folded_occurrences
-        if folded is None:
-            folds = self._folds
-            folded = {}
-            for eid, role, session, tick, meta, key in query(OCCURRENCES_SQL):
-                folded.setdefault(int(eid), []).append(
-                    {"role": role, "session": session, "tick": tick, "metadata": meta,
-                     "key": key})
-            with self._occurrences_lock:
-                if folds == self._folds:  # else a fold ran meanwhile: use it once only
-                    self._folded_occurrences = folded
+            if not self.removed:
+                return None  # the caller reads the catalog's, then the pending ones
+            # The catalog still holds occurrences a pending turn removed: read these
+            # engrams' and leave those out.
+            listed = ",".join(str(int(e)) for e in eids) or "-1"
+            folded = self._read_occurrences(query, f"WHERE eid IN ({listed})")
+        else:
+            folded = self._folded_occurrences
+            if folded is None:
+                version = self._occurrences_version
+                folded = self._read_occurrences(query, "")
+                with self._occurrences_lock:
+                    if version == self._occurrences_version:  # else: use it once only
+                        self._folded_occurrences = folded
         pending = self.pending_occurrences
         return {e: [*folded.get(e, ()), *pending.get(e, ())] for e in eids}
 
+    def _read_occurrences(self, query: Callable[[str], list[tuple]], where: str
+                          ) -> dict[int, list[dict[str, Any]]]:
+        """The catalog's occurrences (``where``: of some engrams), per eid, in order, but
+        those pending turns removed."""
+        folded: dict[int, list[dict[str, Any]]] = {}
+        rows = query(OCCURRENCES_SQL.format(where))
+        removed = self.removed  # read after the query: a removal meanwhile is left out too
+        for eid, seq, role, session, tick, meta, key in rows:
+            if seq not in removed:
+                folded.setdefault(int(eid), []).append(
+                    {"seq": seq, "role": role, "session": session, "tick": tick,
+                     "metadata": meta, "key": key})
+        return folded
+
     # -- what the turn path writes ----------------------------------------------------------
+
+    def remove_occurrences(self, found: Mapping[str, tuple[int, int]], keep: Iterable[int],
+                           first_seq: Callable[[int, frozenset[int]], int | None]
+                           ) -> tuple[list[int], list[int]]:
+        """Remove the occurrences these keys name (``key -> (eid, seq)``, folded or not).
+        Returns the engrams left without any occurrence, but those in ``keep`` (said again
+        by the same turn), to erase, and the engrams whose first occurrence went (before this
+        removal). ``first_seq(eid, removed)`` reads the smallest folded seq of an engram not
+        among ``removed`` (None if none), for an engram that keeps occurrences."""
+        seqs = {int(s) for _, s in found.values()}
+        counts = Counter(int(e) for e, _ in found.values())
+        firsts = [e for e, n in counts.items() if self._loses_first(e, n, seqs, first_seq)]
+        for key in found:
+            self._unfolded_keys.pop(key, None)
+            if self._keys is not None:
+                self._keys.pop(key, None)
+        with self._occurrences_lock:  # a reader's load from before this is not kept
+            self._occurrences_version += 1
+            self.removed = self.removed | seqs
+            cached = self._folded_occurrences
+            for eid in counts:
+                for held in (self.pending_occurrences, cached):
+                    if held is not None and eid in held:  # replaced, never edited in place
+                        held[eid] = [o for o in held[eid] if o["seq"] not in seqs]
+        for eid, n in counts.items():
+            self.refs[eid] -= n
+        self.changed.update(counts)
+        kept = set(keep)
+        orphans = sorted(e for e in counts if self.refs[e] <= 0 and e not in kept)
+        return orphans, sorted(firsts)
+
+    def _loses_first(self, eid: int, n: int, seqs: set[int],
+                     first_seq: Callable[[int, frozenset[int]], int | None]) -> bool:
+        if self.refs[eid] <= n:
+            return True  # every occurrence goes, the first one too
+        first = None if eid in self.new_eids else first_seq(eid, self.removed)
+        if first is None:  # none folded left: the pending ones come after any folded one
+            first = min(o["seq"] for o in self.pending_occurrences.get(eid, ()))
+        return first in seqs
+
+    def drop_context(self, eids: list[int]) -> None:
+        """Engrams whose first occurrence a pending turn removed lose their context row:
+        pending rows of theirs are dropped, the folded ones deleted at the fold (before the
+        rows of later turns, which may give them a new one)."""
+        self.dropped_context.update(eids)
+        gone = pa.array(eids, pa.int64())
+        self.context_rows = [
+            ContextRows(turns=r.turns.filter(pc.invert(pc.is_in(r.turns.column("eid"),
+                                                                value_set=gone))),
+                        labels=r.labels) for r in self.context_rows]
+
+    def erase(self, eids: list[int], ids: list[str], tick: int) -> None:
+        """Engrams a pending turn erased (logged as forgotten at ``tick``): their rows,
+        inserted or not yet, are deleted at the fold."""
+        for eid in eids:
+            self.erased[int(eid)] = tick
+        self._drop_engrams(eids, ids)
+
+    def forget_engrams(self, eids: list[int], ids: list[str], keys: list[str]) -> None:
+        """Follow a catalog commit that erased engrams (with ``keys``, their occurrences'
+        keys): this mirror stays valid."""
+        for key in keys:
+            if self._keys is not None:
+                self._keys.pop(key, None)
+        self._drop_engrams(eids, ids)
+
+    def _drop_engrams(self, eids: list[int], ids: list[str]) -> None:
+        for ident in ids:
+            self.eid_of.pop(ident, None)
+        with self._occurrences_lock:
+            self._occurrences_version += 1
+            for eid in eids:
+                self.pending_occurrences.pop(int(eid), None)
+                if self._folded_occurrences is not None:
+                    self._folded_occurrences.pop(int(eid), None)
+        for eid in (int(e) for e in eids):
+            for other in self.adjacent.pop(eid, set()):
+                key = (eid, other) if eid < other else (other, eid)
+                self.edges.pop(key, None)
+                self.changed_edges.discard(key)
+                self.adjacent.get(other, set()).discard(eid)
 
     def release_keys(self, seqs: list[int]) -> None:
         """Folded occurrences that lose their key to a replayed turn (the later write)."""
@@ -290,12 +416,23 @@ class TurnMirror:
         old = sorted(self.changed - self.new_eids)
         if old:
             self._update_fields(con, np.array(old, np.int64))
+        if self.dropped_context:  # before the pending rows: a later turn may give a new one
+            for sql, params in context_delete_sql(sorted(self.dropped_context)):
+                con.execute(sql, params)
+        removed = sorted(self.removed)
+        if self.occurrence_rows:
+            occ = pa.concat_tables(self.occurrence_rows)
+            if removed:
+                occ = occ.filter(pc.invert(pc.is_in(occ.column("seq"),
+                                                    value_set=pa.array(removed, pa.int64()))))
+            cat.insert_arrow(con, "occurrences", occ)
+            self._insert_context(con)
         if self.released_keys:
             con.execute("UPDATE occurrences SET key = NULL "
                         "WHERE seq IN (SELECT unnest(?::BIGINT[]))", [self.released_keys])
-        if self.occurrence_rows:
-            cat.insert_arrow(con, "occurrences", pa.concat_tables(self.occurrence_rows))
-            self._insert_context(con)
+        if removed:
+            con.execute("DELETE FROM occurrences WHERE seq IN (SELECT unnest(?::BIGINT[]))",
+                        [removed])
         if self.changed_edges:
             keys = sorted(self.changed_edges)
             rows = pa.table({
@@ -313,6 +450,7 @@ class TurnMirror:
         """The pending turns are in the catalog now."""
         with self._occurrences_lock:
             self._folds += 1
+            self._occurrences_version += 1
             self._folded_occurrences = None  # the next recall reads them again
         self._clear_pending()
 

@@ -6,10 +6,22 @@ for a plain ``ingest``) and the vectors of the engrams it created. Replaying it 
 same write path, on the same catalog, gives the same engrams, occurrences, rewards and links:
 eids, ticks and lifespans follow from the counters and the record alone.
 
+A record may also name caller keys whose occurrences it removes first (``removed``): an
+``upsert`` of stored keys (its texts are then stored under the same keys) or a
+``forget(keys=)`` (no texts). Replay removes what those keys hold at that point, which is
+what they held when the record was written: records are replayed in order, on the state they
+were written on.
+
 Payload: ``json length (u32 LE) | JSON | vector bytes`` (the store's dtype, row-major). The
 JSON carries no content id: ids are recomputed from the texts on replay, so a record cannot
 file a text under another text's id. A record read back is checked like a caller's input;
 anything wrong raises CorruptStore (a store received from someone else may hold anything).
+
+Versions: a record that removes no key is written as version 1, as before removals took the
+journal, so an engramdb of that time still reads it; one that removes keys is version 2,
+which such an engramdb refuses (CorruptStore, "unknown record version", before it changes
+anything) instead of replaying it as a plain keyed ingest. A version above 2 raises
+FormatTooNew.
 """
 
 from __future__ import annotations
@@ -28,11 +40,12 @@ from engramdb.content import (
     encode_metadata,
     normalize_text,
 )
-from engramdb.errors import CorruptStore, EngramError
+from engramdb.errors import CorruptStore, EngramError, FormatTooNew
 from engramdb.types import KIND_NAMES
 
 _LEN = struct.Struct("<I")
-VERSION = 1
+VERSION = 2  # the newest record version, written by a record that removes keys
+PLAIN_VERSION = 1  # a record that removes no key: the engramdb before removals reads it
 MAX_TEXTS = 64  # the turn path takes batches of at most this many texts (store.py)
 
 
@@ -51,17 +64,22 @@ class TurnRecord:
     hits: list[int] | None  # integrate: the recalled engrams' eids, best first
     rows: list[int]  # the batch positions of the texts that were new: the vectors' owners
     vectors: np.ndarray  # the new engrams' stored vectors, in that order
-    keys: list[str | None] | None = None  # the occurrences' caller keys (all new keys)
+    keys: list[str | None] | None = None  # the occurrences' caller keys
+    # Keys whose occurrences go before the texts are stored: an upsert of stored keys (a
+    # subset of ``keys``), or a forget(keys=) (then the record has no texts).
+    removed: list[str] | None = None
 
     def encode(self) -> bytes:
         """The record's payload."""
         fields = {
-            "v": VERSION, "q": self.seq, "t": self.texts, "r": self.roles, "s": self.sessions,
-            "m": self.metas, "p": self.pins, "k": self.kind, "n": self.now, "h": self.hits,
-            "i": self.rows,
+            "v": PLAIN_VERSION if self.removed is None else VERSION, "q": self.seq,
+            "t": self.texts, "r": self.roles, "s": self.sessions, "m": self.metas,
+            "p": self.pins, "k": self.kind, "n": self.now, "h": self.hits, "i": self.rows,
         }
         if self.keys is not None:  # optional: a record without keys reads as before
             fields["y"] = self.keys
+        if self.removed is not None:
+            fields["x"] = self.removed
         head = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.vectors).tobytes()
 
@@ -70,6 +88,8 @@ def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
     """A record read back from the journal, checked; CorruptStore if anything is off."""
     try:
         return _decode(payload, dim, np.dtype(dtype))
+    except FormatTooNew:
+        raise
     except (EngramError, ValueError, TypeError, KeyError, struct.error,
             RecursionError) as exc:
         raise CorruptStore(f"a turn journal record is damaged: {exc}",
@@ -79,11 +99,23 @@ def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
 def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
     (n,) = _LEN.unpack_from(payload, 0)
     head = json.loads(payload[_LEN.size:_LEN.size + n].decode("utf-8"))
-    if not isinstance(head, dict) or head.get("v") != VERSION:
+    version = head.get("v") if isinstance(head, dict) else None
+    if version not in (PLAIN_VERSION, VERSION):
+        if type(version) is int and version > VERSION:
+            raise FormatTooNew(f"the turn journal holds a record of version {version}, "
+                               f"written by a newer engramdb (this one reads up to {VERSION})")
         raise ValueError("unknown record version")
+    removed = None
+    if version == PLAIN_VERSION and "x" in head:
+        raise ValueError("a version-1 record removes keys")
+    if version == VERSION and head.get("x") is not None:
+        removed = [check_key(k) for k in _list(head["x"])]
+        check_distinct(removed)
+        if not 1 <= len(removed) <= MAX_TEXTS:
+            raise ValueError(f"{len(removed)} removed keys in one record")
     texts = [normalize_text(t) for t in _list(head["t"])]
     count = len(texts)
-    if not 1 <= count <= MAX_TEXTS:
+    if not (0 if removed else 1) <= count <= MAX_TEXTS:
         raise ValueError(f"{count} texts in one record")
     roles = [check_label(r, "role") for r in _list(head["r"], count)]
     sessions = [check_label(s, "session") for s in _list(head["s"], count)]
@@ -111,8 +143,12 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
     if head.get("y") is not None:
         keys = [None if k is None else check_key(k) for k in _list(head["y"], count)]
         check_distinct(keys)
+    if removed is not None and count and not set(removed) <= set(keys or ()):
+        raise ValueError("an upsert record removes keys it does not store again")
+    if removed is not None and not count and (now is not None or hits is not None):
+        raise ValueError("a record that only removes keys carries a turn")
     return TurnRecord(_int(head["q"]), texts, roles, sessions, metas, pins, kind, now, hits,
-                      rows, vectors, keys)
+                      rows, vectors, keys, removed)
 
 
 def _list(value: Any, n: int | None = None) -> list[Any]:

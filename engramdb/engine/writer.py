@@ -22,7 +22,7 @@ from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex, lexical_document
 from engramdb.engine import links as lk
 from engramdb.engine.commit import Commit, Committer, NewEngrams
-from engramdb.engine.keys import lookup_keys
+from engramdb.engine.keys import KeyedOccurrence, lookup_keys, remove_occurrences
 from engramdb.engine.lifespan import (
     apply_reward,
     consolidates,
@@ -33,7 +33,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CorruptStore, EngramError, NotFound
 from engramdb.storage import catalog as cat
-from engramdb.types import LONG_TERM, IngestResult
+from engramdb.types import LONG_TERM, SHORT_TERM, IngestResult
 
 # Up to this many rows, an UPDATE names them in a literal IN-list (an index lookup, 0.7 ms at
 # 1M engrams) instead of joining a registered Arrow table (a scan, 1.6 ms).
@@ -114,7 +114,7 @@ class Writer:
     def ingest_batch(
         self, batch: Batch, *, now: int | None = None, hits: list[int] | None = None,
         existing: dict[str, int] | None = None, journal: bool = False,
-        before: Callable[[Commit], None] | None = None,
+        before: Callable[[Commit], None] | None = None, removed: list[str] | None = None,
     ) -> list[IngestResult]:
         """Write one batch: vectors first, then one commit.
 
@@ -125,7 +125,8 @@ class Writer:
         write lock (integrate does; a lookup less per turn). ``journal``: a turn-path write,
         made durable by its journal record and folded into the catalog later. ``before``
         runs in the commit before the batch's rows are written (an upsert removes the
-        occurrences it replaces there).
+        occurrences it replaces there); ``removed``: the keys whose occurrences it removes,
+        for the journal record (replay removes them again).
         """
         parts = self.parts
         if parts.indexer is not None:
@@ -134,12 +135,15 @@ class Writer:
         vectors = self._new_vectors(batch, plan)
         record = TurnRecord(0, batch.texts, batch.roles, batch.sessions, batch.metas,
                             batch.pins, batch.kind, now, hits, list(plan.new_first.values()),
-                            vectors, batch.keys) if journal else None
+                            vectors, batch.keys, removed) if journal else None
         return self._write(batch, plan, vectors, now, hits, turn=journal, record=record,
                            before=before)
 
     def replay(self, record: TurnRecord) -> None:
         """Apply a journaled turn again (on open, after a crash), as it was first applied."""
+        if not record.texts:  # a forget(keys=)
+            self.forget_keys(self._replayed_removal(record), seq=record.seq)
+            return
         fingerprint = self.parts.fingerprint
         batch = Batch([content_id(fingerprint, t) for t in record.texts], record.texts,
                       record.roles, record.sessions, record.metas, record.pins, None,
@@ -156,27 +160,48 @@ class Writer:
                                "stored", hint="restore the store from an export or backup")
         hits = None if record.hits is None else [
             h for h in record.hits if self.parts.stored(h)]  # a power cut may have lost one
+        before = self._replayed_keys(record, set(plan.existing.values()))
         self._write(batch, plan, self._replayed_vectors(record, plan), record.now, hits,
-                    turn=True, record=None, seq=record.seq, before=self._replayed_keys(record))
+                    turn=True, record=None, seq=record.seq, before=before)
         self.settle_overflow(turn=True)
 
-    def _replayed_keys(self, record: TurnRecord) -> Callable[[Commit], None] | None:
-        """A replayed turn's keys that the store holds already. Only a power cut in "fast"
-        durability gets here (the removal of the key, unsynced, was lost; the turn that
-        stored it again was not): the turn is the later write, so it takes the key and the
-        older occurrence stays, without one."""
-        held = lookup_keys(self.parts, [k for k in record.keys or () if k is not None])
-        if not held:
+    def _replayed_removal(self, record: TurnRecord) -> dict[str, KeyedOccurrence]:
+        """The occurrences a replayed record removes: what its keys hold now, which is what
+        they held when it was written. A key held no more was lost with an unsynced write
+        at a power cut in "fast" durability: there is nothing left to remove."""
+        found = lookup_keys(self.parts, record.removed or ())
+        missing = sorted(set(record.removed or ()) - set(found))
+        if missing:
+            log.warning("%s: turn journal record %d removes keys %s the store does not hold",
+                        self.parts.path, record.seq, missing)
+        return found
+
+    def _replayed_keys(self, record: TurnRecord, keep: set[int]
+                       ) -> Callable[[Commit], None] | None:
+        """What a replayed turn does before its rows. An upsert removes what its keys hold
+        (``keep``: the engrams it says again, as when it was written). A key it stores, does
+        not remove and finds held is taken from the older occurrence, which stays without
+        it: only a power cut in "fast" durability gets there (a catalog commit that removed
+        the key, unsynced, was lost; the turn that stored it again was not), and the turn is
+        the later write."""
+        removed = self._replayed_removal(record)
+        held = lookup_keys(self.parts, [k for k in record.keys or ()
+                                        if k is not None and k not in (record.removed or ())])
+        if not held and not removed:
             return None
         seqs = [o.seq for o in held.values()]
-        log.warning("%s: turn journal record %d takes keys %s from older occurrences",
-                    self.parts.path, record.seq, sorted(held))
+        if held:
+            log.warning("%s: turn journal record %d takes keys %s from older occurrences",
+                        self.parts.path, record.seq, sorted(held))
+        tick = self.committer.counters.clock
 
-        def release(c: Commit) -> None:
-            if c.mirror is not None:  # always: a replayed turn is a turn-path commit
+        def before(c: Commit) -> None:
+            if removed:
+                remove_occurrences(c, removed, keep=keep, tick=tick)
+            if seqs and c.mirror is not None:  # always: a replayed turn is a turn-path commit
                 c.mirror.release_keys(seqs)
 
-        return release
+        return before
 
     def _replayed_vectors(self, record: TurnRecord, plan: _Planned) -> np.ndarray:
         """The vectors of the engrams a replayed turn creates: from the record; a text that
@@ -417,6 +442,23 @@ class Writer:
         """Erase engrams now (logged as forgotten); gc reclaims their bytes."""
         with self.committer.commit() as c:
             c.delete_engrams(eids, "forgotten", tick=self.committer.counters.clock)
+
+    def forget_keys(self, found: dict[str, KeyedOccurrence], *, journal: bool = False,
+                    seq: int | None = None) -> None:
+        """Remove the occurrences these keys name (``forget(keys=)``): a turn when
+        ``journal`` (one record naming the keys) or when replaying record ``seq``, else one
+        catalog commit. An engram left without occurrences is erased as :meth:`forget`
+        erases."""
+        tick = self.committer.counters.clock
+        turn = journal or seq is not None
+        with (self.committer.turn() if turn else self.committer.commit()) as c:
+            if journal:
+                c.journal(TurnRecord(0, [], [], [], [], [], SHORT_TERM, None, None, [],
+                                     np.zeros((0, self.parts.dim), self.parts.segments.dtype),
+                                     None, sorted(found)))
+            elif seq is not None:
+                c.set(journal_seq=seq)
+            remove_occurrences(c, found, keep=(), tick=tick)
 
     def settle_overflow(self, *, turn: bool = False) -> None:
         """Apply the short-term capacity rule (docs/lifespan.md) after a write.

@@ -38,27 +38,13 @@ class StoreLock:
 
         CorruptStore if the directory or ``LOCK`` is a link, or ``LOCK`` a special file.
         """
-        try:
-            check_directory(self.path.parent)  # a missing one fails in the open below
-            fd = open_regular(self.path, os.O_RDONLY if self.shared else os.O_RDWR | os.O_CREAT)
-        except FileNotFoundError:
-            if self.shared:
-                return  # never opened for writing since it had a LOCK: no writer to keep out
-            raise StorageError(f"cannot open lock file {self.path}") from None
-        except EngramError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"cannot open lock file {self.path}: {exc}") from exc
-        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            fd = self._open()
+            if fd is None:
+                return  # shared, and never opened for writing: no writer to keep out
+            if self._take(fd, deadline):
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise self._held(fd) from None
-                time.sleep(0.02)
         if self.shared:
             self._fd = fd
             return
@@ -68,6 +54,45 @@ class StoreLock:
         except OSError:
             pass  # the pid is advisory; holding the flock is what matters
         self._fd = fd
+
+    def _open(self) -> int | None:
+        """The lock file, opened (created unless shared); None if shared and missing."""
+        try:
+            check_directory(self.path.parent)  # a missing one fails in the open below
+            return open_regular(self.path,
+                                os.O_RDONLY if self.shared else os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:
+            if self.shared:
+                return None
+            raise StorageError(f"cannot open lock file {self.path}") from None
+        except EngramError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot open lock file {self.path}: {exc}") from exc
+
+    def _take(self, fd: int, deadline: float) -> bool:
+        """Flock ``fd`` by ``deadline`` (StoreLocked past it). False, with ``fd`` closed, if
+        the file locked is no longer the store's ``LOCK``: the directory was replaced while
+        this waited (``engramdb.reembed`` swaps a store's directory in one rename), so the
+        lock would guard a store that is gone; the caller opens the new file."""
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise self._held(fd) from None
+                time.sleep(0.02)
+        held = os.fstat(fd)
+        try:
+            now = os.lstat(self.path)
+            same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)  # releases the flock on the old file
+        return same
 
     def _held(self, fd: int) -> StoreLocked:
         """The StoreLocked for a lock someone else holds (``fd`` is closed). The pid in the

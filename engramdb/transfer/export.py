@@ -30,6 +30,7 @@ from engramdb.transfer.formats import (
     ParquetWriter,
 )
 from engramdb.types import KIND_NAMES
+from engramdb.version import __version__
 
 
 def export_store(
@@ -99,7 +100,6 @@ def _header(store: Any, snap: Snapshot) -> dict[str, Any]:
         )[0][0],
         "forgotten": snap.query("SELECT count(*) FROM forgotten")[0][0],
     }
-    from engramdb import __version__
 
     counters = snap.counters()
     # The sync mark is an eid of this store (eids are not exported); the import sets its own.

@@ -40,6 +40,7 @@ from engramdb.progress import progress_bar
 from engramdb.settings import Settings
 from engramdb.storage.fsio import fsync_dir
 from engramdb.storage.locking import StoreLock
+from engramdb.store import open as open_store
 from engramdb.transfer.formats import ARROW_OF, KIND_HINT, PHYSICAL, Reader, bad, open_source
 from engramdb.types import KIND_CODES
 
@@ -129,18 +130,16 @@ def _build(tmp: Path, reader: Reader, settings: Settings, source: str,
            progress: bool) -> dict[str, Any]:
     """Make the store at ``tmp``, write the export into it, reopen, rebuild and verify it;
     return its stats. On any error the store is closed (its directory is the caller's)."""
-    import engramdb
-
     header = reader.header
     stand_in = _SpecEncoder(header["encoder"], header["dim"])
     store = None
     try:
-        store = engramdb.open(tmp, encoder=stand_in, settings=settings)
+        store = open_store(tmp, encoder=stand_in, settings=settings)
         _Importer(store.restorer(), header, source).run(reader, progress)
         store.close()
         # Reopen: the store rebuilds its in-memory state (and derived indexes) from what was
         # committed, exactly as it would after a crash; then it must verify clean.
-        store = engramdb.open(tmp, encoder=stand_in)
+        store = open_store(tmp, encoder=stand_in)
         store.rebuild()
         report = store.verify()
         if not report.ok:

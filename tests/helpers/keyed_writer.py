@@ -5,8 +5,9 @@ texts (the turn journal), ingests new keys (``ingest(key=)``, ``ingest_many(keys
 texts of the call without a key: the journal too), upserts stored keys with the same text
 (only the occurrence is replaced) or a new one (the old occurrence goes, and its engram is
 erased if that was its last), upserts new keys, upserts many keys at once (stored and new),
-and forgets keys (``forget(keys=)``: catalog commits). The journal folds every few records,
-and every 4-25 operations (per run) the store is closed and opened again.
+and forgets keys (``forget(keys=)``): all of these take the turn journal (a call of several
+batches, in the ``batch_rows=3`` runs, appends one record per batch). The journal folds
+every few records, and every 4-25 operations (per run) the store is closed and opened again.
 
 ACK_LOG gets one JSON line per event, fsynced:
 
