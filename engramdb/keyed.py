@@ -240,13 +240,14 @@ class KeyedMethods:
     def get_keys(self, keys: str | Iterable[str]) -> dict[str, Engram]:
         """The live engrams these keys name, as ``{key: engram}`` (a key that is not stored,
         or whose engram has died, is left out). One catalog query for the keys, one for the
-        engrams; each engram carries every occurrence (``Occurrence.key`` tells them apart).
+        engrams, or none while turns wait in the journal (read from memory, not folded);
+        each engram carries every occurrence (``Occurrence.key`` tells them apart).
 
         >>> mem.get_keys(["pref:pet"])["pref:pet"].text  # doctest: +SKIP
         """
         self._parts.check_open()
         listed = key_list(keys)
-        with self._writing():  # no write may land between the lookup and the read
+        with self._writing(fold=False):  # as get(): no write lands, none is folded
             found = lookup_keys(self._parts, listed)
             now = self.clock
             visible = self._parts.hot.visible(now)

@@ -626,7 +626,9 @@ class Store(KeyedMethods):
         if key is not None:
             return self._get_key(key)
         check_id(ident)
-        with self._writing():  # no turn may land between the lookup and the catalog read
+        # No turn may land between the lookup and the read; turns waiting in the journal are
+        # read from memory (hydrate.engrams), not folded first.
+        with self._writing(fold=False):
             found = self._writer.lookup_ids([ident])
             if not found or not self._parts.hot.visible(self.clock)[found[ident]]:
                 raise NotFound(f"no live engram with id {ident}")

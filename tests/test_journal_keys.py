@@ -325,3 +325,35 @@ def test_a_removal_of_a_key_the_catalog_lost_replays_as_nothing(
         assert "removes keys ['b3'] the store does not hold" in caplog.text
         assert [e.text for e in mem.engrams()] == [TEXTS[0]]
         assert mem.verify().ok
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_get_reads_unfolded_turns_without_folding(tmp_path: Path, big: bool) -> None:
+    """``get`` and ``get_keys`` after journaled writes answer from memory (no fold) exactly
+    what they answer once the turns are folded: fields, lifespan and every occurrence."""
+    limit = 0 if big else mirror_module.OCCURRENCES_MAX
+    with mock.patch.object(mirror_module, "OCCURRENCES_MAX", limit), \
+            engramdb.open(tmp_path / "m", encoder=ENC) as mem:
+        ids = [mem.ingest(t, key=f"k{i}", role="user", session="s1",
+                          metadata={"n": i}).id for i, t in enumerate(TEXTS)]
+        mem._fold()  # noqa: SLF001 - start from a folded catalog
+        mem.ingest(TEXTS[0], key="again", role="bot", session="s2")
+        mem.upsert("k1", TEXTS[1], metadata={"n": "new"})  # same text: occurrence replaced
+        mem.upsert("k2", "a text never said before")
+        mem.forget(keys=["k3"])
+        mem.integrate(TURNS[0], top_k=3)  # rewards what it recalls
+        mirror = mem._parts.mirror  # noqa: SLF001
+        assert mirror is not None and mirror.pending
+        folds = mirror.folds
+        live = [i for i in ids if i in mem]
+        before = {i: mem.get(i).to_dict() for i in live}
+        keyed = {k: e.to_dict() for k, e in mem.get_keys(["k0", "k1", "k2", "k3", "again"])
+                 .items()}
+        assert mirror.folds == folds and mirror.pending  # nothing was folded
+        mem._fold()  # noqa: SLF001
+        assert mirror.folds > folds or mem._parts.mirror is not mirror  # noqa: SLF001
+        assert {i: mem.get(i).to_dict() for i in live} == before
+        assert {k: e.to_dict() for k, e in mem.get_keys(["k0", "k1", "k2", "k3", "again"])
+                .items()} == keyed
+        assert "k3" not in keyed and keyed["k1"]["occurrences"][0]["metadata"] == {"n": "new"}
+        assert len(keyed["k0"]["occurrences"]) == 2

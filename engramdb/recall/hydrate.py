@@ -82,6 +82,36 @@ def occurrence(o: dict[str, Any]) -> Occurrence:
     )
 
 
+def _unfolded_engrams(parts: Parts, mirror: Any, eids: list[int], now: int
+                      ) -> dict[int, Engram]:
+    """:func:`engrams` from the turn path's memory: the engram fields from the mirror (which
+    holds every engram's, pending changes included), the text from the hot payloads, the
+    occurrences as a recall's hits read them (the catalog's, less those pending turns removed,
+    then the pending ones). Runs under the write lock, so no turn lands meanwhile."""
+    hot = parts.hot
+    payloads = {e: hot.payload(e) for e in eids}
+    loader = OccurrenceLoader(parts, {p[0]: e for e, p in payloads.items()}, "", [])
+    at = np.array(eids, np.int64)
+    kinds = effective_kind(mirror.kind[at], hot.created[at], now).tolist()
+    out = {}
+    for e, kind in zip(eids, kinds, strict=True):
+        ident, blob = payloads[e]
+        expires = float(mirror.expires[e])  # inf: never (NULL in the catalog)
+        out[e] = Engram(
+            id=ident,
+            text=decompress_text(blob),
+            kind=Kind(KIND_NAMES[int(kind)]),
+            refs=int(mirror.refs[e]),
+            created_tick=int(mirror.created[e]),
+            expires_at=None if math.isinf(expires) else expires,
+            lifespan_left=None if math.isinf(expires) else max(0.0, expires - now),
+            pinned=bool(mirror.pinned[e]),
+            recalls=int(mirror.recalls[e]),
+            occurrences=loader.get(ident),
+        )
+    return out
+
+
 def recall_hits(parts: Parts, ranked: list[tuple[int, Hit]], occ_sql: str,
                 occ_params: list[Any], now: int) -> list[Recall]:
     """The :class:`Recall` hits of ``ranked`` (``found``'s items, best first) at tick
@@ -114,8 +144,13 @@ def engrams(parts: Parts, eids: list[int], occ_sql: str, occ_params: Sequence[An
             now: int) -> dict[int, Engram]:
     """Full engrams (text, state, occurrences) of some eids at tick ``now``, in one query.
 
-    With ``occ_sql`` only the occurrences matching that filter are attached.
+    With ``occ_sql`` only the occurrences matching that filter are attached. While the turn
+    path holds unfolded turns they are read from memory instead (:func:`_unfolded_engrams`),
+    so a ``get`` after a turn does not pay the fold.
     """
+    mirror = parts.mirror
+    if not occ_sql and mirror is not None and mirror.pending:
+        return _unfolded_engrams(parts, mirror, eids, now)
     join = "o.eid = e.eid" + (f" AND {occ_sql}" if occ_sql else "")
     rows = parts.query(
         "SELECT e.eid, e.id, e.text, e.kind, e.refs, e.created_tick, e.expires_at, "
