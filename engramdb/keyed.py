@@ -274,7 +274,9 @@ class KeyedMethods:
         """List live engrams without a query: oldest first (``order="seq"``, the order their
         content was first stored) or newest first (``"-seq"``), from ``offset``, at most
         ``limit``. ``where`` and ``kinds`` filter as in :meth:`recall`, and with ``where``
-        each engram carries only its matching occurrences. Pages cost one catalog query.
+        each engram carries only its matching occurrences. Pages cost one catalog query (with
+        ``where``, one more, after folding the turns waiting in the journal; without it, none
+        while turns wait: they are read from memory).
 
         >>> [e.text for e in mem.engrams(where={"role": "user"}, limit=10)]  # doctest: +SKIP
         """
@@ -287,7 +289,9 @@ class KeyedMethods:
                 raise InvalidInput(f"{name} must be an int >= {low}, got {value!r}")
         codes = kind_codes(kinds)
         occ_sql, occ_params = occurrence_filter(where)
-        with self._writing():  # the catalog holds every turn, and none lands meanwhile
+        # No turn lands meanwhile. A `where` filter reads the catalog, which must then hold
+        # every turn (a fold); without one the page is read as get() reads it.
+        with self._writing(fold=bool(occ_sql)):
             now, hot = self.clock, self._parts.hot
             mask = hot.visible(now)
             if codes is not None:

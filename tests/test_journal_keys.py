@@ -349,11 +349,15 @@ def test_get_reads_unfolded_turns_without_folding(tmp_path: Path, big: bool) -> 
         before = {i: mem.get(i).to_dict() for i in live}
         keyed = {k: e.to_dict() for k, e in mem.get_keys(["k0", "k1", "k2", "k3", "again"])
                  .items()}
+        listed = [[e.to_dict() for e in mem.engrams(**page)]
+                  for page in ({}, {"order": "-seq", "limit": 2, "offset": 1})]
         assert mirror.folds == folds and mirror.pending  # nothing was folded
         mem._fold()  # noqa: SLF001
         assert mirror.folds > folds or mem._parts.mirror is not mirror  # noqa: SLF001
         assert {i: mem.get(i).to_dict() for i in live} == before
         assert {k: e.to_dict() for k, e in mem.get_keys(["k0", "k1", "k2", "k3", "again"])
                 .items()} == keyed
+        assert [[e.to_dict() for e in mem.engrams(**page)]
+                for page in ({}, {"order": "-seq", "limit": 2, "offset": 1})] == listed
         assert "k3" not in keyed and keyed["k1"]["occurrences"][0]["metadata"] == {"n": "new"}
         assert len(keyed["k0"]["occurrences"]) == 2
