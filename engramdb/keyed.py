@@ -229,6 +229,8 @@ class KeyedMethods:
                 raise NotFound(f"no occurrence with key {missing[0]!r}"
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                   else ""))
+            if not found:  # forget(keys=[]): nothing to remove, nothing to record
+                return 0
             turn = self._turn_path(len(found))
             self._writer.forget_keys(found, journal=turn)
             if turn:

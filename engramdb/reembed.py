@@ -38,6 +38,7 @@ import ctypes.util
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -65,6 +66,8 @@ from engramdb.store import Store
 from engramdb.store import open as open_store
 from engramdb.transfer import export_store, import_store
 from engramdb.transfer.formats import JsonlWriter, open_source
+
+log = logging.getLogger(__name__)
 
 #: The file, inside the new store, that maps each old id to its new id (JSON lines).
 ID_MAP_NAME = "reembed-ids.jsonl"
@@ -263,6 +266,14 @@ def _remove_leftovers(store_dir: Path) -> None:
         except EngramError:
             continue  # a run is alive there (it took its lock before this one took the store's)
         try:
+            if (work / "old" / MANIFEST_NAME).exists() and (work / _READY).exists() \
+                    and (work / "store" / MANIFEST_NAME).exists():
+                # A fallback switch killed between its renames, and something made a store
+                # at the path since: these are the only copies of the memory. Never delete.
+                log.warning("%s holds the store a re-embedding moved aside (old/) and its "
+                            "re-embedded copy (store/); %s is another store. Move one of "
+                            "them back by hand; it is left as it is", work, store_dir)
+                continue
             shutil.rmtree(work, ignore_errors=True)
         finally:
             lock.release()

@@ -320,10 +320,34 @@ def test_a_removal_of_a_key_the_catalog_lost_replays_as_nothing(
     gc.collect()
     (path / "catalog.duckdb.wal").unlink(missing_ok=True)
     (path / "catalog.duckdb").write_bytes(before)  # the bulk commit never reached the disk
+    mem = engramdb.open(path, encoder=ENC)
+    assert any("replayed 1 turns" in r for r in mem.recovered)
+    assert "removes keys ['b3'] the store does not hold" in caplog.text
+    assert [e.text for e in mem.engrams()] == [TEXTS[0]]
+    assert mem.verify().ok
+    # The record that changed nothing still moved the journal's numbering: the fold after
+    # the replay committed it, so a turn of the same handle replays after a crash too.
+    mem.ingest(TEXTS[1], key="late")
+    del mem
+    gc.collect()
     with engramdb.open(path, encoder=ENC) as mem:
-        assert any("replayed 1 turns" in r for r in mem.recovered)
-        assert "removes keys ['b3'] the store does not hold" in caplog.text
-        assert [e.text for e in mem.engrams()] == [TEXTS[0]]
+        assert mem.get(key="late").text == TEXTS[1]
+        assert mem.verify().ok
+
+
+def test_forgetting_no_keys_writes_nothing(tmp_path: Path) -> None:
+    """forget(keys=[]) removes nothing and appends no record (a record removing nothing
+    would be refused by the replay that reads it)."""
+    path = tmp_path / "m"
+    mem = engramdb.open(path, encoder=ENC)
+    mem.ingest(TEXTS[0], key="a")
+    size = (path / JOURNAL_NAME).stat().st_size
+    assert mem.forget(keys=[]) == 0
+    assert (path / JOURNAL_NAME).stat().st_size == size
+    del mem  # dropped: the journal replays
+    gc.collect()
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.get(key="a").text == TEXTS[0]
         assert mem.verify().ok
 
 

@@ -182,3 +182,25 @@ def test_read_only_open_does_not_reindex(tmp_path: Path) -> None:
         assert _postings(mem) == before
     with engramdb.open(path) as mem:
         assert mem.settings.lexical_metadata == ""
+
+
+def test_the_reindexing_handle_ranks_as_the_next_open(tmp_path: Path) -> None:
+    """The handle whose open re-indexed answers as a later open does: the conversation
+    context (which holds the documents' lengths) follows the new words too."""
+    path = tmp_path / "s"
+    with engramdb.open(path, encoder=HashingEncoder(dim=64)) as mem:
+        for i in range(4):  # one session's turns get long captions, the others none
+            mem.ingest(f"ducks note {i}", session="s0",
+                       metadata={"cap": "long caption " * 10 + str(i)})
+            mem.ingest(f"ducks memo {i}", session="s1")
+            mem.ingest(f"other words {i}", session="s2")
+    settings = Settings(lexical_metadata="cap")
+
+    def answers(mem: engramdb.Store) -> list[tuple[str, dict[str, float]]]:
+        return [(h.text, {k: round(v, 6) for k, v in h.scores.items()})
+                for h in mem.recall("ducks", top_k=6, associative=False)]
+
+    with engramdb.open(path, settings=settings) as mem:
+        first = answers(mem)
+    with engramdb.open(path) as mem:
+        assert answers(mem) == first

@@ -327,6 +327,32 @@ def test_fallback_switch_and_its_recovery(tmp_path: Path, monkeypatch) -> None:
         previous = enc if ready else previous
 
 
+def test_the_only_copies_of_a_memory_are_never_deleted(tmp_path: Path, monkeypatch) -> None:
+    """A fallback switch killed between its renames, then an open that created an empty
+    store at the path before settle() ran: the next reembed must not delete the work
+    directory, which holds the memory's only copies."""
+    path = tmp_path / "a.engram"
+    with engramdb.open(path, encoder=OLD) as mem:
+        mem.ingest_many(["one thing", "another thing"])
+    monkeypatch.setattr(rb, "_rename_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(dst) == path:
+            raise KeyboardInterrupt  # stands for the SIGKILL between the renames
+        real_rename(src, dst)
+
+    monkeypatch.setattr(rb.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        reembed(path, NEW)
+    monkeypatch.setattr(rb.os, "rename", real_rename)
+    engramdb.open(path, encoder=OLD).close()  # an app's open creates an empty store there
+    reembed(path, NEW)
+    [kept] = _side_dirs(path)
+    with engramdb.open(path.parent / kept / "old") as mem:
+        assert mem.count == 2 and mem.verify().ok
+
+
 def test_leftovers_of_killed_runs_are_removed_but_live_runs_kept(tmp_path: Path) -> None:
     path = tmp_path / "a.engram"
     with engramdb.open(path, encoder=OLD) as mem:

@@ -368,9 +368,12 @@ class Committer:
         mirror = parts.mirror
         if parts.read_only:
             return  # nothing is ever pending, and the journal file is not ours to empty
-        if mirror is None or not mirror.pending:
+        if (mirror is None or not mirror.pending) and not parts.journal.records:
             parts.journal.reset()
             return
+        # Records whose turns changed nothing (a replayed removal whose keys a power cut had
+        # already dropped) still moved the counters: they are committed before the journal
+        # goes, or the next record's number would not follow the catalog's.
         started = time.monotonic()
         if not self.fast:
             parts.segments.sync()  # the catalog is about to point at these vectors
@@ -382,8 +385,9 @@ class Committer:
               journal_seq=counters.journal_seq)
         try:
             with c._stack:
-                mirror.fold(c.con)
-                if mirror.erased:  # last: every row of theirs is in by now
+                if mirror is not None:
+                    mirror.fold(c.con)
+                if mirror is not None and mirror.erased:  # last: every row of theirs is in
                     erase_rows(c.con, mirror.erased)
                 c.finish()
         except CommitUncertain:
@@ -393,7 +397,8 @@ class Committer:
             raise
         self._folded_lengths = None
         turns = parts.journal.records
-        mirror.folded()
+        if mirror is not None:
+            mirror.folded()
         # "fast": the fold committed without fsyncs, so it is made a sync point before the
         # journal, the only durable copy of synced turns, is emptied.
         self.sync()

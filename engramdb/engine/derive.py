@@ -85,6 +85,7 @@ class DerivedLoader:
         them (an open that changed it: the stored documents were made with other keys)."""
         count = self._rederive_lexical()
         self.parts.lexical = LexicalIndex.load(self.parts.catalog.con)
+        self.parts.context = self.load_context()  # it holds the documents' lengths too
         log.info("%s: re-indexed the words of %d engrams for lexical_metadata=%r",
                  self.parts.path, count, self.parts.settings.lexical_metadata)
 
