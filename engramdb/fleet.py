@@ -40,6 +40,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import shutil
 import socket
 import time
 from collections import deque
@@ -193,9 +194,11 @@ def run_fleet(
     stores = _stores(root_path)
     rows: list[FleetRow] = []
     with _ProgressLog(state, name, args, resume) as log:
+        if template.get("dest"):
+            _sweep_dest(Path(template["dest"]), template["fmt"])
         tasks = []
         for entry in stores:  # a row now (skipped, not a store), or a task for a worker
-            row, task = _prepare(entry, template, log.done.get(entry.name))
+            row, task = _prepare(entry, template, log.done.get(entry.name), log.resumed)
             rows.extend([row] if row is not None else [])
             tasks.extend([] if row is not None else [task])
         bar = _bar(len(stores), progress, name)
@@ -332,6 +335,17 @@ def _make_dest(dest: Path) -> None:
         raise StorageError(f"cannot create the export directory {dest}: {exc}") from exc
 
 
+def _sweep_dest(dest: Path, fmt: str) -> None:
+    """Delete the temporary files (``.NAME.FMT.fleet-XXXXXXXX``) that workers of a killed
+    run of this export left in ``dest``. Called under the progress log's lock: no other run
+    of the same export (same DEST and format) is writing there."""
+    for tmp in dest.glob(f".*.{fmt}.fleet-????????"):
+        try:
+            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+        except OSError:
+            pass  # a leftover only costs disk; the export does not read it
+
+
 # -- the stores ---------------------------------------------------------------------------------
 
 
@@ -357,17 +371,20 @@ def _stores(root: Path) -> list[_Entry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _prepare(entry: _Entry, template: dict[str, Any], done: dict[str, Any] | None
-             ) -> tuple[FleetRow | None, dict[str, Any]]:
-    """The row of a store that needs no work (skipped, or not a store), or its task."""
+def _prepare(entry: _Entry, template: dict[str, Any], done: dict[str, Any] | None,
+             resumed: bool) -> tuple[FleetRow | None, dict[str, Any]]:
+    """The row of a store that needs no work (skipped, or not a store), or its task.
+    ``resumed``: an earlier run of the same operation made the files it finds in DEST."""
     base = {"store": entry.name, "path": str(entry.path), "user": entry.user}
     if entry.problem is not None:
         return FleetRow(**base, status="failed", error=entry.problem), {}
     redo = done is not None and done.get("status") == "ok"
     if redo and done.get("stamp") and done["stamp"] == fleet_ops.store_stamp(entry.path):
         return FleetRow(**base, status="skipped", result=done.get("result")), {}
-    # A store done before and changed since: its export file is this run's to replace.
-    return None, {**template, **base, "replace": redo}
+    # A store done before and changed since, or one an earlier run of this same export was
+    # killed on after its file was renamed into place and before its log line: the file is
+    # this export's to replace.
+    return None, {**template, **base, "replace": redo or resumed}
 
 
 def _bar(total: int, enabled: bool, name: str) -> Any:
@@ -396,6 +413,7 @@ class _ProgressLog:
         self.header = {"fleet_log": LOG_VERSION, "op": op, "args": args}
         self.resume = resume
         self.done: dict[str, dict[str, Any]] = {}
+        self.resumed = False  # this run continues an earlier one (the log held its header)
         self._fd = -1
 
     def __enter__(self) -> _ProgressLog:
@@ -434,6 +452,7 @@ class _ProgressLog:
                 continue  # a torn line: that store is simply redone
             if isinstance(entry, dict) and isinstance(entry.get("store"), str):
                 self.done[entry["store"]] = entry
+        self.resumed = bool(data)
         if not data:
             self._write(self.header)
         elif not data.endswith(b"\n"):

@@ -153,9 +153,10 @@ def _stats(path: Path, task: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 def _export(path: Path, task: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Export to ``DEST/<store name>.<fmt>``: written under a temporary name, then renamed.
-    An existing file is replaced only when this operation made it (a store exported by an
-    earlier run of it and changed since); otherwise it is refused, as `engramdb export`
-    refuses one."""
+    An existing file is replaced only when a run resumes an earlier run of this same export
+    (its progress log says so: the file is that run's, whether or not it logged the store
+    before it was killed); a first run (or ``--restart``) refuses one, as `engramdb export`
+    does."""
     from engramdb.transfer import export_store
 
     fmt = task["fmt"]

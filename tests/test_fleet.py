@@ -188,9 +188,21 @@ def test_export_rerun_replaces_only_its_own_files(root: Path, tmp_path: Path) ->
     assert run_fleet(root, "export", dest=dest, workers=2).counts()["ok"] == 5
     with Pool(root) as pool, pool.session("bob") as mem:
         mem.ingest("bob moved to Nantes.")
-    again = _by_user(run_fleet(root, "export", dest=dest, workers=2))
+    result = run_fleet(root, "export", dest=dest, workers=2)
+    again = _by_user(result)
     assert again["bob"].status == "ok" and again["bob"].result["engrams"] == 4
     assert again["alice"].status == "skipped"
+    # A run killed after alice's file was renamed into place, before its log line: the
+    # next run of the same export finds the file and replaces it.
+    log = Path(result.log)
+    kept = [line for line in log.read_text().splitlines()
+            if not json.loads(line).get("store", "").startswith("alice-")]
+    log.write_text("\n".join(kept) + "\n")
+    leftover = dest / ".carol-0.jsonl.fleet-0123abcd"  # a killed worker's temporary file
+    leftover.write_text("{}")
+    resumed = _by_user(run_fleet(root, "export", dest=dest, workers=2))
+    assert resumed["alice"].status == "ok" and resumed["bob"].status == "skipped"
+    assert not leftover.exists()
     # Starting over forgets which files this export made: it refuses to overwrite them.
     restarted = _by_user(run_fleet(root, "export", dest=dest, workers=2, resume=False))
     assert restarted["alice"].status == "failed" and "already exists" in restarted["alice"].error
