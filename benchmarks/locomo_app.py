@@ -30,16 +30,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import locomo_lab as lab  # noqa: E402
 
-from engramdb.derived.lexical import tokenize  # noqa: E402
-from engramdb.derived.temporal import date_affinity, parse_day, query_dates  # noqa: E402
-from engramdb.recall import hybrid as hy  # noqa: E402
 from engramdb.settings import Settings  # noqa: E402
 
 
@@ -70,52 +65,10 @@ QUERY_FORMS: dict[str, Callable[[str, list[str]], str]] = {
 def items(conv: lab.Conv, dense_form: str, lex_form: str, role_lexical: bool,
           query_form: str = "as is") -> list[tuple]:
     """``locomo_lab.store_items`` for turns stored in the given forms."""
-    n = len(conv.text)
     qs = [q["q"] for q in conv.questions]
     cos_all = lab.embed([QUERY_FORMS[query_form](q, conv.speakers) for q in qs]) @ lab.embed(
         texts(conv, dense_form)).T
-    lt = texts(conv, lex_form)
-    qtok = [tokenize(q) for q in qs]
-    bm = lab.bm25_matrix(lt, qtok)
-    same = np.array(conv.session)
-    prev = np.where(np.r_[False, same[1:] == same[:-1]], np.arange(n) - 1, -1)
-    nxt = np.where(np.r_[same[1:] == same[:-1], False], np.arange(n) + 1, -1)
-    sess_ids = sorted(set(conv.session))
-    col = np.array([sess_ids.index(s) for s in conv.session])
-    sess = lab.bm25_matrix([" ".join(lt[i] for i in range(n) if conv.session[i] == s)
-                            for s in sess_ids], qtok)[:, col]
-    roles = [set(tokenize(sp)) for sp in conv.speaker]
-    days = np.array([parse_day(d) or -1 for d in conv.date])
-    holders: dict[str, list[int]] = {}
-    for i, t in enumerate(lt):
-        for w in set(tokenize(t)) | (roles[i] if role_lexical else set()):
-            holders.setdefault(w, []).append(i)
-    out = []
-    for qi, q in enumerate(conv.questions):
-        cos, lex = cos_all[qi], bm[qi]
-        matched = np.flatnonzero(lex > 0)
-        base = np.union1d(np.argsort(-cos, kind="stable")[:lab.STORE_POOL],
-                          matched[np.argsort(-lex[matched], kind="stable")[:lab.STORE_POOL]])
-        after = nxt[base]
-        c = np.union1d(base, after[after >= 0])
-        p = prev[c]
-        held = [t for t in dict.fromkeys(qtok[qi]) if t in holders]
-        df = np.array([len(holders[t]) for t in held], np.float64)
-        docs = np.union1d(c, p[p >= 0])
-        cover, cover_prev = hy.coverage(
-            np.log1p((n - df + 0.5) / (df + 0.5)),
-            np.repeat(np.arange(len(held)), df.astype(np.int64)),
-            np.array([e for t in held for e in holders[t]], np.int64), docs,
-            docs.searchsorted(c), np.where(p >= 0, docs.searchsorted(p), -1))
-        ev = hy.ContextEvidence(
-            cos=cos[c], cos_prev=np.where(p >= 0, cos[np.maximum(p, 0)], cos[c]),
-            bm25=lex[c], bm25_prev=np.where(p >= 0, lex[np.maximum(p, 0)], 0.0),
-            bm25_session=sess[qi, c],
-            speaker=np.array([1.0 if roles[i] & set(qtok[qi]) else 0.0 for i in c]),
-            date=date_affinity(days[c], query_dates(q["q"])),
-            coverage=cover, coverage_prev=cover_prev)
-        out.append((c, ev, p, nxt[c], set(q["ev"]), q["cat"]))
-    return out
+    return lab.formula_items(conv, cos_all, texts(conv, lex_form), role_lexical)
 
 
 VARIANTS = {

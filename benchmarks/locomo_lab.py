@@ -306,30 +306,39 @@ STORE_GRID = {"lexical_weight": [0.4, 0.5, 0.6], "turn_lexical": [0.0],
 
 
 def store_items(f: Feats) -> list[tuple]:
-    """Per question, what ``engramdb.recall.fusion_context.fuse_context`` sees: the candidates
-    (dense and BM25 top ``STORE_POOL`` plus the turns right after them), their evidence, and
-    their neighbours."""
-    conv = f.conv
+    """Per question, what ``engramdb.recall.fusion_context.fuse_context`` sees for the
+    conversation as stored (:func:`formula_items` over its texts and dense cosines)."""
+    return formula_items(f.conv, f.dense, f.conv.text)
+
+
+def formula_items(conv: Conv, dense: np.ndarray, lex_texts: list[str],
+                  role_lexical: bool = False) -> list[tuple]:
+    """Per question, the candidates (dense and BM25 top ``STORE_POOL`` plus the turns right
+    after them), their evidence, and their neighbours, for turns whose BM25 documents are
+    ``lex_texts`` and whose cosines with the questions are ``dense`` (questions x turns);
+    with ``role_lexical`` a turn's speaker counts as words of the turn in query coverage
+    (``Settings.role_lexical``)."""
     n = len(conv.text)
     qtok = [tokenize(q["q"]) for q in conv.questions]
-    bm = bm25_matrix(conv.text, qtok)  # the store indexes the text as given, query as is
-    prev = np.where(f.same_sess_prev, np.arange(n) - 1, -1)
-    nxt = np.where(f.same_sess_next, np.arange(n) + 1, -1)
+    bm = bm25_matrix(lex_texts, qtok)  # the store indexes the text as given, query as is
+    same = np.array(conv.session)
+    prev = np.where(np.r_[False, same[1:] == same[:-1]], np.arange(n) - 1, -1)
+    nxt = np.where(np.r_[same[1:] == same[:-1], False], np.arange(n) + 1, -1)
     sess_ids = sorted(set(conv.session))
     col = np.array([sess_ids.index(s) for s in conv.session])
-    sess_doc = [" ".join(conv.text[i] for i in range(n) if conv.session[i] == s)
+    sess_doc = [" ".join(lex_texts[i] for i in range(n) if conv.session[i] == s)
                 for s in sess_ids]
     sess = bm25_matrix(sess_doc, qtok)[:, col]
     roles = [set(tokenize(sp)) for sp in conv.speaker]
     days = np.array([parse_day(d) or -1 for d in conv.date])
     # Which turns hold each term, for query coverage (the store's postings).
     holders: dict[str, list[int]] = {}
-    for i, text in enumerate(conv.text):
-        for t in set(tokenize(text)):
+    for i, text in enumerate(lex_texts):
+        for t in set(tokenize(text)) | (roles[i] if role_lexical else set()):
             holders.setdefault(t, []).append(i)
     items = []
     for qi, q in enumerate(conv.questions):
-        cos, lex = f.dense[qi], bm[qi]
+        cos, lex = dense[qi], bm[qi]
         matched = np.flatnonzero(lex > 0)
         base = np.union1d(np.argsort(-cos, kind="stable")[:STORE_POOL],
                           matched[np.argsort(-lex[matched], kind="stable")[:STORE_POOL]])
