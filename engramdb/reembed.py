@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from engramdb.content import check_bool, check_vectors, content_id
+from engramdb.content import check_bool, content_id
 from engramdb.encoders import Encoder
 from engramdb.errors import (
     CorruptStore,
@@ -59,7 +59,7 @@ from engramdb.errors import (
     StoreLocked,
 )
 from engramdb.progress import progress_bar
-from engramdb.storage.fsio import fsync_dir, open_regular
+from engramdb.storage.fsio import atomic_write_bytes, fsync_dir, open_regular
 from engramdb.storage.locking import LOCK_NAME, StoreLock
 from engramdb.storage.manifest import MANIFEST_NAME, Manifest
 from engramdb.store import Store
@@ -313,13 +313,7 @@ class _Work:
 
     def mark_ready(self, fingerprint: str) -> None:
         """Record that ``store`` verified under ``fingerprint`` (what :func:`settle` trusts)."""
-        fd = open_regular(self.path / _READY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            os.write(fd, fingerprint.encode("ascii") + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.path)
+        atomic_write_bytes(self.path / _READY, fingerprint.encode("ascii") + b"\n")
 
     def remove(self, store_dir: Path) -> None:
         """Delete the directory (whatever it holds now), then release its lock; kept when
@@ -375,7 +369,7 @@ def _reencode(src: Path, dst: Path, encoder: Encoder, progress: bool) -> dict[st
             for batch in reader.engram_batches():
                 for start in range(0, len(batch), ENCODE_BATCH):
                     chunk = batch[start:start + ENCODE_BATCH]
-                    vectors = _encode(encoder, [r["text"] for r in chunk]).astype(dtype)
+                    vectors = encoder.encode_stored([r["text"] for r in chunk]).astype(dtype)
                     for rec, vec in zip(chunk, vectors, strict=True):
                         new_id = content_id(fingerprint, rec["text"])
                         ids[rec["id"]] = new_id
@@ -401,18 +395,6 @@ def _reencode(src: Path, dst: Path, encoder: Encoder, progress: bool) -> dict[st
     return ids
 
 
-def _encode(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """Unit float32 vectors of ``texts``, exactly as an ingest stores them."""
-    try:
-        raw = encoder.encode_checked(texts)
-    except EngramError:
-        raise
-    except Exception as exc:  # the encoder is user code or a model: wrap what it throws
-        raise InvalidInput(f"the encoder failed: {type(exc).__name__}: {exc}",
-                           hint="check the encoder; the store was not changed") from exc
-    return check_vectors(raw, encoder.dim, len(texts), what="encoded vector")
-
-
 def _with_header(body: Path, dst: Path, header: dict[str, Any]) -> None:
     """``dst``: the JSONL file ``body`` with its first line replaced by ``header``'s."""
     with open(body, "rb") as src, open(dst, "wb") as out:
@@ -423,22 +405,12 @@ def _with_header(body: Path, dst: Path, header: dict[str, Any]) -> None:
 
 
 def _write_id_map(file: Path, old: Store, encoder: Encoder, ids: dict[str, str]) -> None:
-    """Write the id map durably (temp file, fsync, rename, directory fsync)."""
-    tmp = file.with_name(f".{file.name}.tmp")
+    """Write the id map durably (``atomic_write_bytes``: temp file, fsync, rename)."""
     header = {"format": ID_MAP_FORMAT, "version": 1, "from": old.fingerprint,
               "to": encoder.fingerprint, "from_encoder": old.manifest.encoder_spec,
               "to_encoder": encoder.spec(), "count": len(ids)}
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(header, sort_keys=True) + "\n")
-            for pair in ids.items():
-                fh.write(json.dumps(pair) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except OSError as exc:
-        raise StorageError(f"cannot write {file}: {exc}") from exc
-    fsync_dir(file.parent)
+    lines = [json.dumps(header, sort_keys=True), *(json.dumps(pair) for pair in ids.items())]
+    atomic_write_bytes(file, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # -- the switch ---------------------------------------------------------------------------------

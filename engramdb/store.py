@@ -45,7 +45,6 @@ from engramdb.engine.verify import verify
 from engramdb.engine.writer import Batch, Writer
 from engramdb.errors import (
     CorruptStore,
-    EngramError,
     InvalidInput,
     ModelMismatch,
     NotAStore,
@@ -330,13 +329,7 @@ class Store(KeyedMethods):
         return self._encoder
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        try:
-            raw = self.encoder.encode_checked(texts)
-        except EngramError:
-            raise
-        except Exception as exc:  # the encoder is user code or a model: wrap what it throws
-            raise InvalidInput(f"the encoder failed: {type(exc).__name__}: {exc}") from exc
-        return check_vectors(raw, self.dim, len(texts), what="encoded vector")
+        return self.encoder.encode_stored(texts)
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -230,3 +230,25 @@ def test_ingest_many_takes_a_kind_by_name(tmp_path: Path) -> None:
         for bad in ("dead", "forever", 3):
             with pytest.raises(InvalidInput):
                 mem.ingest_many(["x"], vectors=[[0, 1, 0, 0]], kind=bad)
+
+
+def test_an_encoder_that_raises_is_named_and_writes_nothing(tmp_path: Path) -> None:
+    """Whatever the encoder itself throws becomes InvalidInput naming it (ingest and
+    reembed share Encoder.encode_stored), and the store keeps what it had."""
+    def encode(texts: list[str]) -> np.ndarray:
+        if any("boom" in t for t in texts):
+            raise RuntimeError("model down")
+        return np.ones((len(texts), 8), np.float32)
+
+    enc = FunctionEncoder(encode, dim=8, name="flaky")
+    with engramdb.open(tmp_path / "s", encoder=enc) as mem:
+        mem.ingest("fine")
+        with pytest.raises(InvalidInput, match="the encoder failed: RuntimeError: model down"):
+            mem.ingest("boom")
+        assert mem.count == 1 and mem.verify().ok
+    with engramdb.open(tmp_path / "t", encoder=HashingEncoder(dim=8)) as mem:
+        mem.ingest("boom")
+    with pytest.raises(InvalidInput, match="the encoder failed"):
+        engramdb.reembed(tmp_path / "t", enc)
+    with engramdb.open(tmp_path / "t") as mem:
+        assert mem.count == 1 and mem.fingerprint == HashingEncoder(dim=8).fingerprint

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 # Re-exported: fingerprint_of was public here before it moved to the foundation layer.
-from engramdb.content import fingerprint_of
-from engramdb.errors import InvalidInput
+from engramdb.content import check_vectors, fingerprint_of
+from engramdb.errors import EngramError, InvalidInput
 
 
 class Encoder(ABC):
@@ -52,6 +52,19 @@ class Encoder(ABC):
                 hint="check the model and its dtype; nothing was written",
             )
         return out
+
+    def encode_stored(self, texts: Sequence[str]) -> np.ndarray:
+        """The unit float32 vectors a store keeps for ``texts``: :meth:`encode_checked`, then
+        normalised and checked; whatever the encoder itself raises (it is user code or a
+        model) becomes InvalidInput naming it."""
+        try:
+            raw = self.encode_checked(texts)
+        except EngramError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - wrap what the model throws
+            raise InvalidInput(f"the encoder failed: {type(exc).__name__}: {exc}",
+                               hint="check the encoder; nothing was written") from exc
+        return check_vectors(raw, self.dim, len(texts), what="encoded vector")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, fingerprint={self.fingerprint[:12]})"
