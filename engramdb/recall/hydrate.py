@@ -91,25 +91,34 @@ def _unfolded_engrams(parts: Parts, mirror: Any, eids: list[int], now: int
     hot = parts.hot
     payloads = {e: hot.payload(e) for e in eids}
     loader = OccurrenceLoader(parts, {p[0]: e for e, p in payloads.items()}, "", [])
-    at = np.array(eids, np.int64)
-    kinds = effective_kind(mirror.kind[at], hot.created[at], now).tolist()
     out = {}
-    for e, kind in zip(eids, kinds, strict=True):
+    for e in eids:
         ident, blob = payloads[e]
         expires = float(mirror.expires[e])  # inf: never (NULL in the catalog)
-        out[e] = Engram(
-            id=ident,
-            text=decompress_text(blob),
-            kind=Kind(KIND_NAMES[int(kind)]),
-            refs=int(mirror.refs[e]),
-            created_tick=int(mirror.created[e]),
-            expires_at=None if math.isinf(expires) else expires,
-            lifespan_left=None if math.isinf(expires) else max(0.0, expires - now),
-            pinned=bool(mirror.pinned[e]),
-            recalls=int(mirror.recalls[e]),
-            occurrences=loader.get(ident),
-        )
+        out[e] = _engram((ident, blob, mirror.kind[e], mirror.refs[e], mirror.created[e],
+                          None if math.isinf(expires) else expires, mirror.pinned[e],
+                          mirror.recalls[e]), int(hot.created[e]), loader.get(ident), now)
     return out
+
+
+def _engram(fields: tuple, born: int, occurrences: list[Occurrence], now: int) -> Engram:
+    """An :class:`Engram` at tick ``now`` from its stored fields (id, compressed text, kind
+    code, refs, created tick, expiry or None, pinned, recalls), its tick of birth in the hot
+    state (which its effective kind counts from) and its occurrences."""
+    ident, blob, kind, refs, created, expires, pinned, recalls = fields
+    effective = effective_kind(np.array([kind]), np.array([born]), now)[0]
+    return Engram(
+        id=ident,
+        text=decompress_text(blob),
+        kind=Kind(KIND_NAMES[int(effective)]),
+        refs=int(refs),
+        created_tick=int(created),
+        expires_at=expires,
+        lifespan_left=None if expires is None else max(0.0, expires - now),
+        pinned=bool(pinned),
+        recalls=int(recalls),
+        occurrences=occurrences,
+    )
 
 
 def recall_hits(parts: Parts, ranked: list[tuple[int, Hit]], occ_sql: str,
@@ -163,18 +172,7 @@ def engrams(parts: Parts, eids: list[int], occ_sql: str, occ_params: Sequence[An
     )
     hot = parts.hot
     out = {}
-    for eid, ident, blob, kind, refs, created, expires, pinned, recalls, occs in rows:
-        out[int(eid)] = Engram(
-            id=ident,
-            text=decompress_text(blob),
-            kind=Kind(KIND_NAMES[int(effective_kind(
-                np.array([kind]), np.array([hot.created[eid]]), now)[0])]),
-            refs=int(refs),
-            created_tick=int(created),
-            expires_at=None if expires is None else expires,
-            lifespan_left=None if expires is None else max(0.0, expires - now),
-            pinned=bool(pinned),
-            recalls=int(recalls),
-            occurrences=[occurrence(o) for o in occs or []],
-        )
+    for eid, *fields, occs in rows:
+        out[int(eid)] = _engram(tuple(fields), int(hot.created[eid]),
+                                [occurrence(o) for o in occs or []], now)
     return out
