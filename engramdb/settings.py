@@ -58,6 +58,12 @@ class Settings:
     journal_max_engrams: int = 200_000
     journal_fold_turns: int = 256
     journal_fold_bytes: int = 8 * 2**20
+    # A new store writes no catalog file at first: its turns live in journal.bin alone, and an
+    # open replays them instead of opening DuckDB. Its first fold makes catalog.duckdb: once
+    # this many turns wait, or at the first write or read that needs the catalog (bulk
+    # ingest_many, forget by id, gc, a filtered recall, export...). 0: the catalog is made
+    # with the store. Kept small because an open replays every waiting turn (~0.5 ms each).
+    journal_only_turns: int = 64
 
     # -- recall --
     lexical_weight: float = 0.5  # share of BM25 in hybrid recall (0: dense only); see hybrid.py

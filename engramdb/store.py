@@ -58,6 +58,7 @@ from engramdb.recall.query_text import dense_query
 from engramdb.recall.searcher import Searcher
 from engramdb.recall.snapshot import Snapshot
 from engramdb.settings import Settings
+from engramdb.storage.catalog import Catalog
 from engramdb.storage.locking import StoreLock
 from engramdb.storage.manifest import MANIFEST_NAME
 from engramdb.types import (
@@ -141,7 +142,6 @@ class Store(KeyedMethods):
     settings = _Part("The store's settings (engramdb.Settings).")
     dim = _Part("The dimension of the stored vectors.")
     fingerprint = _Part("The fingerprint of the store's encoder.")
-    catalog = _Part("The DuckDB catalog (storage.catalog.Catalog); replaced by gc.")
     segments = _Part("The vector segment files (storage.segments.SegmentStore).")
     hot = _Part("The in-memory per-engram state (derived.hotstate.HotState).")
     lexical = _Part("The BM25 index (derived.lexical.LexicalIndex).")
@@ -218,6 +218,13 @@ class Store(KeyedMethods):
         self._finalizer = weakref.finalize(self, release_handle, parts, self._lock,
                                            self._prefault_stop, self._prefault)
 
+    @property
+    def catalog(self) -> Catalog:
+        """The DuckDB catalog (storage.catalog.Catalog), with every journaled turn folded in;
+        replaced by gc. A store without a catalog file gets it here (its first fold)."""
+        self._fold()
+        return self._parts.catalog
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
@@ -239,6 +246,11 @@ class Store(KeyedMethods):
                 self._release()
                 return
             try:
+                if parts.catalog is None and not self._committer.fold_due():
+                    # A store without a catalog file keeps its turns in the journal (an
+                    # open replays them); "fast": the journal becomes durable.
+                    self._committer.sync()
+                    return
                 self._committer.fold()  # the journaled turns go into the catalog
                 self._committer.sync()  # "fast": this handle's writes become durable
                 self._keeper.save_if_unsaved()
@@ -298,8 +310,9 @@ class Store(KeyedMethods):
             yield
 
     def _fold(self) -> None:
-        """Fold the journaled turns into the catalog before a read of it (no-op if none)."""
-        if self._committer.pending:
+        """Fold the journaled turns into the catalog before a read of it (no-op if none);
+        a store without a catalog file gets it."""
+        if self._committer.pending or self._parts.catalog is None:
             with self._writing():
                 pass
 
@@ -582,6 +595,7 @@ class Store(KeyedMethods):
         """
         self._parts.check_open()
         self._parts.check_writable("restoring")
+        self._fold()  # it writes straight to the catalog: a new store gets it now
         return Restorer(self._parts, self._committer)
 
     # -- reads --------------------------------------------------------------------------------

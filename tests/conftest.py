@@ -20,6 +20,26 @@ def encoder() -> HashingEncoder:
 
 
 @pytest.fixture
+def catalog_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New stores are made with their catalog file (``journal_only_turns=0``) unless the
+    test sets ``journal_only_turns`` itself: for tests of the catalog path that read, damage
+    or count its files, or that rely on a close folding the journal."""
+    import dataclasses
+
+    import engramdb.store as store_module
+
+    create = store_module.create_store
+    default = engramdb.Settings().journal_only_turns
+
+    def with_catalog(path, encoder, dim, settings):  # noqa: ANN001, ANN202 - a stand-in
+        if settings.journal_only_turns == default:
+            settings = dataclasses.replace(settings, journal_only_turns=0)
+        return create(path, encoder, dim, settings)
+
+    monkeypatch.setattr(store_module, "create_store", with_catalog)
+
+
+@pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "alice.engram"
 

@@ -150,7 +150,8 @@ def test_reopen_restores_the_structure(store_path: Path, encoder: object) -> Non
 
 
 def test_store_without_context_tables_derives_them(store_path: Path, encoder: object) -> None:
-    with engramdb.open(store_path, encoder=encoder) as mem:
+    # A store with its catalog from the start (the test edits the catalog file).
+    with engramdb.open(store_path, encoder=encoder, settings={"journal_only_turns": 0}) as mem:
         _conversation(mem)
         live = _snapshot(mem)
         ranking = _ranked(mem, "dog name")

@@ -27,6 +27,10 @@ from engramdb.storage import segments as segments_mod
 from engramdb.storage.segments import SEGMENT_DIR, segment_name
 from engramdb.transfer import export_store, import_store
 
+# These tests are about a store with its catalog file (its journal folded at close,
+# its files damaged or counted): new stores here are made with it.
+pytestmark = pytest.mark.usefixtures("catalog_from_the_start")
+
 DIM = 16
 ENC = HashingEncoder(dim=DIM)
 ROW_BYTES = DIM * 4

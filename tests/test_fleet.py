@@ -55,6 +55,8 @@ def _build(root: Path) -> None:
     with engramdb.open(root / DIRECT, encoder=HashingEncoder(dim=32)) as mem:
         mem.ingest_many(_texts("direct"))
     (root / user_dirname("carol") / "MANIFEST.json").write_text('{"format_version": 1, ')
+    with engramdb.open(root / user_dirname("frank")) as mem:
+        assert mem.catalog is not None  # its first fold: frank's store gets its catalog
     catalog = root / user_dirname("frank") / "catalog.duckdb"
     os.truncate(catalog, catalog.stat().st_size // 2)
 

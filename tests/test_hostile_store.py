@@ -371,16 +371,20 @@ def test_relative_path_then_chdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert again.count == 101
 
 
-def test_full_disk_on_create_is_storage_error(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("journal_only", [False, True])
+def test_full_disk_on_create_is_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              journal_only: bool) -> None:
     """DuckDB cannot write the new catalog (ENOSPC): StorageError, not CorruptStore.
 
     DuckDB's own I/O does not go through Python, so its connect (or the ATTACH of the
-    catalog file, depending on the version) is made to fail as it does on a full disk.
+    catalog file, depending on the version) is made to fail as it does on a full disk. A
+    store made with its catalog meets it on creation; one made without (``journal_only``)
+    at its first fold, which then leaves its turns in the journal for the next try.
     """
     real = duckdb.connect
     enospc = duckdb.IOException(f'IO Error: Could not write file "catalog.duckdb": '
                                 f"{os.strerror(errno.ENOSPC)}")
+    names = ("catalog.duckdb", "catalog.duckdb.new")
 
     class FullDisk:
         def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -390,22 +394,30 @@ def test_full_disk_on_create_is_storage_error(tmp_path: Path,
             return getattr(self._con, name)
 
         def execute(self, sql: str, *args: object, **kw: object) -> object:
-            if sql.lstrip().upper().startswith("ATTACH") and "catalog.duckdb'" in sql:
+            if sql.lstrip().upper().startswith("ATTACH") and any(
+                    f"{n}'" in sql for n in names):
                 raise enospc
             return self._con.execute(sql, *args, **kw)
 
     def full(database: str = ":memory:", *args: object, **kw: object) -> object:
-        if str(database).endswith("catalog.duckdb"):
+        if str(database).endswith(names):
             raise enospc
         return FullDisk(real(database, *args, **kw))
 
+    path = tmp_path / "new.engram"
+    settings = {"journal_only_turns": 64 if journal_only else 0}
+    if journal_only:
+        with engramdb.open(path, encoder=ENC, settings=settings) as mem:
+            mem.ingest("a turn kept in the journal")
     monkeypatch.setattr(duckdb, "connect", full)
     with pytest.raises(StorageError) as info:
-        engramdb.open(tmp_path / "new.engram", encoder=ENC)
+        with engramdb.open(path, encoder=ENC, settings=settings) as mem:
+            mem.catalog  # noqa: B018 - the first fold, which makes the catalog
     assert not isinstance(info.value, CorruptStore)
     monkeypatch.setattr(duckdb, "connect", real)
-    with engramdb.open(tmp_path / "new.engram", encoder=ENC) as mem:  # creation is redone
-        assert mem.count == 0
+    with engramdb.open(path, encoder=ENC) as mem:  # creation (or the first fold) is redone
+        assert mem.count == (1 if journal_only else 0)
+        assert mem.catalog is not None
 
 
 def test_full_disk_making_segments_dir_is_storage_error(

@@ -31,6 +31,10 @@ from engramdb.encoders import HashingEncoder
 from engramdb.errors import CorruptStore, NotFound
 from engramdb.storage.journal import JOURNAL_NAME, MAGIC
 
+# These tests are about a store with its catalog file (its journal folded at close,
+# its files damaged or counted): new stores here are made with it.
+pytestmark = pytest.mark.usefixtures("catalog_from_the_start")
+
 DIM = 32
 ENC = HashingEncoder(dim=DIM)
 WORDS = "oscar guinea pig paris sister carrots rain coffee piano train lisbon".split()

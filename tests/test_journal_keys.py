@@ -116,33 +116,43 @@ def _apply(mem: engramdb.Store, op: tuple) -> object:
 
 
 def _agree(root: Path, ops: list[tuple], big: bool) -> None:
-    """Run ``ops`` on a journaled store and on one that commits every write to the
-    catalog: every answer agrees, and after close so does every catalog table. ``big``: the
-    mirror keeps no occurrences in memory (a store over OCCURRENCES_MAX), so recall reads
-    them from the catalog and must leave out those a pending turn removed."""
-    paths = {"j": root / "j", "d": root / "d"}
-    confs = {"j": {"short_term_capacity": 8},
-             "d": {"short_term_capacity": 8, "journal_max_engrams": 0}}
+    """Run ``ops`` on a journaled store, on one that commits every write to the catalog,
+    and on one made without a catalog file (its turns in the journal alone until a write or
+    read needs the catalog): every answer agrees, and after close (and the first fold of
+    the last one) so does every catalog table. ``big``: the mirror keeps no occurrences in
+    memory (a store over OCCURRENCES_MAX), so recall reads them from the catalog and must
+    leave out those a pending turn removed."""
+    paths = {"j": root / "j", "d": root / "d", "o": root / "o"}
+    confs = {"j": {"short_term_capacity": 8, "journal_only_turns": 0},
+             "d": {"short_term_capacity": 8, "journal_max_engrams": 0,
+                   "journal_only_turns": 0},
+             "o": {"short_term_capacity": 8}}
     with mock.patch.object(mirror_module, "OCCURRENCES_MAX", 0 if big else 50_000):
         mems = {n: engramdb.open(paths[n], encoder=ENC, settings=confs[n]) for n in paths}
         try:
             for op in ops:
                 if op[0] in ("drop", "reopen"):
                     for n in mems:
-                        if op[0] == "drop" and n == "j":  # no close: the journal replays
+                        if op[0] == "drop" and n != "d":  # no close: the journal replays
                             mems[n] = None  # type: ignore[assignment]
                             gc.collect()
                         else:
                             mems[n].close()
                         mems[n] = engramdb.open(paths[n], encoder=ENC)
                     continue
-                assert _apply(mems["j"], op) == _apply(mems["d"], op), op
-                assert mems["j"].count == mems["d"].count  # (a read that folds nothing)
+                answer = _apply(mems["d"], op)
+                assert _apply(mems["j"], op) == answer, op
+                assert _apply(mems["o"], op) == answer, op
+                assert mems["j"].count == mems["d"].count == mems["o"].count
         finally:
             for mem in mems.values():
                 mem.close()
     assert not (paths["j"] / JOURNAL_NAME).exists()
-    assert _catalog_rows(paths["j"]) == _catalog_rows(paths["d"])
+    with engramdb.open(paths["o"], encoder=ENC) as mem, mem.snapshot():
+        pass  # a read of the catalog: the first fold of a store still without one
+    rows = _catalog_rows(paths["d"])
+    assert _catalog_rows(paths["j"]) == rows
+    assert _catalog_rows(paths["o"]) == rows
     with engramdb.open(paths["j"], encoder=ENC) as mem:
         assert mem.verify().ok
 
@@ -209,6 +219,7 @@ def _journal_records(path: Path) -> list[dict]:
     return heads
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_replacing_and_removing_keys_take_the_journal(tmp_path: Path) -> None:
     """An upsert of a stored key (same or new text) and forget(keys=) append one record each
     and fold nothing; a dropped handle replays them; the record names the removed keys."""
@@ -274,6 +285,7 @@ _BAD_REMOVALS = [
 ]
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 @pytest.mark.parametrize(("patch", "error"), _BAD_REMOVALS)
 def test_a_forged_removal_refuses_the_open(tmp_path: Path, patch: dict,
                                            error: type[Exception]) -> None:
@@ -303,6 +315,7 @@ def test_a_forged_removal_refuses_the_open(tmp_path: Path, patch: dict,
     assert after == before
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_a_removal_of_a_key_the_catalog_lost_replays_as_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """In "fast" durability a power cut can lose the catalog commit that stored a key (a bulk

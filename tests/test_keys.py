@@ -18,6 +18,7 @@ from engramdb.content import compress_text
 from engramdb.encoders import HashingEncoder
 from engramdb.errors import CorruptStore, EngramError, InvalidInput, NotFound
 from engramdb.storage.journal import MAGIC
+from engramdb.storage.manifest import FORMAT_VERSION
 from engramdb.transfer import export_store, import_store
 
 
@@ -194,6 +195,7 @@ def test_export_import_keeps_keys(tmp_path: Path, fmt: str) -> None:
         import_store(tmp_path / "c", tmp_path / "bad.jsonl", encoder=HashingEncoder(dim=64))
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_store_of_the_previous_format_gains_keys(tmp_path: Path) -> None:
     """A format-2 store (no key column) opens, gains the column once, and takes keys."""
     path = tmp_path / "m"
@@ -211,7 +213,7 @@ def test_store_of_the_previous_format_gains_keys(tmp_path: Path) -> None:
         assert [o.key for e in mem.engrams() for o in e.occurrences] == [None, None]
         mem.ingest("new one", key="k")
         assert mem.get(key="k").text == "new one" and mem.verify().ok
-    assert json.loads((path / "MANIFEST.json").read_text())["format_version"] == 3
+    assert json.loads((path / "MANIFEST.json").read_text())["format_version"] == FORMAT_VERSION
 
 
 _OPS = st.lists(st.tuples(st.sampled_from(["upsert", "forget", "ingest"]),
@@ -253,6 +255,7 @@ def test_keys_follow_a_dict(tmp_path_factory: pytest.TempPathFactory,
         assert mem.verify().ok
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_new_keys_take_the_journal_and_replay(tmp_path: Path) -> None:
     """Keyed ingests of new keys are turns: a dropped handle replays them, keys included,
     and a key journaled but not yet folded is already taken."""
@@ -324,6 +327,7 @@ def test_context_follows_the_occurrences_a_key_replaces(tmp_path: Path) -> None:
         assert mem.verify().ok
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_a_replayed_turn_takes_a_key_whose_removal_was_lost(tmp_path: Path) -> None:
     """In "fast" durability a power cut can lose a catalog commit that removed a key
     (unsynced) but keep the journaled turn that stored the key again: replay gives the key
@@ -355,6 +359,7 @@ def test_a_replayed_turn_takes_a_key_whose_removal_was_lost(tmp_path: Path) -> N
                 mem.get(key="K")
 
 
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_verify_reports_a_key_held_twice(tmp_path: Path) -> None:
     path = tmp_path / "m"
     with _open(path) as mem:

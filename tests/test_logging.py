@@ -12,6 +12,10 @@ import pytest
 import engramdb
 from engramdb.encoders import HashingEncoder
 
+# These tests are about a store with its catalog file (its journal folded at close,
+# its files damaged or counted): new stores here are made with it.
+pytestmark = pytest.mark.usefixtures("catalog_from_the_start")
+
 ENC = HashingEncoder(dim=16)
 
 

@@ -18,6 +18,10 @@ from engramdb.transfer import export_store
 from tests.cli_support import run
 
 ENC = HashingEncoder(dim=64)
+# A store with its catalog file (a journal left by a dropped handle needs recovery there; the
+# catalog's DuckDB lock keeps writers out): read-only opens of stores without one are in
+# tests/test_journal_only.py.
+pytestmark = pytest.mark.usefixtures("catalog_from_the_start")
 
 
 def _files(path: Path) -> dict[str, str]:

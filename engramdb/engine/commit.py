@@ -32,7 +32,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CommitUncertain, StorageError
 from engramdb.storage import catalog as cat
-from engramdb.storage.manifest import FORMAT_VERSION
+from engramdb.storage.manifest import FORMAT_VERSION, Manifest
 from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
 
 # Why an engram left the store, as the forgetting log records it.
@@ -145,7 +145,9 @@ class Commit:
         plan = segments.plan(len(vectors), first_new=first_new)
         if self.mirror is not None:
             durable = False  # the turn's journal record holds them until the fold syncs
-        segments.write(plan, vectors, durable=durable)
+        # A replayed turn finds its vectors in the file already, unless a crash cut them.
+        segments.write(plan, vectors, durable=durable,
+                       keep_equal=self.committer.parts.replaying)
         self.wrote_vectors = True
         self.segment_lengths = plan.committed_after(
             segments.committed if base is None else base)
@@ -297,8 +299,10 @@ class Committer:
         ``durable`` fsyncs this commit even in "fast" mode; ``bump=False`` leaves the
         generation (a commit that changes nothing a reader or a saved index can see)."""
         self.parts.check_writable()
-        if self.pending:
-            self.fold()  # a write straight to the catalog sees every acknowledged turn first
+        if self.pending or self.parts.catalog is None:
+            # A write straight to the catalog sees every acknowledged turn first (and a
+            # store without a catalog file gets it).
+            self.fold()
         started = time.monotonic()
         c = Commit(self, durable, bump)
         try:
@@ -325,7 +329,7 @@ class Committer:
         parts = self.parts
         parts.check_writable()
         manifest = parts.manifest
-        if manifest.format_version < FORMAT_VERSION:
+        if manifest.format_version < FORMAT_VERSION and not parts.read_only:
             # An engramdb from before the journal would ignore journaled turns: from the
             # first one on, it refuses the store (FormatTooNew) instead.
             manifest.format_version = FORMAT_VERSION
@@ -349,16 +353,24 @@ class Committer:
             raise
         self._apply(c)
 
+    def fold_due(self) -> bool:
+        """Whether enough turns wait to fold them: ``journal_fold_turns`` records (or
+        ``journal_fold_bytes``); ``journal_only_turns`` in a store without a catalog."""
+        s, journal = self.parts.settings, self.parts.journal
+        turns = s.journal_fold_turns
+        if self.parts.catalog is None and s.journal_only_turns:
+            turns = min(turns, s.journal_only_turns)
+        return journal.records >= turns or journal.size >= s.journal_fold_bytes
+
     def fold_if_due(self) -> None:
-        """After a turn and its capacity rule: fold once ``journal_fold_turns`` records (or
-        ``journal_fold_bytes``) wait; with "fast" durability, sync once ``sync_interval``
-        has passed. Never inside a turn: the capacity rule's commit writes no record of its
-        own, so a fold between the two would leave it in no durable place."""
-        parts, s = self.parts, self.parts.settings
-        journal = parts.journal
-        if journal.records >= s.journal_fold_turns or journal.size >= s.journal_fold_bytes:
+        """After a turn and its capacity rule: fold once it is due (:meth:`fold_due`); with
+        "fast" durability, sync once ``sync_interval`` has passed. Never inside a turn: the
+        capacity rule's commit writes no record of its own, so a fold between the two would
+        leave it in no durable place."""
+        if self.fold_due():
             self.fold()
-        elif self.fast and time.monotonic() - self.last_sync >= s.sync_interval:
+        elif self.fast and (time.monotonic() - self.last_sync
+                            >= self.parts.settings.sync_interval):
             self.sync()
 
     def fold(self) -> None:
@@ -366,7 +378,9 @@ class Committer:
         Called under the write lock."""
         parts = self.parts
         mirror = parts.mirror
-        if parts.read_only:
+        if parts.catalog is None:
+            self._make_catalog()
+        elif parts.read_only:
             return  # nothing is ever pending, and the journal file is not ours to empty
         if (mirror is None or not mirror.pending) and not parts.journal.records:
             parts.journal.reset()
@@ -402,11 +416,36 @@ class Committer:
         # "fast": the fold committed without fsyncs, so it is made a sync point before the
         # journal, the only durable copy of synced turns, is emptied.
         self.sync()
-        parts.journal.reset()
+        if not parts.read_only:
+            parts.journal.reset()
         took = time.monotonic() - started
         (log.warning if took > SLOW_SECONDS else log.debug)(
             "folded %d journaled turns into the catalog of %s in %.3f s", turns, parts.path,
             took)
+
+    def _make_catalog(self) -> None:
+        """The first fold of a store made without a catalog file: write an empty catalog
+        (the fold then fills it), and record in the manifest that the store has one. A
+        read-only handle makes its catalog in its scratch directory instead: the store's
+        files are never written."""
+        parts = self.parts
+        if parts.read_only:
+            assert parts.scratch is not None
+            catalog = cat.Catalog(parts.scratch / cat.CATALOG_NAME)
+            catalog.create_schema(context=True)
+            parts.catalog = catalog
+            return
+        cat.make_catalog(parts.path)
+        # The manifest on disk gains the flag alone: this handle's may hold settings it has
+        # not recorded yet (lexical_metadata, recorded once the re-index is done).
+        recorded = Manifest.read(parts.path)
+        if not recorded.catalog:
+            recorded.catalog = True
+            recorded.write(parts.path)
+        parts.manifest.catalog = True
+        parts.catalog = cat.Catalog(parts.path / cat.CATALOG_NAME, fast=self.fast)
+        # The new catalog's own starting counters are the last sync point: every turn
+        # folded now is fsynced by this fold ("full") or checked on the next open ("fast").
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -433,7 +472,8 @@ class Committer:
         if not self.fast or parts.read_only:
             return
         parts.journal.sync()
-        if not (parts.catalog.pending or parts.segments.dirty):
+        if parts.catalog is None or not (parts.catalog.pending or parts.segments.dirty):
+            # Without a catalog every acknowledged turn lives in the journal, just synced.
             self.last_sync = time.monotonic()
             return
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import threading
 
 from engramdb.engine.parts import Parts
@@ -53,6 +54,8 @@ def release_handle(parts: Parts, lock: StoreLock, stop: threading.Event,
         journal = getattr(parts, "journal", None)
         if journal is not None:
             journal.close()  # turns not folded stay in it: the next open replays them
+        if parts.scratch is not None:  # a read-only handle's replayed vectors and catalog
+            shutil.rmtree(parts.scratch, ignore_errors=True)
     finally:
         lock.release()
         parts.write_lock.release()

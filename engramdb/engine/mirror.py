@@ -72,6 +72,7 @@ class TurnMirror:
         self._query_arrow: Callable[[str], pa.Table] | None = None
         self._folded_occurrences: dict[int, list[dict[str, Any]]] | None = None
         self._folds = 0
+        self._nothing_folded = False  # no catalog yet: every occurrence is a pending one
         # A reader's occurrence load is kept only if no fold or removal came between.
         self._occurrences_version = 0
         self._occurrences_lock = threading.Lock()
@@ -108,6 +109,14 @@ class TurnMirror:
                     or self.dropped_context or self.erased)
 
     # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> TurnMirror:
+        """The mirror of a store with no catalog file yet (nothing folded, nothing to read)."""
+        m = cls()
+        m._folded_occurrences = {}
+        m._nothing_folded = True
+        return m
 
     @classmethod
     def load(cls, query_arrow: Callable[[str], pa.Table]) -> TurnMirror:
@@ -214,6 +223,9 @@ class TurnMirror:
                         ) -> dict[int, list[dict[str, Any]]] | None:
         """Every occurrence of ``eids`` (folded and pending, in order), from memory; the
         folded ones are read once with ``query``. None for a store too big to keep them."""
+        if self._nothing_folded:
+            pending = self.pending_occurrences
+            return {e: list(pending.get(e, ())) for e in eids}
         if len(self.eid_of) > OCCURRENCES_MAX:
             if not self.removed:
                 return None  # the caller reads the catalog's, then the pending ones
@@ -452,6 +464,7 @@ class TurnMirror:
             self._folds += 1
             self._occurrences_version += 1
             self._folded_occurrences = None  # the next recall reads them again
+            self._nothing_folded = False
         self._clear_pending()
 
     def _fields(self, eids: np.ndarray) -> dict[str, pa.Array]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import HOT_COLUMNS, HotState
 from engramdb.derived.index import VectorIndex
 from engramdb.derived.indexer import BackgroundIndexer
+from engramdb.derived.lexical import LexicalIndex
 from engramdb.encoders.base import Encoder
 from engramdb.engine import turnlog
 from engramdb.engine.commit import Committer, Counters
 from engramdb.engine.derive import LEXICAL_SNAPSHOT, DerivedLoader
+from engramdb.engine.mirror import TurnMirror
 from engramdb.engine.parts import Parts
 from engramdb.engine.upkeep import INDEX_DIR, IndexKeeper
 from engramdb.engine.writer import Writer
@@ -39,7 +43,7 @@ from engramdb.errors import (
 )
 from engramdb.settings import Settings
 from engramdb.storage import catalog as cat
-from engramdb.storage.catalog import CATALOG_NAME, Catalog
+from engramdb.storage.catalog import CATALOG_NAME, CATALOG_TEMP, Catalog, catalog_temp_files
 from engramdb.storage.fsio import check_tree, fsync_dir
 from engramdb.storage.journal import TurnJournal
 from engramdb.storage.locking import LOCK_NAME
@@ -49,7 +53,8 @@ from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
 
 # Files a half-created store may hold before its manifest (written last) exists.
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
-                   "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT}
+                   "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT, CATALOG_TEMP,
+                   CATALOG_TEMP + ".wal"}
 _COUNTERS = {"generation", "clock", "next_eid", "next_seq"}
 log = logging.getLogger(__name__)
 
@@ -130,10 +135,10 @@ def prepare_directory(path: Path, create: bool) -> Path:
 
 
 def create_store(path: Path, encoder: Encoder | None, dim: int | None,
-                 settings: Settings) -> Catalog:
-    """Write a new, empty store at ``path``: catalog and segments first, the manifest last.
-    Returns the catalog, still open, for the open that follows (opening DuckDB costs tens of
-    milliseconds)."""
+                 settings: Settings) -> Catalog | None:
+    """Write a new, empty store at ``path``: catalog (unless ``journal_only_turns`` leaves it
+    to the first fold) and segments first, the manifest last. Returns the catalog, still
+    open, for the open that follows (opening DuckDB costs tens of milliseconds), or None."""
     if encoder is not None:
         spec = encoder.spec()
         if dim is not None and dim != encoder.dim:
@@ -150,25 +155,29 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
         )
     # A store without a manifest is an unfinished creation, which the next open may redo.
     catalog_path = path / CATALOG_NAME
+    journal_only = settings.journal_only_turns > 0
     try:
-        for stale in (catalog_path, path / (CATALOG_NAME + ".wal"), path / LEXICAL_SNAPSHOT):
+        for stale in (catalog_path, path / (CATALOG_NAME + ".wal"), path / LEXICAL_SNAPSHOT,
+                      *catalog_temp_files(path)):
             stale.unlink(missing_ok=True)
         shutil.rmtree(path / SEGMENT_DIR, ignore_errors=True)
         shutil.rmtree(path / INDEX_DIR, ignore_errors=True)
         (path / SEGMENT_DIR).mkdir()
-        catalog = Catalog(catalog_path)
+        catalog = None if journal_only else Catalog(catalog_path)
     except (OSError, CorruptStore) as exc:
         # A catalog made just now cannot be damaged: the disk failed (full, read-only).
         raise StorageError(f"cannot create a store in {path}: "
                            f"{getattr(exc, 'message', exc)}") from exc
     try:
-        catalog.create_schema()
-        catalog.checkpoint()
+        if catalog is not None:
+            catalog.create_schema()
+            catalog.checkpoint()
         fsync_dir(path)
         Manifest(encoder_spec=spec, dim=dim, dtype=settings.vector_dtype,
-                 settings=settings.to_dict()).write(path)
+                 settings=settings.to_dict(), catalog=not journal_only).write(path)
     except BaseException:
-        catalog.close()
+        if catalog is not None:
+            catalog.close()
         raise
     return catalog
 
@@ -245,6 +254,9 @@ class Opening:
         if not read_only:
             # A catalog rewrite that died before its rename leaves this behind (collect.py).
             (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
+        if catalog is None and not self._has_catalog(manifest):
+            self._open_journal_only(saved, index)
+            return
         if catalog is None:
             catalog = Catalog(path / CATALOG_NAME, fast=fast, read_only=read_only)
         elif fast:
@@ -257,10 +269,7 @@ class Opening:
             generation=counters["generation"], clock=counters["clock"],
             next_eid=counters["next_eid"], next_seq=counters["next_seq"],
             last_turn=counters["last_turn"], journal_seq=counters["journal_seq"]), fast=fast)
-        itemsize = 2 if manifest.dtype == "float16" else 4
-        parts.segments = SegmentStore(path, manifest.dim, manifest.dtype,
-                                      parts.settings.segment_bytes // (manifest.dim * itemsize),
-                                      not fast)
+        parts.segments = self._segments(path, not fast)
         if read_only:
             self._check_clean(counters)
         else:
@@ -273,6 +282,67 @@ class Opening:
         if read_only:
             self._journaled = self._unfolded()
         self._load_derived(saved, index)
+
+    def _segments(self, directory: Path, durable: bool) -> SegmentStore:
+        manifest, settings = self.parts.manifest, self.parts.settings
+        itemsize = 2 if manifest.dtype == "float16" else 4
+        return SegmentStore(directory, manifest.dim, manifest.dtype,
+                            settings.segment_bytes // (manifest.dim * itemsize), durable)
+
+    def _has_catalog(self, manifest: Manifest) -> bool:
+        """Whether the store has its catalog file: always, unless it was made without one
+        (``Manifest.catalog``) and no fold has written it yet. CorruptStore if it is gone."""
+        path = self.parts.path
+        if os.path.lexists(path / CATALOG_NAME):
+            if not manifest.catalog and not self.parts.read_only:
+                # A first fold that died between its rename and the manifest: record it now,
+                # so that the file going missing later is seen as damage.
+                manifest.catalog = True
+                manifest.write(path)
+            return True
+        if manifest.catalog:
+            raise CorruptStore(f"{path}: {CATALOG_NAME} is missing",
+                               hint="restore the store from an export or backup")
+        return False
+
+    def _open_journal_only(self, saved: Background | None, index: dict[str, Any] | None
+                           ) -> None:
+        """Open a store whose turns live in its journal alone (no catalog file yet): no DuckDB.
+        Its state is that of an empty store plus the journal's turns, which :meth:`replay`
+        applies. A read-only handle replays them into vector files of its own, in a
+        temporary directory (removed at close): the store's files are never written."""
+        parts = self.parts
+        fast = parts.settings.durability != "full" and not parts.read_only
+        self.committer = Committer(parts, Counters(
+            generation=0, clock=0, next_eid=1, next_seq=1, last_turn=-1, journal_seq=0),
+            fast=fast)
+        directory = parts.path
+        if parts.read_only:
+            parts.scratch = Path(tempfile.mkdtemp(prefix="engramdb-read-"))
+            directory = parts.scratch
+        (directory / SEGMENT_DIR).mkdir(exist_ok=True)
+        parts.segments = self._segments(directory, not fast)
+        # The vector files hold the journaled turns' vectors, written unsynced; the journal
+        # holds them too, and replaying it writes those the files lack (after a crash). So
+        # the files are only checked here (regular files, no links), never cut.
+        parts.segments.recover({}, dry_run=True)
+        parts.journal = TurnJournal(parts.path, durable=not fast, read_only=parts.read_only)
+        self._journaled, torn = parts.journal.read()
+        if torn:
+            self.recovered.append(torn)
+        self.loader = DerivedLoader(parts, self.committer, self.recovered)
+        parts.hot = HotState()
+        parts.lexical = LexicalIndex()
+        parts.context = TurnContext(parts.lexical.tokenizer)
+        parts.has_links = False
+        parts.mirror = TurnMirror.empty()  # the turns' image of a catalog, which starts empty
+        self.keeper = IndexKeeper(parts, self.committer)
+        self.committer.keeper = self.keeper
+        parts.index = self.keeper.load(index, saved, self.recovered)
+        if parts.index is not None and parts.indexer is None:
+            parts.indexer = BackgroundIndexer(
+                parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
+        self.committer.derived_ready = True
 
     def _check_clean(self, counters: dict[str, int]) -> None:
         """A read-only open writes nothing, so it can only open a store that needs no
@@ -296,7 +366,8 @@ class Opening:
 
     def replay(self, writer: Writer) -> None:
         """Apply the turns journaled since the last fold (a crash or a dropped handle kept
-        them there), then fold them into the catalog."""
+        them there), then fold them into the catalog; a store without a catalog file keeps
+        them in the journal until its first fold is due (``Settings.journal_only_turns``)."""
         parts, counters = self.parts, self.committer.counters
         records = [turnlog.decode(p, parts.dim, parts.manifest.dtype) for p in self._journaled]
         self._journaled = []
@@ -305,6 +376,7 @@ class Opening:
         # The turns are applied with the settings they were written under (an open may
         # have just recorded new ones).
         current, parts.settings = parts.settings, Settings.from_stored(self.replay_settings)
+        parts.replaying = True  # a read-only handle of a store without a catalog replays too
         try:
             for record in todo:
                 if record.seq != expected:
@@ -315,15 +387,18 @@ class Opening:
                 expected += 1
         finally:
             parts.settings = current
-        if records:
+            parts.replaying = False
+        journal_only = parts.catalog is None
+        if records and not parts.read_only and (not journal_only or self.committer.fold_due()):
             self.committer.fold()
-        if todo:
+        if todo and not journal_only:
             self.recovered.append(f"replayed {len(todo)} turns from the turn journal")
         # BM25 documents hold the metadata values the settings name (derived/lexical.py):
         # after the replayed turns, which were indexed under the settings they were written
         # with, every document is made again under the new names.
         stored = self.replay_settings.get("lexical_metadata", "")
         if stored != parts.settings.lexical_metadata and not parts.read_only:
+            self.committer.fold()  # a store without a catalog gets it: the words are there
             self.loader.reindex_lexical()
             parts.manifest.write(parts.path)
         for action in self.recovered:  # the open's last step: everything recovery did

@@ -121,10 +121,15 @@ class Parts:
         self.has_links = False
         # Opened with read_only=True: no lock, no file is written (engramdb.open).
         self.read_only = False
+        # A read-only handle of a store without a catalog file keeps the vectors (and, once a
+        # read needs one, the catalog) its replay makes in this temporary directory.
+        self.scratch: Path | None = None
+        # Open is replaying the journal: a read-only handle applies the turns in memory.
+        self.replaying = False
 
     def check_writable(self, what: str = "writing") -> None:
         """Raise ReadOnlyStore on a read-only handle (before anything is written)."""
-        if self.read_only:
+        if self.read_only and not self.replaying:
             raise ReadOnlyStore(f"{self.path} is open read-only: {what} is refused")
 
     def check_open(self) -> None:

@@ -9,6 +9,7 @@ DuckDB errors never escape: they become :class:`StorageError` (writes) or :class
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +20,11 @@ import duckdb
 import pyarrow as pa
 
 from engramdb.errors import CommitUncertain, CorruptStore, StorageError, StoreLocked
-from engramdb.storage.schema import CATALOG_TABLES, LEXICAL_TABLES
+from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.schema import CATALOG_TABLES, CONTEXT_TABLES, LEXICAL_TABLES
 
 CATALOG_NAME = "catalog.duckdb"
+CATALOG_TEMP = CATALOG_NAME + ".new"  # the catalog a first fold builds (make_catalog)
 # The name the catalog file is attached under (an in-memory DuckDB instance attaches it, so
 # that a new file can be given its block size).
 ALIAS = "engramdb_catalog"
@@ -85,13 +88,13 @@ class Catalog:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def create_schema(self) -> None:
-        """Create the tables and counters of a new store in one transaction."""
+    def create_schema(self, *, context: bool = False) -> None:
+        """Create the tables and counters of a new store in one transaction; the context
+        tables too with ``context`` (else the first open makes them: it derives their rows
+        from the occurrences whenever it finds them missing, storage/schema.py)."""
         with self.transaction() as con:
             con.execute(CATALOG_TABLES)
-            # The context tables are left to the first open, which derives their rows from
-            # the occurrences whenever it finds them missing (storage/schema.py).
-            for statement in LEXICAL_TABLES:
+            for statement in (*LEXICAL_TABLES, *(CONTEXT_TABLES if context else ())):
                 con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
                 for name in COUNTERS:
@@ -350,3 +353,35 @@ def set_segment_lengths(
                 }
             ),
         )
+
+
+def catalog_temp_files(path: Path) -> list[Path]:
+    """The files a first fold that died before its rename leaves (see
+    :func:`make_catalog`)."""
+    temp = path / CATALOG_TEMP
+    return [temp, temp.with_name(temp.name + ".wal")]
+
+
+def make_catalog(path: Path) -> None:
+    """Write an empty catalog (tables and starting counters) as ``path/catalog.duckdb``, for
+    the first fold of a store made without one: built under a temporary name, fsynced, and
+    renamed into place, so a crash leaves either no catalog or a whole empty one (which the
+    next open reads as a store with nothing folded yet: the journal replays)."""
+    for stale in catalog_temp_files(path):
+        stale.unlink(missing_ok=True)
+    try:
+        temp = Catalog(path / CATALOG_TEMP)
+    except CorruptStore as exc:  # a file made just now cannot be damaged: the disk failed
+        raise StorageError(f"cannot create the catalog of {path}: {exc.message}") from exc
+    try:
+        temp.create_schema(context=True)  # the fold writes context rows
+        temp.checkpoint()
+    finally:
+        temp.close()
+    try:
+        os.replace(path / CATALOG_TEMP, path / CATALOG_NAME)
+        for stale in catalog_temp_files(path):
+            stale.unlink(missing_ok=True)
+        fsync_dir(path)
+    except OSError as exc:
+        raise StorageError(f"cannot create the catalog of {path}: {exc}") from exc

@@ -18,7 +18,10 @@ from engramdb.content import fingerprint_of
 from engramdb.errors import CorruptStore, FormatTooNew
 from engramdb.storage.fsio import atomic_write_bytes, open_regular
 
-FORMAT_VERSION = 3  # 2: the turn journal (journal.bin); 3: occurrences carry caller keys
+# 2: the turn journal (journal.bin); 3: occurrences carry caller keys; 4: a store may keep its
+# turns in the journal alone, with no catalog file yet (``Manifest.catalog``), and journal
+# records may remove keys (an engramdb of format 3 would misread both: it refuses the store).
+FORMAT_VERSION = 4
 MANIFEST_NAME = "MANIFEST.json"
 MAGIC = "engramdb"
 
@@ -37,6 +40,10 @@ class Manifest:
     # for a store made by engramdb.open alone or by an older engramdb. Optional: it needs no
     # format version of its own, and a reader that does not know the field ignores it.
     user: str | None = None
+    # False: the store was made without a catalog file, and keeps its turns in journal.bin
+    # alone until its first fold writes catalog.duckdb (and sets this). True (or absent, as in
+    # every store before format 4): a missing catalog file is damage.
+    catalog: bool = True
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +64,8 @@ class Manifest:
         }
         if self.user is not None:  # absent, not null: manifests without a user stay as they were
             doc["user"] = self.user
+        if not self.catalog:
+            doc["catalog"] = False
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     def write(self, directory: Path, *, durable: bool = True) -> None:
@@ -106,6 +115,10 @@ class Manifest:
                 raise CorruptStore(f"{path} has an invalid user (not a non-empty string: "
                                    f"{type(user).__name__})")
             manifest.user = user
+        if "catalog" in doc:
+            if not isinstance(doc["catalog"], bool):
+                raise CorruptStore(f"{path} has an invalid catalog flag (not a bool)")
+            manifest.catalog = doc["catalog"]
         if doc.get("fingerprint") != manifest.fingerprint:
             raise CorruptStore(f"{path}: the fingerprint does not match the encoder spec")
         return manifest

@@ -183,11 +183,16 @@ class SegmentStore:
             left -= take
         return AppendPlan(tuple(pieces))
 
-    def write(self, plan: AppendPlan, vectors: np.ndarray, *, durable: bool | None = None) -> None:
+    def write(self, plan: AppendPlan, vectors: np.ndarray, *, durable: bool | None = None,
+              keep_equal: bool = False) -> None:
         """Write ``vectors`` where ``plan`` says (not yet committed).
 
         They are fsynced when the store is durable (or ``durable=True``: compaction, whose
         commit is followed by deleting the old files); otherwise the files are left ``dirty``.
+        ``keep_equal`` (a replay of the turn journal): a piece the file already holds byte
+        for byte is not written again (the file keeps its modification time, so an open that
+        only replays changes no file), but is left ``dirty`` all the same: nothing says those
+        bytes ever reached the disk, and the fold fsyncs them.
         """
         durable = self.durable if durable is None else durable
         data = np.ascontiguousarray(vectors, dtype=self.dtype)
@@ -198,12 +203,17 @@ class SegmentStore:
             for seg, row, n in plan.pieces:
                 path = self.directory / segment_name(seg)
                 created |= not os.path.lexists(path)
+                piece = data[offset : offset + n].tobytes()
+                if keep_equal and self._holds(path, row, piece):
+                    self.dirty.add(seg)
+                    offset += n
+                    continue
                 fd = open_regular(path, os.O_WRONLY | os.O_CREAT)
                 try:
                     # A failed earlier batch may have left bytes past the committed length.
                     os.ftruncate(fd, row * self.row_bytes)
                     os.lseek(fd, row * self.row_bytes, os.SEEK_SET)
-                    write_all(fd, data[offset : offset + n].tobytes())
+                    write_all(fd, piece)
                     if durable:
                         os.fsync(fd)
                     else:
@@ -217,6 +227,17 @@ class SegmentStore:
             fsync_dir(self.directory)
         elif created:
             self._dir_dirty = True
+
+    def _holds(self, path: Path, row: int, piece: bytes) -> bool:
+        """Whether the file at ``path`` holds ``piece`` from ``row`` on (False if it is
+        missing or shorter)."""
+        if not os.path.lexists(path):
+            return False
+        fd = open_regular(path, os.O_RDONLY)
+        try:
+            return os.pread(fd, len(piece), row * self.row_bytes) == piece
+        finally:
+            os.close(fd)
 
     def sync(self, segs: set[int] | None = None) -> None:
         """fsync the files appended to without one (or ``segs``), and the directory if needed.

@@ -1,0 +1,179 @@
+"""Stores without a catalog file: a new store keeps its turns in journal.bin alone.
+
+Until ``Settings.journal_only_turns`` turns wait, or a write or read needs the catalog,
+a store has no ``catalog.duckdb``: an open replays its journal instead of opening DuckDB, and
+close does not fold. Its first fold builds the catalog under a temporary name, renames it
+into place and records it in the manifest (``Manifest.catalog``). A read-only open replays
+the journal into files of its own, outside the store. The answers are the same as a store
+with a catalog from the start (tests/test_journal_keys.py drives both through the same
+random operations, table by table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import engramdb
+from engramdb.encoders import HashingEncoder
+from engramdb.errors import CorruptStore
+from engramdb.storage.catalog import CATALOG_NAME, CATALOG_TEMP, make_catalog
+from engramdb.storage.journal import JOURNAL_NAME
+from engramdb.storage.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
+from engramdb.transfer import export_store
+
+ENC = HashingEncoder(dim=64)
+TURNS = ["my cat is called oscar", "i live in lisbon by the river", "coffee with no sugar",
+         "the piano lesson is on friday", "my sister plays the guitar",
+         "what is my cat called", "who plays the guitar"]
+
+
+def _files(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _answers(mem: engramdb.Store) -> list:
+    hits = [[(r.id, round(r.score, 9), r.text, [(o.role, o.session, o.tick)
+                                                 for o in r.occurrences])
+             for r in mem.recall(q, top_k=4)] for q in ("cat", "guitar", "river coffee")]
+    return [hits, [e.to_dict() for e in mem.engrams()], mem.count]
+
+
+def _chat(path: Path, n: int = len(TURNS), **settings: object) -> list:
+    with engramdb.open(path, encoder=ENC, settings=settings or None) as mem:
+        for i, text in enumerate(TURNS[:n]):
+            mem.integrate(text, role=("user", "bot")[i % 2], session="s1", top_k=3)
+        return _answers(mem)
+
+
+def test_a_new_store_keeps_its_turns_in_the_journal_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    with engramdb.open(path, encoder=ENC):
+        pass
+    empty = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert empty < 4096, empty
+    before = _chat(path)
+    assert not (path / CATALOG_NAME).exists()
+    assert (path / JOURNAL_NAME).exists()
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    assert manifest["catalog"] is False and manifest["format_version"] == FORMAT_VERSION
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.recovered == []  # replaying the journal is how it opens, not a recovery
+        assert _answers(mem) == before
+    assert not (path / CATALOG_NAME).exists()
+    # The same turns in a store with a catalog from the start give the same answers.
+    assert _chat(tmp_path / "c", journal_only_turns=0) == before
+    assert (tmp_path / "c" / CATALOG_NAME).exists()
+
+
+def test_the_first_fold_writes_the_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    before = _chat(path, journal_only_turns=4)
+    assert (path / CATALOG_NAME).exists()
+    assert Manifest.read(path).catalog is True
+    assert not (path / CATALOG_TEMP).exists()
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert _answers(mem) == before
+        assert mem.verify().ok
+
+
+@pytest.mark.parametrize("op", ["where", "forget", "export", "gc", "bulk", "verify"])
+def test_a_write_or_read_that_needs_the_catalog_makes_it(tmp_path: Path, op: str) -> None:
+    path = tmp_path / "m"
+    _chat(path, 4)
+    with engramdb.open(path, encoder=ENC) as mem:
+        if op == "where":
+            assert len(mem.engrams(where={"role": "user"})) == 2
+        elif op == "forget":
+            mem.forget(mem.recall("oscar", top_k=1)[0].id)
+            assert mem.count == 3
+        elif op == "export":
+            assert export_store(mem, tmp_path / "out.jsonl")["engrams"] == 4
+        elif op == "gc":
+            mem.gc()
+        elif op == "bulk":
+            mem.ingest_many([f"bulk note {i}" for i in range(100)])
+        else:
+            assert mem.verify().ok
+        assert (path / CATALOG_NAME).exists()
+        count = mem.count
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.count == count
+        assert mem.verify().ok
+
+
+def test_a_read_only_open_replays_into_files_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path)
+    with engramdb.open(path, encoder=ENC) as mem:
+        expected = _answers(mem)
+    files = _files(path)
+    mem = engramdb.open(path, encoder=ENC, read_only=True)
+    scratch = mem._parts.scratch
+    assert scratch is not None and path not in scratch.parents
+    assert _answers(mem) == expected
+    assert mem.verify().ok  # reads the catalog: built in the scratch directory
+    with mem.snapshot() as snap:
+        assert snap.query("SELECT count(*) FROM engrams")[0][0] == expected[2]
+    with pytest.raises(engramdb.errors.ReadOnlyStore):
+        mem.ingest("a write")
+    mem.close()
+    assert not scratch.exists()
+    assert _files(path) == files  # not a byte of the store changed
+
+
+def test_a_missing_catalog_is_damage_once_the_store_has_one(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path, journal_only_turns=2)
+    (path / CATALOG_NAME).unlink()
+    with pytest.raises(CorruptStore, match="missing"):
+        engramdb.open(path, encoder=ENC)
+
+
+def test_a_first_fold_killed_after_its_rename(tmp_path: Path) -> None:
+    """The catalog is in place, empty, but the manifest does not record it yet: the open
+    uses it (the journal replays into it) and records it."""
+    path = tmp_path / "m"
+    before = _chat(path)
+    make_catalog(path)
+    assert Manifest.read(path).catalog is False
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert _answers(mem) == before
+    assert Manifest.read(path).catalog is True
+    assert not (path / JOURNAL_NAME).exists() or (path / JOURNAL_NAME).stat().st_size == 0
+
+
+def test_a_first_fold_killed_before_its_rename(tmp_path: Path) -> None:
+    """A half-built catalog under the temporary name is ignored, and replaced by the next
+    first fold."""
+    path = tmp_path / "m"
+    before = _chat(path)
+    (path / CATALOG_TEMP).write_bytes(b"half a catalog")
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert _answers(mem) == before
+        assert mem.verify().ok  # a read of the catalog: the first fold
+    assert not (path / CATALOG_TEMP).exists()
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert _answers(mem) == before
+
+
+def test_fast_durability_keeps_the_journal_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    before = _chat(path, durability="fast")
+    assert not (path / CATALOG_NAME).exists()
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert _answers(mem) == before
+
+
+def test_a_damaged_catalog_flag_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path, 2)
+    doc = json.loads((path / MANIFEST_NAME).read_text())
+    doc["catalog"] = "no"
+    (path / MANIFEST_NAME).write_text(json.dumps(doc))
+    with pytest.raises(CorruptStore, match="catalog flag"):
+        engramdb.open(path, encoder=ENC)
