@@ -9,6 +9,7 @@ states the lock order.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -197,6 +198,8 @@ class Store(KeyedMethods):
                 parts.indexer.close()
             for catalog in {id(c): c for c in (parts.catalog, created) if c is not None}.values():
                 catalog.close()
+            if parts.scratch is not None:
+                shutil.rmtree(parts.scratch, ignore_errors=True)
             self._lock.release()
             raise
         self.recovered: list[str] = opening.recovered
@@ -281,7 +284,7 @@ class Store(KeyedMethods):
 
         >>> mem.ingest_many(texts); mem.sync()  # doctest: +SKIP
         """
-        with self._writing():
+        with self._writing(fold=False):  # a store without a catalog stays without one
             self._committer.sync()
 
     @contextmanager

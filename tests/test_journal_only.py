@@ -177,3 +177,100 @@ def test_a_damaged_catalog_flag_is_refused(tmp_path: Path) -> None:
     (path / MANIFEST_NAME).write_text(json.dumps(doc))
     with pytest.raises(CorruptStore, match="catalog flag"):
         engramdb.open(path, encoder=ENC)
+
+
+def test_a_reopened_store_fsyncs_its_segment_directory_at_the_first_fold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The segment files of a store without a catalog were made by handles that never
+    synced their names; the first fold of a later handle fsyncs the directory before the
+    catalog points into it."""
+    from engramdb.storage import segments as segments_module
+
+    path = tmp_path / "m"
+    _chat(path, 3)
+    synced: list[Path] = []
+    real = segments_module.fsync_dir
+    monkeypatch.setattr(segments_module, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert synced == []  # an open that only replays syncs nothing
+        mem.catalog  # noqa: B018 - the first fold
+    assert path / "segments" in synced
+
+
+def test_vector_bytes_of_an_unacknowledged_write_are_cut(tmp_path: Path) -> None:
+    """A crash between a turn's vectors and its record leaves bytes past the journaled
+    ones: the next open cuts them (and says so), and verify is clean."""
+    path = tmp_path / "m"
+    before = _chat(path, 3)
+    segment = next((path / "segments").iterdir())
+    size = segment.stat().st_size
+    with segment.open("ab") as fh:
+        fh.write(b"\x01" * 256)
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert any("truncated" in r for r in mem.recovered)
+        assert segment.stat().st_size == size
+        assert mem.verify().ok and _answers(mem) == before
+
+
+def test_a_read_only_open_of_a_store_whose_vectors_were_lost(tmp_path: Path) -> None:
+    """Vector bytes never synced are lost at a power cut; the journal holds them: a
+    read-only handle replays them into its own files and verifies clean, changing nothing."""
+    path = tmp_path / "m"
+    before = _chat(path, 4)
+    segment = next((path / "segments").iterdir())
+    with segment.open("r+b") as fh:
+        fh.truncate(segment.stat().st_size // 2)
+    files = _files(path)
+    with engramdb.open(path, encoder=ENC, read_only=True) as mem:
+        assert mem.verify().ok and _answers(mem) == before
+    assert _files(path) == files
+
+
+def test_no_scratch_directory_outlives_its_read_only_handle(tmp_path: Path) -> None:
+    """A read-only open that fails removes its scratch directory; one left by a killed
+    process is removed by the next read-only open of such a store."""
+    import os
+    import tempfile
+
+    from engramdb.engine.opening import SCRATCH_PREFIX
+
+    root = Path(tempfile.gettempdir())
+    path = tmp_path / "m"
+    _chat(path, 3)
+    stale = root / f"{SCRATCH_PREFIX}{2**22 + 12345}-x"  # no such process
+    stale.mkdir(exist_ok=True)
+    data = bytearray((path / JOURNAL_NAME).read_bytes())
+    data[20] ^= 0xFF  # damage in the first of several records: the open is refused
+    (path / JOURNAL_NAME).write_bytes(bytes(data))
+    mine = f"{SCRATCH_PREFIX}{os.getpid()}-"
+    left = {p.name for p in root.iterdir() if p.name.startswith(mine)}
+    with pytest.raises(CorruptStore):
+        engramdb.open(path, encoder=ENC, read_only=True)
+    assert {p.name for p in root.iterdir() if p.name.startswith(mine)} == left
+    assert not stale.exists()
+
+
+def test_sync_keeps_a_store_without_its_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    with engramdb.open(path, encoder=ENC, settings={"durability": "fast"}) as mem:
+        mem.integrate("a turn")
+        mem.sync()
+        assert not (path / CATALOG_NAME).exists()
+
+
+def test_reopened_with_journal_only_turns_0_the_store_gets_its_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    before = _chat(path, 3)
+    with engramdb.open(path, encoder=ENC, settings={"journal_only_turns": 0}) as mem:
+        assert (path / CATALOG_NAME).exists()
+        assert _answers(mem) == before
+
+
+def test_a_directory_in_place_of_the_temporary_catalog_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path, 2)
+    (path / CATALOG_TEMP).mkdir()
+    with engramdb.open(path, encoder=ENC) as mem:
+        with pytest.raises(CorruptStore):
+            mem.catalog  # noqa: B018 - the first fold
+    assert not (path / CATALOG_NAME).exists()

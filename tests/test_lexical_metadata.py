@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engramdb
+from engramdb.storage.catalog import CATALOG_NAME, make_catalog
 from engramdb.derived.lexical import lexical_document, tokenize
 from engramdb.encoders import HashingEncoder
 from engramdb.engine.derive import DerivedLoader
@@ -151,12 +152,17 @@ def test_unfolded_turns_replay_then_reindex(tmp_path: Path) -> None:
         assert _lexical_hits(again, "bicycle") == [ident]
 
 
-def test_reindex_failure_keeps_the_old_keys(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The new keys are recorded only once the store is indexed under them."""
+@pytest.mark.parametrize("catalog_renamed", [False, True])
+def test_reindex_failure_keeps_the_old_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            catalog_renamed: bool) -> None:
+    """The new keys are recorded only once the store is indexed under them; also when the
+    open first records a catalog whose first fold died after its rename
+    (``catalog_renamed``: the manifest gains the flag alone)."""
     path = tmp_path / "s"
     with _open(path) as mem:
         ident = _fill(mem)
+    if catalog_renamed and not (path / CATALOG_NAME).exists():
+        make_catalog(path)
 
     def fail(self: DerivedLoader) -> None:
         raise OSError("disk gone")

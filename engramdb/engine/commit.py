@@ -358,7 +358,7 @@ class Committer:
         ``journal_fold_bytes``); ``journal_only_turns`` in a store without a catalog."""
         s, journal = self.parts.settings, self.parts.journal
         turns = s.journal_fold_turns
-        if self.parts.catalog is None and s.journal_only_turns:
+        if self.parts.catalog is None:  # 0: the store wants its catalog now
             turns = min(turns, s.journal_only_turns)
         return journal.records >= turns or journal.size >= s.journal_fold_bytes
 

@@ -55,6 +55,8 @@ from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
                    "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT, CATALOG_TEMP,
                    CATALOG_TEMP + ".wal"}
+# Read-only handles of stores without a catalog file replay into a directory named so.
+SCRATCH_PREFIX = "engramdb-read-"
 _COUNTERS = {"generation", "clock", "next_eid", "next_seq"}
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,26 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
     return catalog
 
 
+def sweep_scratch() -> None:
+    """Remove the scratch directories of read-only handles whose process is gone (killed
+    before its close could remove them); each is named after its process."""
+    root = Path(tempfile.gettempdir())
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(root / name, ignore_errors=True)
+        except OSError:
+            pass  # alive, or not ours to signal: left alone
+
+
 def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
                   settings: Settings | None, *, record: bool = True
                   ) -> tuple[Manifest, dict[str, Any]]:
@@ -296,9 +318,12 @@ class Opening:
         if os.path.lexists(path / CATALOG_NAME):
             if not manifest.catalog and not self.parts.read_only:
                 # A first fold that died between its rename and the manifest: record it now,
-                # so that the file going missing later is seen as damage.
+                # so that the file going missing later is seen as damage. The flag alone:
+                # this handle's manifest may hold settings not to be recorded yet.
+                recorded = Manifest.read(path)
+                recorded.catalog = True
+                recorded.write(path)
                 manifest.catalog = True
-                manifest.write(path)
             return True
         if manifest.catalog:
             raise CorruptStore(f"{path}: {CATALOG_NAME} is missing",
@@ -318,14 +343,19 @@ class Opening:
             fast=fast)
         directory = parts.path
         if parts.read_only:
-            parts.scratch = Path(tempfile.mkdtemp(prefix="engramdb-read-"))
+            sweep_scratch()
+            parts.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
             directory = parts.scratch
-        (directory / SEGMENT_DIR).mkdir(exist_ok=True)
+        if not (directory / SEGMENT_DIR).is_dir():
+            (directory / SEGMENT_DIR).mkdir()
+            fsync_dir(directory)
         parts.segments = self._segments(directory, not fast)
         # The vector files hold the journaled turns' vectors, written unsynced; the journal
         # holds them too, and replaying it writes those the files lack (after a crash). So
-        # the files are only checked here (regular files, no links), never cut.
+        # the files are only checked here (regular files, no links): bytes past what the
+        # replay wrote are cut after it (Opening.replay).
         parts.segments.recover({}, dry_run=True)
+        parts.segments.directory_unsynced()  # their names too were never fsynced
         parts.journal = TurnJournal(parts.path, durable=not fast, read_only=parts.read_only)
         self._journaled, torn = parts.journal.read()
         if torn:
@@ -389,6 +419,10 @@ class Opening:
             parts.settings = current
             parts.replaying = False
         journal_only = parts.catalog is None
+        if journal_only and not parts.read_only:
+            # Vector bytes past the replayed ones belong to a write never acknowledged (a
+            # crash between its vectors and its record): cut, as recovery cuts them.
+            self.recovered.extend(parts.segments.recover(parts.segments.committed))
         if records and not parts.read_only and (not journal_only or self.committer.fold_due()):
             self.committer.fold()
         if todo and not journal_only:

@@ -73,7 +73,9 @@ def verify(parts: Parts, next_eid: int) -> VerifyReport:
     except EngramError as exc:
         problems.append(f"store files: {exc.message}")
     for seg, rows in committed.items():
-        p = parts.path / SEGMENT_DIR / f"{seg:08d}.vec"
+        # The handle's own files: a read-only handle of a store without a catalog file
+        # replayed its vectors into a scratch directory.
+        p = parts.segments.directory / f"{seg:08d}.vec"
         size = p.lstat().st_size if p.is_file() and not p.is_symlink() else -1
         if size != rows * row_bytes:
             problems.append(f"segment {p.name}: {size} bytes, expected {rows * row_bytes}")

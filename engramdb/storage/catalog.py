@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from engramdb.errors import CommitUncertain, CorruptStore, StorageError, StoreLocked
-from engramdb.storage.fsio import fsync_dir
+from engramdb.storage.fsio import check_regular, fsync_dir
 from engramdb.storage.schema import CATALOG_TABLES, CONTEXT_TABLES, LEXICAL_TABLES
 
 CATALOG_NAME = "catalog.duckdb"
@@ -367,8 +367,12 @@ def make_catalog(path: Path) -> None:
     the first fold of a store made without one: built under a temporary name, fsynced, and
     renamed into place, so a crash leaves either no catalog or a whole empty one (which the
     next open reads as a store with nothing folded yet: the journal replays)."""
-    for stale in catalog_temp_files(path):
-        stale.unlink(missing_ok=True)
+    try:
+        for stale in catalog_temp_files(path):
+            if check_regular(stale):  # a link or a directory there: CorruptStore
+                stale.unlink()
+    except OSError as exc:
+        raise StorageError(f"cannot create the catalog of {path}: {exc}") from exc
     try:
         temp = Catalog(path / CATALOG_TEMP)
     except CorruptStore as exc:  # a file made just now cannot be damaged: the disk failed

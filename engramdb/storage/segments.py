@@ -228,6 +228,12 @@ class SegmentStore:
         elif created:
             self._dir_dirty = True
 
+    def directory_unsynced(self) -> None:
+        """The next :meth:`sync` fsyncs the directory too: files in it may have been created
+        by an earlier handle that never synced their names (a store without a catalog file
+        keeps its vectors unsynced until its first fold)."""
+        self._dir_dirty = True
+
     def _holds(self, path: Path, row: int, piece: bytes) -> bool:
         """Whether the file at ``path`` holds ``piece`` from ``row`` on (False if it is
         missing or shorter)."""
