@@ -61,8 +61,9 @@ class Settings:
     # A new store writes no catalog file at first: its turns live in journal.bin alone, and an
     # open replays them instead of opening DuckDB. Its first fold makes catalog.duckdb: once
     # this many turns wait, or at the first write or read that needs the catalog (bulk
-    # ingest_many, forget by id, gc, a filtered recall, export...). 0: the catalog is made
-    # with the store. Kept small because an open replays every waiting turn (~0.5 ms each).
+    # ingest_many, forget by id, gc, a filtered recall, export...), and at journal_fold_turns
+    # if that is smaller. 0: the catalog is made with the store. Kept small because an open
+    # replays every waiting turn (~0.7 ms each).
     journal_only_turns: int = 64
 
     # -- recall --

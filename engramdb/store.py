@@ -9,7 +9,6 @@ states the lock order.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -199,7 +198,7 @@ class Store(KeyedMethods):
             for catalog in {id(c): c for c in (parts.catalog, created) if c is not None}.values():
                 catalog.close()
             if parts.scratch is not None:
-                shutil.rmtree(parts.scratch, ignore_errors=True)
+                parts.scratch.remove()
             self._lock.release()
             raise
         self.recovered: list[str] = opening.recovered

@@ -113,8 +113,8 @@ def test_a_read_only_open_replays_into_files_of_its_own(tmp_path: Path) -> None:
         expected = _answers(mem)
     files = _files(path)
     mem = engramdb.open(path, encoder=ENC, read_only=True)
-    scratch = mem._parts.scratch
-    assert scratch is not None and path not in scratch.parents
+    scratch = mem._parts.scratch.path
+    assert path not in scratch.parents
     assert _answers(mem) == expected
     assert mem.verify().ok  # reads the catalog: built in the scratch directory
     with mem.snapshot() as snap:
@@ -226,28 +226,61 @@ def test_a_read_only_open_of_a_store_whose_vectors_were_lost(tmp_path: Path) -> 
     assert _files(path) == files
 
 
-def test_no_scratch_directory_outlives_its_read_only_handle(tmp_path: Path) -> None:
-    """A read-only open that fails removes its scratch directory; one left by a killed
-    process is removed by the next read-only open of such a store."""
-    import os
+def test_no_scratch_directory_outlives_its_read_only_handle(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A read-only open that fails removes its scratch directory; one whose owner was killed
+    (its lock is free) is removed by the next read-only open of such a store, and one whose
+    owner is alive, in whatever process, is not."""
+    import subprocess
+    import sys
     import tempfile
 
-    from engramdb.engine.opening import SCRATCH_PREFIX
+    from engramdb.storage import scratch as scratch_module
 
-    root = Path(tempfile.gettempdir())
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
     path = tmp_path / "m"
     _chat(path, 3)
-    stale = root / f"{SCRATCH_PREFIX}{2**22 + 12345}-x"  # no such process
-    stale.mkdir(exist_ok=True)
-    data = bytearray((path / JOURNAL_NAME).read_bytes())
-    data[20] ^= 0xFF  # damage in the first of several records: the open is refused
-    (path / JOURNAL_NAME).write_bytes(bytes(data))
-    mine = f"{SCRATCH_PREFIX}{os.getpid()}-"
-    left = {p.name for p in root.iterdir() if p.name.startswith(mine)}
-    with pytest.raises(CorruptStore):
+    # An owner killed: its directory and unlocked lock file stay behind.
+    dead = root / f"{scratch_module.PREFIX}dead"
+    dead.mkdir()
+    (dead / "owner.lock").touch()
+    # An owner alive in another process (its pid means nothing to the sweep).
+    alive = root / f"{scratch_module.PREFIX}alive"
+    alive.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|"
+         "os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); "
+         "time.sleep(60)", str(alive / "owner.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with engramdb.open(path, encoder=ENC, read_only=True) as mem:
+            assert mem.count == 3
+            own = mem._parts.scratch.path
+            assert own.exists() and not dead.exists() and alive.exists()
+        assert not own.exists()
+        data = bytearray((path / JOURNAL_NAME).read_bytes())
+        data[20] ^= 0xFF  # damage in the first of several records: the open is refused
+        (path / JOURNAL_NAME).write_bytes(bytes(data))
+        with pytest.raises(CorruptStore):
+            engramdb.open(path, encoder=ENC, read_only=True)
+        assert sorted(p.name for p in root.iterdir()) == [alive.name]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_read_only_open_without_a_writable_temporary_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    path = tmp_path / "m"
+    _chat(path, 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    with pytest.raises(engramdb.errors.StorageError, match="TMPDIR"):
         engramdb.open(path, encoder=ENC, read_only=True)
-    assert {p.name for p in root.iterdir() if p.name.startswith(mine)} == left
-    assert not stale.exists()
 
 
 def test_sync_keeps_a_store_without_its_catalog(tmp_path: Path) -> None:

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engramdb
-from engramdb.storage.catalog import CATALOG_NAME, make_catalog
 from engramdb.derived.lexical import lexical_document, tokenize
 from engramdb.encoders import HashingEncoder
 from engramdb.engine.derive import DerivedLoader
 from engramdb.errors import InvalidInput
 from engramdb.settings import Settings
+from engramdb.storage.catalog import CATALOG_NAME, make_catalog
 from engramdb.storage.journal import JOURNAL_NAME
 from engramdb.transfer import export_store, import_store
 

@@ -431,9 +431,10 @@ class Committer:
         parts = self.parts
         if parts.read_only:
             assert parts.scratch is not None
-            catalog = cat.Catalog(parts.scratch / cat.CATALOG_NAME)
-            catalog.create_schema(context=True)
-            parts.catalog = catalog
+            # Built and renamed as in a store: a failure (a full temporary directory) leaves
+            # no half catalog for the next read to mistake for damage.
+            cat.make_catalog(parts.scratch.path)
+            parts.catalog = cat.Catalog(parts.scratch.path / cat.CATALOG_NAME)
             return
         cat.make_catalog(parts.path)
         # The manifest on disk gains the flag alone: this handle's may hold settings it has

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import threading
 
 from engramdb.engine.parts import Parts
@@ -55,7 +54,7 @@ def release_handle(parts: Parts, lock: StoreLock, stop: threading.Event,
         if journal is not None:
             journal.close()  # turns not folded stay in it: the next open replays them
         if parts.scratch is not None:  # a read-only handle's replayed vectors and catalog
-            shutil.rmtree(parts.scratch, ignore_errors=True)
+            parts.scratch.remove()
     finally:
         lock.release()
         parts.write_lock.release()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -49,14 +48,13 @@ from engramdb.storage.journal import TurnJournal
 from engramdb.storage.locking import LOCK_NAME
 from engramdb.storage.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
 from engramdb.storage.schema import ADD_KEY_COLUMN
+from engramdb.storage.scratch import make_scratch
 from engramdb.storage.segments import SEGMENT_DIR, SegmentStore
 
 # Files a half-created store may hold before its manifest (written last) exists.
 _CREATION_FILES = {LOCK_NAME, CATALOG_NAME, CATALOG_NAME + ".wal", SEGMENT_DIR, INDEX_DIR,
                    "." + MANIFEST_NAME + ".tmp", LEXICAL_SNAPSHOT, CATALOG_TEMP,
                    CATALOG_TEMP + ".wal"}
-# Read-only handles of stores without a catalog file replay into a directory named so.
-SCRATCH_PREFIX = "engramdb-read-"
 _COUNTERS = {"generation", "clock", "next_eid", "next_seq"}
 log = logging.getLogger(__name__)
 
@@ -182,26 +180,6 @@ def create_store(path: Path, encoder: Encoder | None, dim: int | None,
             catalog.close()
         raise
     return catalog
-
-
-def sweep_scratch() -> None:
-    """Remove the scratch directories of read-only handles whose process is gone (killed
-    before its close could remove them); each is named after its process."""
-    root = Path(tempfile.gettempdir())
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(SCRATCH_PREFIX)]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(root / name, ignore_errors=True)
-        except OSError:
-            pass  # alive, or not ours to signal: left alone
 
 
 def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
@@ -343,9 +321,8 @@ class Opening:
             fast=fast)
         directory = parts.path
         if parts.read_only:
-            sweep_scratch()
-            parts.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
-            directory = parts.scratch
+            parts.scratch = make_scratch(parts.path)
+            directory = parts.scratch.path
         if not (directory / SEGMENT_DIR).is_dir():
             (directory / SEGMENT_DIR).mkdir()
             fsync_dir(directory)

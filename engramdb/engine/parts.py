@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from engramdb.settings import Settings
     from engramdb.storage.journal import TurnJournal
     from engramdb.storage.manifest import Manifest
+    from engramdb.storage.scratch import ScratchDir
     from engramdb.storage.segments import SegmentStore
 
 T = TypeVar("T")
@@ -123,7 +124,7 @@ class Parts:
         self.read_only = False
         # A read-only handle of a store without a catalog file keeps the vectors (and, once a
         # read needs one, the catalog) its replay makes in this temporary directory.
-        self.scratch: Path | None = None
+        self.scratch: ScratchDir | None = None
         # Open is replaying the journal: a read-only handle applies the turns in memory.
         self.replaying = False
 
