@@ -9,15 +9,13 @@ open, in closes, and in the first fold (the catalog built under a temporary name
 recorded in the manifest, filled).
 """
 
-import json
-import os
 import random
 import sys
 
+from turn_writer import write_turn  # this directory is the script's: sys.path[0]
+
 import engramdb
 from engramdb.encoders import HashingEncoder
-
-WORDS = "oscar guinea pig paris sister carrots weather rain coffee piano guitar train".split()
 
 
 def main() -> None:
@@ -31,18 +29,7 @@ def main() -> None:
         n = 0
         while True:
             n += 1
-            if rng.random() < 0.1:  # repeats exercise dedup under crashes too
-                text = f"repeat {rng.randint(0, 20)}"
-            else:
-                text = f"{seed}-{n} " + " ".join(rng.choices(WORDS, k=6))
-            if rng.random() < 0.8:
-                ident = mem.integrate(text, role=rng.choice(["user", "bot"]),
-                                      session=f"s{seed % 3}", metadata={"n": n}).id
-            else:
-                ident = mem.ingest(text, pin=rng.random() < 0.2).id
-            log.write(json.dumps({"id": ident, "text": text}) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            write_turn(mem, rng, seed, n, log)
             if n % reopen_every == 0:
                 mem.close()
                 mem = engramdb.open(store, encoder=enc)

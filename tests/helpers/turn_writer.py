@@ -17,6 +17,22 @@ from engramdb.encoders import HashingEncoder
 WORDS = "oscar guinea pig paris sister carrots weather rain coffee piano guitar train".split()
 
 
+def write_turn(mem: engramdb.Store, rng: random.Random, seed: int, n: int, log) -> None:
+    """Integrate (or ingest) turn ``n``, then log it as acknowledged (fsynced)."""
+    if rng.random() < 0.1:  # repeats exercise dedup and revival under crashes too
+        text = f"repeat {rng.randint(0, 20)}"
+    else:
+        text = f"{seed}-{n} " + " ".join(rng.choices(WORDS, k=6))
+    if rng.random() < 0.8:
+        ident = mem.integrate(text, role=rng.choice(["user", "bot"]),
+                              session=f"s{seed % 3}", metadata={"n": n}).id
+    else:
+        ident = mem.ingest(text, pin=rng.random() < 0.2).id
+    log.write(json.dumps({"id": ident, "text": text}) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
 def main() -> None:
     store, log_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(seed)
@@ -27,18 +43,7 @@ def main() -> None:
         n = 0
         while True:
             n += 1
-            if rng.random() < 0.1:  # repeats exercise dedup and revival under crashes too
-                text = f"repeat {rng.randint(0, 20)}"
-            else:
-                text = f"{seed}-{n} " + " ".join(rng.choices(WORDS, k=6))
-            if rng.random() < 0.8:
-                ident = mem.integrate(text, role=rng.choice(["user", "bot"]),
-                                      session=f"s{seed % 3}", metadata={"n": n}).id
-            else:
-                ident = mem.ingest(text, pin=rng.random() < 0.2).id
-            log.write(json.dumps({"id": ident, "text": text}) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            write_turn(mem, rng, seed, n, log)
             if n % 25 == 0:
                 mem.close()
                 mem = engramdb.open(store, encoder=enc)
