@@ -60,3 +60,17 @@ def test_erasure_leaves_no_hash_of_the_text(tmp_path: Path) -> None:
         assert len(set(tombstones)) == 2
     for ident in (secret, expiring):
         assert not any(ident.encode() in blob for blob in _all_bytes(path)), ident
+
+
+def test_gc_reports_the_store_bytes_without_the_lock_file(tmp_path: Path) -> None:
+    """The LOCK file holds the pid of the process that has the store open: the sizes gc
+    reports leave it out, so they do not depend on which process ran it."""
+    path = tmp_path / "m"
+    with engramdb.open(path, encoder=HashingEncoder(dim=32)) as mem:
+        mem.ingest_many([f"note {i}" for i in range(5)])
+        report = mem.gc(dry_run=True)
+        files = sum(p.stat().st_size for p in path.rglob("*")
+                    if p.is_file() and p.name != "LOCK")
+        assert report["bytes_before"] == files
+        (path / "LOCK").write_text("1234567890\n")  # another pid: the figure is unchanged
+        assert mem.gc(dry_run=True)["bytes_before"] == files

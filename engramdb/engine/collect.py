@@ -33,6 +33,7 @@ from engramdb.errors import StorageError
 from engramdb.storage import catalog as cat
 from engramdb.storage.catalog import Catalog
 from engramdb.storage.fsio import check_tree, fsync_dir
+from engramdb.storage.locking import LOCK_NAME
 from engramdb.storage.schema import UNUSED_LABELS_SQL
 from engramdb.types import KIND_NAMES
 
@@ -195,8 +196,11 @@ class Collector:
             parts.catalog = Catalog(path, fast=self.committer.fast)
 
     def file_bytes(self) -> int:
-        """Bytes of every file of the store."""
-        return sum(p.stat().st_size for p in self.parts.path.rglob("*") if p.is_file())
+        """Bytes of every file of the store but ``LOCK`` (it holds the pid of whichever
+        process has the store open, so its size says nothing about the store)."""
+        lock = self.parts.path / LOCK_NAME
+        return sum(p.stat().st_size for p in self.parts.path.rglob("*")
+                   if p.is_file() and p != lock)
 
 
 def forgetting_log(parts: Parts, now: int, limit: int) -> list[dict[str, Any]]:
