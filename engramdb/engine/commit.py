@@ -32,7 +32,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CommitUncertain, StorageError
 from engramdb.storage import catalog as cat
-from engramdb.storage.manifest import FORMAT_VERSION, Manifest
+from engramdb.storage.manifest import FORMAT_VERSION
 from engramdb.storage.schema import context_delete_sql, lexical_delete_sql
 
 # Why an engram left the store, as the forgetting log records it.
@@ -437,13 +437,7 @@ class Committer:
             parts.catalog = cat.Catalog(parts.scratch.path / cat.CATALOG_NAME)
             return
         cat.make_catalog(parts.path)
-        # The manifest on disk gains the flag alone: this handle's may hold settings it has
-        # not recorded yet (lexical_metadata, recorded once the re-index is done).
-        recorded = Manifest.read(parts.path)
-        if not recorded.catalog:
-            recorded.catalog = True
-            recorded.write(parts.path)
-        parts.manifest.catalog = True
+        parts.manifest.record_catalog(parts.path)
         parts.catalog = cat.Catalog(parts.path / cat.CATALOG_NAME, fast=self.fast)
         # The new catalog's own starting counters are the last sync point: every turn
         # folded now is fsynced by this fold ("full") or checked on the next open ("fast").

@@ -255,7 +255,7 @@ class Opening:
             # A catalog rewrite that died before its rename leaves this behind (collect.py).
             (path / (CATALOG_NAME + ".compact")).unlink(missing_ok=True)
         if catalog is None and not self._has_catalog(manifest):
-            self._open_journal_only(saved, index)
+            self._open_journal_only(saved, index, fast)
             return
         if catalog is None:
             catalog = Catalog(path / CATALOG_NAME, fast=fast, read_only=read_only)
@@ -296,29 +296,23 @@ class Opening:
         if os.path.lexists(path / CATALOG_NAME):
             if not manifest.catalog and not self.parts.read_only:
                 # A first fold that died between its rename and the manifest: record it now,
-                # so that the file going missing later is seen as damage. The flag alone:
-                # this handle's manifest may hold settings not to be recorded yet.
-                recorded = Manifest.read(path)
-                recorded.catalog = True
-                recorded.write(path)
-                manifest.catalog = True
+                # so that the file going missing later is seen as damage.
+                manifest.record_catalog(path)
             return True
         if manifest.catalog:
             raise CorruptStore(f"{path}: {CATALOG_NAME} is missing",
                                hint="restore the store from an export or backup")
         return False
 
-    def _open_journal_only(self, saved: Background | None, index: dict[str, Any] | None
-                           ) -> None:
+    def _open_journal_only(self, saved: Background | None, index: dict[str, Any] | None,
+                           fast: bool) -> None:
         """Open a store whose turns live in its journal alone (no catalog file yet): no DuckDB.
         Its state is that of an empty store plus the journal's turns, which :meth:`replay`
         applies. A read-only handle replays them into vector files of its own, in a
         temporary directory (removed at close): the store's files are never written."""
         parts = self.parts
-        fast = parts.settings.durability != "full" and not parts.read_only
-        self.committer = Committer(parts, Counters(
-            generation=0, clock=0, next_eid=1, next_seq=1, last_turn=-1, journal_seq=0),
-            fast=fast)
+        start = {k: v for k, v in cat.START_COUNTERS.items() if k != "synced_eid"}
+        self.committer = Committer(parts, Counters(**start), fast=fast)
         directory = parts.path
         if parts.read_only:
             parts.scratch = make_scratch(parts.path)
@@ -343,13 +337,7 @@ class Opening:
         parts.context = TurnContext(parts.lexical.tokenizer)
         parts.has_links = False
         parts.mirror = TurnMirror.empty()  # the turns' image of a catalog, which starts empty
-        self.keeper = IndexKeeper(parts, self.committer)
-        self.committer.keeper = self.keeper
-        parts.index = self.keeper.load(index, saved, self.recovered)
-        if parts.index is not None and parts.indexer is None:
-            parts.indexer = BackgroundIndexer(
-                parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
-        self.committer.derived_ready = True
+        self._load_index(saved, index)
 
     def _check_clean(self, counters: dict[str, int]) -> None:
         """A read-only open writes nothing, so it can only open a store that needs no
@@ -432,6 +420,14 @@ class Opening:
         parts.has_links = bool(parts.query("SELECT count(*) FROM edges")[0][0])
         parts.hot = hot.result()
         check_pointers(parts)
+        self._load_index(saved, index)
+        if not parts.read_only:
+            self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
+
+    def _load_index(self, saved: Background | None, index: dict[str, Any] | None) -> None:
+        """The vector index keeper, the index (loaded, brought up to date, or none) and its
+        background indexer; from here on commits update the derived state."""
+        parts = self.parts
         self.keeper = IndexKeeper(parts, self.committer)
         self.committer.keeper = self.keeper
         parts.index = self.keeper.load(index, saved, self.recovered)
@@ -439,8 +435,6 @@ class Opening:
             parts.indexer = BackgroundIndexer(
                 parts.index, max_pending_bytes=int(parts.settings.index_backlog_mb * 2**20))
         self.committer.derived_ready = True
-        if not parts.read_only:
-            self.keeper.fit_rotation()  # a store closed (or crashed) between its first writes
 
     def _counters(self) -> dict[str, int]:
         """The catalog's counters, with those older stores lack added."""

@@ -46,6 +46,9 @@ _DISK_ERRORS = ("No space left on device", "Read-only file system", "Permission 
 # journal_seq: the last turn journal record folded into the catalog (engine/turnlog.py).
 COUNTERS = ("generation", "clock", "next_eid", "next_seq", "last_turn", "synced_eid",
             "journal_seq")
+# Their values in a new, empty store (and in a store with no catalog file yet).
+START_COUNTERS = {name: {"next_eid": 1, "next_seq": 1, "last_turn": -1,
+                         "synced_eid": 1}.get(name, 0) for name in COUNTERS}
 
 # DuckDB settings of "fast" durability. fsync_mode NONE skips every fsync, the checkpoint's
 # too, so checkpoints and optimistic writes (large appends written to the database file
@@ -97,9 +100,7 @@ class Catalog:
             for statement in (*LEXICAL_TABLES, *(CONTEXT_TABLES if context else ())):
                 con.execute(statement)
             if not con.execute("SELECT count(*) FROM counters").fetchone()[0]:
-                for name in COUNTERS:
-                    start = {"next_eid": 1, "next_seq": 1, "last_turn": -1,
-                             "synced_eid": 1}.get(name, 0)
+                for name, start in START_COUNTERS.items():
                     con.execute("INSERT INTO counters VALUES (?, ?)", [name, start])
 
     def close(self) -> None:

@@ -72,6 +72,16 @@ class Manifest:
         """Atomically replace the manifest in ``directory``."""
         atomic_write_bytes(directory / MANIFEST_NAME, self.to_json(), durable=durable)
 
+    def record_catalog(self, directory: Path) -> None:
+        """Record that the store in ``directory`` now has its catalog file: the manifest on
+        disk gains the flag alone (this one may hold settings not to be recorded yet, such
+        as a ``lexical_metadata`` recorded once the re-index under it is done)."""
+        recorded = Manifest.read(directory)
+        if not recorded.catalog:
+            recorded.catalog = True
+            recorded.write(directory)
+        self.catalog = True
+
     @classmethod
     def read(cls, directory: Path) -> Manifest:
         """Read and validate the manifest; raise CorruptStore or FormatTooNew."""
