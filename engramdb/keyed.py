@@ -30,7 +30,7 @@ from engramdb.content import (
 )
 from engramdb.engine.keys import lookup_keys, remove_occurrences
 from engramdb.engine.lifespan import effective_kind
-from engramdb.engine.writer import Batch
+from engramdb.engine.writer import JOURNAL_BATCH_MAX, Batch
 from engramdb.errors import EncoderRequired, InvalidInput, NotFound
 from engramdb.progress import progress_bar
 from engramdb.recall.filters import kind_codes, occurrence_filter
@@ -157,15 +157,22 @@ class KeyedMethods:
     def _write_batches(self, prepared: Batch, progress: bool, *, upsert: bool
                        ) -> list[IngestResult]:
         """Write a prepared call batch by batch: small batches through the turn journal
-        (those that replace a stored key's occurrence too), bulk ones to the catalog."""
+        (those that replace a stored key's occurrence too), bulk ones to the catalog. A store
+        without a catalog file takes the journal's largest batches while it has none: a
+        small bulk load stays in the journal (its first fold comes when it grows)."""
         keyed = prepared.keys is not None and any(k is not None for k in prepared.keys)
         every_key = [k for k in prepared.keys or () if k is not None]
-        n, step = len(prepared.ids), self.settings.batch_rows
+        n = len(prepared.ids)
         results: list[IngestResult] = []
         bar = progress_bar(n, progress, "upsert" if upsert else "ingest")
         try:
-            for start in range(0, n, step):
+            start = 0
+            while start < n:
+                step = self.settings.batch_rows
+                if self._parts.catalog is None:
+                    step = min(step, JOURNAL_BATCH_MAX)
                 batch = _part(prepared, slice(start, min(n, start + step)))
+                start += len(batch.ids)
                 with self._writing(fold=False):
                     turn = self._turn_path(len(batch.ids))
                     if keyed:

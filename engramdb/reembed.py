@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -460,10 +461,14 @@ def _taken(store_dir: Path) -> StoreLocked:
 
 
 def _signature(store_dir: Path) -> list[tuple[str, int, int, int]]:
-    """Name, size, mtime and inode of every file of the store: any write changes it."""
+    """Name, size, mtime and inode of every file of the store: any write changes it.
+    Directories are left out: an open of a store without a catalog file writes its segment
+    files and its close deletes them again, which changes nothing but their directory."""
     out = []
     for p in sorted(store_dir.rglob("*")):
         st = p.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            continue
         out.append((str(p.relative_to(store_dir)), st.st_size, st.st_mtime_ns, st.st_ino))
     return out
 

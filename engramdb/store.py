@@ -42,7 +42,7 @@ from engramdb.engine.parts import Parts
 from engramdb.engine.restore import Restorer
 from engramdb.engine.upkeep import IndexKeeper
 from engramdb.engine.verify import verify
-from engramdb.engine.writer import Batch, Writer
+from engramdb.engine.writer import JOURNAL_BATCH_MAX, Batch, Writer
 from engramdb.errors import (
     CorruptStore,
     InvalidInput,
@@ -71,10 +71,6 @@ from engramdb.types import (
     Turn,
     VerifyReport,
 )
-
-# Batches up to this many texts take the turn journal; larger ones (bulk loads) commit to the
-# catalog directly, where one statement per table is already cheap per row.
-_JOURNAL_BATCH_MAX = 64
 
 
 def open(  # noqa: A001 - the front door, like sqlite3.connect / shelve.open
@@ -250,8 +246,10 @@ class Store(KeyedMethods):
             try:
                 if parts.catalog is None and not self._committer.fold_due():
                     # A store without a catalog file keeps its turns in the journal (an
-                    # open replays them); "fast": the journal becomes durable.
+                    # open replays them); "fast": the journal becomes durable. The journal
+                    # holds their vectors too: the segment files go until the next open.
                     self._committer.sync()
+                    parts.segments.discard()
                     return
                 self._committer.fold()  # the journaled turns go into the catalog
                 self._committer.sync()  # "fast": this handle's writes become durable
@@ -466,7 +464,7 @@ class Store(KeyedMethods):
 
     def _turn_path(self, n: int) -> bool:
         """Whether a write of ``n`` texts goes through the turn journal (docs/format.md)."""
-        return n <= _JOURNAL_BATCH_MAX and (
+        return n <= JOURNAL_BATCH_MAX and (
             self._committer.counters.next_eid + n <= self.settings.journal_max_engrams)
 
     def forget(self, ids: str | Iterable[str] | None = None, *,

@@ -12,6 +12,10 @@ import engramdb
 from engramdb.derived.index import VectorIndex
 from engramdb.errors import StorageError
 
+# Bulk batches go to the indexer whole, from a catalog: a store without one takes the
+# journal in 64-text records, and a later record would find a failed worker already.
+pytestmark = pytest.mark.usefixtures("catalog_from_the_start")
+
 DIM = 32
 GRAPH = {"exact_threshold": 50}  # search through the graph even in a small store
 

@@ -95,8 +95,8 @@ def test_a_write_or_read_that_needs_the_catalog_makes_it(tmp_path: Path, op: str
             assert export_store(mem, tmp_path / "out.jsonl")["engrams"] == 4
         elif op == "gc":
             mem.gc()
-        elif op == "bulk":
-            mem.ingest_many([f"bulk note {i}" for i in range(100)])
+        elif op == "bulk":  # past journal_only_bytes (512 KiB): the journal folds
+            mem.ingest_many([f"bulk note {i}" for i in range(2000)])
         else:
             assert mem.verify().ok
         assert (path / CATALOG_NAME).exists()
@@ -197,11 +197,65 @@ def test_a_reopened_store_fsyncs_its_segment_directory_at_the_first_fold(
     assert path / "segments" in synced
 
 
+def _crashed(path: Path, n: int) -> list:
+    """A store whose handle died after ``n`` turns: its segment files are left behind
+    (a close deletes them, the journal holding every vector)."""
+    before = _chat(path, n)
+    with engramdb.open(path, encoder=ENC):
+        left = {p.name: p.read_bytes() for p in (path / "segments").iterdir()}
+    for name, data in left.items():
+        (path / "segments" / name).write_bytes(data)
+    return before
+
+
+def test_a_closed_store_holds_each_vector_once(tmp_path: Path) -> None:
+    """At rest a store without a catalog keeps its vectors in the journal alone: close
+    deletes the segment files, the next open's replay writes them again."""
+    path = tmp_path / "m"
+    before = _chat(path, 5)
+    assert list((path / "segments").iterdir()) == []
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert len(list((path / "segments").iterdir())) == 1
+        assert mem.recovered == [] and _answers(mem) == before
+    assert list((path / "segments").iterdir()) == []
+    # Folded into a catalog, the files stay (the scores in the answers are the vectors').
+    with engramdb.open(path, encoder=ENC, settings={"journal_only_turns": 0}) as mem:
+        assert mem.verify().ok and _answers(mem) == before
+    assert (path / CATALOG_NAME).exists()
+    assert len(list((path / "segments").iterdir())) == 1
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.verify().ok and _answers(mem) == before
+
+
+def test_a_small_bulk_load_stays_in_the_journal(tmp_path: Path) -> None:
+    """ingest_many into a store without a catalog takes the journal in records of at most
+    64 texts until journal_only_bytes wait; the answers are those of a catalog store."""
+    texts = [f"note {i} about {TURNS[i % len(TURNS)]}" for i in range(150)]
+    answers = []
+    for name, settings in (("j", None), ("c", {"journal_only_turns": 0})):
+        with engramdb.open(tmp_path / name, encoder=ENC, settings=settings) as mem:
+            results = mem.ingest_many(texts, roles=["user"] * len(texts))
+            assert [r.is_new for r in results] == [True] * len(texts)
+        with engramdb.open(tmp_path / name, encoder=ENC) as mem:
+            answers.append(_answers(mem))
+    assert not (tmp_path / "j" / CATALOG_NAME).exists()
+    assert answers[0] == answers[1]
+    with engramdb.open(tmp_path / "j", encoder=ENC) as mem:
+        assert mem.verify().ok  # (which makes the catalog)
+    # Past journal_only_bytes the journal folds, and the rest goes to the catalog.
+    path = tmp_path / "b"
+    with engramdb.open(path, encoder=ENC, settings={"journal_only_bytes": 8192}) as mem:
+        mem.ingest_many(texts)
+        assert (path / CATALOG_NAME).exists() and mem.count == 150
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.count == 150 and mem.verify().ok
+
+
 def test_vector_bytes_of_an_unacknowledged_write_are_cut(tmp_path: Path) -> None:
     """A crash between a turn's vectors and its record leaves bytes past the journaled
     ones: the next open cuts them (and says so), and verify is clean."""
     path = tmp_path / "m"
-    before = _chat(path, 3)
+    before = _crashed(path, 3)
     segment = next((path / "segments").iterdir())
     size = segment.stat().st_size
     with segment.open("ab") as fh:
@@ -216,7 +270,7 @@ def test_a_read_only_open_of_a_store_whose_vectors_were_lost(tmp_path: Path) -> 
     """Vector bytes never synced are lost at a power cut; the journal holds them: a
     read-only handle replays them into its own files and verifies clean, changing nothing."""
     path = tmp_path / "m"
-    before = _chat(path, 4)
+    before = _crashed(path, 4)
     segment = next((path / "segments").iterdir())
     with segment.open("r+b") as fh:
         fh.truncate(segment.stat().st_size // 2)

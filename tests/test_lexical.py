@@ -4,10 +4,13 @@ and the round trips through DuckDB tables and the snapshot file."""
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import duckdb
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engramdb.derived.lexical import LexicalIndex, stem, tokenize
 from engramdb.errors import InvalidInput
@@ -74,6 +77,18 @@ def test_tokenize_and_stem() -> None:
         assert stem(a) == stem(b), (a, b)
     assert stem("falling") == "fall" and stem("passed") == "pass"
     assert tokenize("Caroline's necklace, 2022") == ["caroline", "necklace", "2022"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_text_tokenizes_as_the_unicode_path_does(text: str) -> None:
+    """ASCII text skips NFKC (it changes none) and casefolds as lower(): the terms must be
+    those of the full path."""
+    from engramdb.derived import lexical_tokenizer as tok
+
+    full = unicodedata.normalize("NFKC", text).casefold()
+    assert tokenize(text) == [t for t in map(tok._term, tok._WORD.findall(full)) if t]
+    assert tokenize(text + " \u00e9t\u00e9") == tokenize(text) + ["\u00e9t\u00e9"]
 
 
 def test_scores_match_hand_formula() -> None:

@@ -22,6 +22,9 @@ def _vectors(n: int, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+# The saved index of a store with a catalog (without one, every open rebuilds it by
+# replaying the journal).
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_reopen_after_ingest_without_index_save_replays(tmp_path: Path) -> None:
     path = tmp_path / "r.engram"
     x = _vectors(3000, 0)
@@ -44,6 +47,9 @@ def test_reopen_after_ingest_without_index_save_replays(tmp_path: Path) -> None:
         assert mem.verify().ok
 
 
+# The saved index of a store with a catalog (without one, every open rebuilds it by
+# replaying the journal).
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_damaged_index_is_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "d.engram"
     x = _vectors(500, 2)

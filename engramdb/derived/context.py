@@ -51,13 +51,46 @@ _LABELS_SCHEMA = pa.schema([("code", pa.int32()), ("label", pa.string()), ("last
 
 @dataclass(frozen=True)
 class ContextRows:
-    """The catalog rows one write adds: ``turns`` (eid, prev, session, role, day; nulls where
-    absent) and ``labels`` (code, label, last): new labels and sessions whose last turn
-    changed. Insert both in the write's transaction, then pass this to :meth:`TurnContext.apply`.
-    """
+    """The catalog rows one write adds, as columns (None where absent): ``turns`` (eid, prev,
+    session, role, day) and ``labels`` (code, label, last): new labels and sessions whose
+    last turn changed. Insert both in the write's transaction, then pass this to
+    :meth:`TurnContext.apply`. A chat turn's one row is kept as lists: Arrow tables are
+    built only for the catalog (:attr:`turns`, :attr:`labels`)."""
 
-    turns: pa.Table
-    labels: pa.Table
+    turn_columns: tuple[list[int], list[int | None], list[int | None], list[int | None],
+                        list[int | None]]
+    label_columns: tuple[list[int], list[str], list[int | None]]
+
+    @classmethod
+    def concat(cls, parts: Sequence[ContextRows]) -> ContextRows:
+        """The rows of several writes, in order."""
+        return cls(tuple([v for p in parts for v in p.turn_columns[k]] for k in range(5)),
+                   tuple([v for p in parts for v in p.label_columns[k]] for k in range(3)))
+
+    def without(self, eids: set[int]) -> ContextRows:
+        """These rows less the turn rows of ``eids``."""
+        keep = [k for k, e in enumerate(self.turn_columns[0]) if e not in eids]
+        return ContextRows(tuple([col[k] for k in keep] for col in self.turn_columns),
+                           self.label_columns)
+
+    @property
+    def turn_count(self) -> int:
+        """How many turn rows there are."""
+        return len(self.turn_columns[0])
+
+    @property
+    def turns(self) -> pa.Table:
+        """The ``turns`` rows as an Arrow table."""
+        return pa.Table.from_arrays([pa.array(c, f.type) for c, f in
+                                     zip(self.turn_columns, _TURNS_SCHEMA, strict=True)],
+                                    schema=_TURNS_SCHEMA)
+
+    @property
+    def labels(self) -> pa.Table:
+        """The ``labels`` rows as an Arrow table."""
+        return pa.Table.from_arrays([pa.array(c, f.type) for c, f in
+                                     zip(self.label_columns, _LABELS_SCHEMA, strict=True)],
+                                    schema=_LABELS_SCHEMA)
 
 
 class TurnContext:
@@ -90,14 +123,14 @@ class TurnContext:
     @staticmethod
     def insert(con: duckdb.DuckDBPyConnection, rows: ContextRows) -> None:
         """Write ``rows`` through ``con`` inside the caller's transaction."""
-        if rows.turns.num_rows:
+        if rows.turn_count:
             con.register("_ctx_turns", rows.turns)
             try:
                 con.execute("INSERT INTO turns SELECT eid, prev, session, role, day "
                             "FROM _ctx_turns")
             finally:
                 con.unregister("_ctx_turns")
-        if rows.labels.num_rows:
+        if rows.label_columns[0]:
             con.register("_ctx_labels", rows.labels)
             try:
                 con.execute("DELETE FROM labels USING _ctx_labels v WHERE labels.code = v.code")
@@ -164,16 +197,10 @@ class TurnContext:
                     t_day.append(day)
         label_of = {**self.label_of, **new_labels} if new_labels else self.label_of
         changed = sorted(set(new_labels) | set(last))
-        labels = pa.Table.from_arrays(
-            [pa.array(changed, pa.int32()),
-             pa.array([label_of[c] for c in changed], pa.string()),
-             pa.array([last.get(c, self.last.get(c)) for c in changed], pa.int64())],
-            schema=_LABELS_SCHEMA)
-        turns = pa.Table.from_arrays(
-            [pa.array(t_eid, pa.int64()), pa.array(t_prev, pa.int64()),
-             pa.array(t_sess, pa.int32()), pa.array(t_role, pa.int32()),
-             pa.array(t_day, pa.int32())], schema=_TURNS_SCHEMA)
-        return ContextRows(turns=turns, labels=labels)
+        return ContextRows(
+            (t_eid, t_prev, t_sess, t_role, t_day),
+            (changed, [label_of[c] for c in changed],
+             [last.get(c, self.last.get(c)) for c in changed]))
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -211,9 +238,7 @@ class TurnContext:
     def apply(self, rows: ContextRows, lengths: tuple[np.ndarray, np.ndarray]) -> None:
         """Make committed ``rows`` visible in memory; ``lengths`` are the (eids, token counts)
         of the write's new engrams (from its lexical rows)."""
-        for code, label, last in zip(rows.labels.column("code").to_pylist(),
-                                     rows.labels.column("label").to_pylist(),
-                                     rows.labels.column("last").to_pylist(), strict=True):
+        for code, label, last in zip(*rows.label_columns, strict=True):
             if label not in self.codes:
                 self._add_label(int(code), label)
             if last is not None:
@@ -223,13 +248,11 @@ class TurnContext:
         if len(len_eids):
             self._grow(int(np.max(len_eids)) + 1)
             self.length[len_eids] = lens
-        t = rows.turns
-        if t.num_rows == 0:
+        if not rows.turn_count:
             return
-        eids = t.column("eid").to_numpy()
+        eids = np.array(rows.turn_columns[0], np.int64)
         self._grow(int(eids.max()) + 1)
-        self._set(eids, *(t.column(c).to_numpy(zero_copy_only=False)
-                          for c in ("prev", "session", "role", "day")))
+        self._set(eids, *rows.turn_columns[1:])  # (None reads as NaN: no link, no label)
 
     def _set(self, eids: np.ndarray, prev: Any, session: Any, role: Any, day: Any) -> None:
         """Record context rows (nulls arrive as NaN or None) and the links they imply."""

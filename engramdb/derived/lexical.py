@@ -48,6 +48,7 @@ import json
 import math
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,8 @@ class QueryPostings:
     terms: tuple[str, ...] = ()
 
 
+# Up to this many postings a batch (a chat turn) is added to the delta with Python lists.
+_SMALL_BATCH = 256
 _DOCS_SCHEMA = pa.schema([("eid", pa.int64()), ("len", pa.int32())])
 _POSTINGS_SCHEMA = pa.schema([("term", pa.string()), ("eid", pa.int64()), ("tf", pa.int32())])
 
@@ -209,9 +212,7 @@ class LexicalIndex:
                                    hint="pass texts as str")
             toks = self.tokenizer(text)
             lens[i] = len(toks)
-            counts: dict[str, int] = {}
-            for t in toks:
-                counts[t] = counts.get(t, 0) + 1
+            counts = Counter(toks)  # in the order terms first appear, as a dict is
             terms.extend(counts)
             tfs.extend(counts.values())
             p_eids.extend([eid] * len(counts))
@@ -335,6 +336,9 @@ class LexicalIndex:
         post = rows.postings
         if post.num_rows == 0:
             return
+        if post.num_rows <= _SMALL_BATCH:
+            self._add_postings_small(post, eids, base)
+            return
         # Map the batch's distinct terms to ids (a Python step per distinct term only).
         enc = post.column("term").combine_chunks().dictionary_encode()
         vocab = self._vocab
@@ -346,18 +350,31 @@ class LexicalIndex:
         order = np.argsort(eids, kind="stable")
         slots = (base + order[np.searchsorted(eids, p_eids, sorter=order)]).astype(np.int32)
         tfs = post.column("tf").to_numpy().astype(np.float32)
-        if post.num_rows > 4096:
-            # A bulk batch goes straight into the compacted arrays (vectorised merge).
+        if post.num_rows > 4096 or (not self._delta and post.num_rows >= len(self._pslot)):
+            # A bulk batch (or one at least as large as a small index: the first batch an
+            # open replays) goes straight into the compacted arrays (vectorised merge).
             self._merge(tids, slots, tfs)
             return
+        self._add_delta(tids.tolist(), slots.tolist(), tfs.tolist())
+
+    def _add_postings_small(self, post: pa.Table, eids: np.ndarray, base: int) -> None:
+        # A turn's few postings: plain Python lists cost less than the Arrow and numpy steps
+        # of a bulk batch (a dictionary encode alone is tens of microseconds).
+        vocab = self._vocab
+        slot_of = {e: base + k for k, e in enumerate(eids.tolist())}
+        tids = [vocab.setdefault(t, len(vocab)) for t in post.column("term").to_pylist()]
+        slots = [slot_of[e] for e in post.column("eid").to_pylist()]
+        self._add_delta(tids, slots, [float(tf) for tf in post.column("tf").to_pylist()])
+
+    def _add_delta(self, tids: list[int], slots: list[int], tfs: list[float]) -> None:
         delta = self._delta
-        for tid, slot, tf in zip(tids.tolist(), slots.tolist(), tfs.tolist(), strict=True):
+        for tid, slot, tf in zip(tids, slots, tfs, strict=True):
             entry = delta.get(tid)
             if entry is None:
                 entry = delta[tid] = ([], [])
             entry[0].append(slot)
             entry[1].append(tf)
-        self._delta_n += post.num_rows
+        self._delta_n += len(tids)
         if self._delta_n > max(65536, len(self._pslot) // 4):
             self.compact()
 

@@ -88,14 +88,19 @@ def tokenize(text: str) -> list[str]:
     stopwords are dropped; numbers are kept ("2022", "10"), since dates and counts matter in a
     memory. The same function is used for documents and queries.
     """
-    text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
-    out: list[str] = []
-    for w in _WORD.findall(text):  # (no capturing group: whole words)
-        if w.endswith("'s"):
-            w = w[:-2]
-        if len(w) < 2 or w in STOPWORDS:
-            continue
-        w = stem(w.replace("'", "")) if "'" in w else stem(w)
-        if w and w not in STOPWORDS:
-            out.append(w)
-    return out
+    if text.isascii():  # NFKC leaves ASCII as it is, and casefolds it to lower case
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    return [t for t in map(_term, _WORD.findall(text)) if t]  # (no capturing group in _WORD)
+
+
+@lru_cache(maxsize=1 << 16)
+def _term(word: str) -> str:
+    """The index term of one casefolded word, or "" for a word that is not indexed."""
+    if word.endswith("'s"):
+        word = word[:-2]
+    if len(word) < 2 or word in STOPWORDS:
+        return ""
+    word = stem(word.replace("'", "")) if "'" in word else stem(word)
+    return word if word and word not in STOPWORDS else ""

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from engramdb.derived.hotstate import NEVER
 from engramdb.engine.links import in_list
-from engramdb.engine.mirror import TurnMirror
+from engramdb.engine.mirror import NewEngramRows, TurnMirror
 from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import TurnRecord
 from engramdb.errors import CommitUncertain, StorageError
@@ -62,16 +62,10 @@ class Counters:
 
 @dataclass
 class NewEngrams:
-    """Engrams a commit adds: their hot-state fields, payload, BM25 rows and vectors."""
+    """Engrams a commit adds: their rows (hot-state fields and payload), BM25 rows and
+    vectors."""
 
-    eids: np.ndarray
-    segs: np.ndarray
-    rows: np.ndarray
-    kinds: np.ndarray
-    expires: np.ndarray
-    created: np.ndarray
-    ids: list[str]
-    blobs: list[bytes]
+    rows: NewEngramRows
     lexical_rows: Any
     vectors: np.ndarray
 
@@ -355,12 +349,13 @@ class Committer:
 
     def fold_due(self) -> bool:
         """Whether enough turns wait to fold them: ``journal_fold_turns`` records (or
-        ``journal_fold_bytes``); ``journal_only_turns`` in a store without a catalog."""
+        ``journal_fold_bytes``); ``journal_only_turns`` (or ``journal_only_bytes``) in a
+        store without a catalog."""
         s, journal = self.parts.settings, self.parts.journal
-        turns = s.journal_fold_turns
+        turns, size = s.journal_fold_turns, s.journal_fold_bytes
         if self.parts.catalog is None:  # 0: the store wants its catalog now
-            turns = min(turns, s.journal_only_turns)
-        return journal.records >= turns or journal.size >= s.journal_fold_bytes
+            turns, size = min(turns, s.journal_only_turns), min(size, s.journal_only_bytes)
+        return journal.records >= turns or journal.size >= size
 
     def fold_if_due(self) -> None:
         """After a turn and its capacity rule: fold once it is due (:meth:`fold_due`); with
@@ -534,10 +529,11 @@ class Committer:
 
     def _apply_new(self, new: NewEngrams) -> None:
         parts = self.parts
-        parts.hot.add(new.eids, new.segs, new.rows, new.kinds, new.expires, new.created)
-        parts.hot.add_payload(new.eids, new.ids, new.blobs)
+        r = new.rows
+        parts.hot.add(r.eids, r.segs, r.rows, r.kinds, r.expires, r.created)
+        parts.hot.add_payload(r.eids, r.ids, r.texts)
         parts.lexical.apply_add(new.lexical_rows)
-        self.keeper.added(new.eids, new.vectors)
+        self.keeper.added(r.eids, new.vectors)
 
     def _refresh(self, eids: list[int], mirror: TurnMirror | None) -> None:
         """Reload kind and expiry of engrams said again (their pointers do not change); one

@@ -181,9 +181,9 @@ class DerivedLoader:
                 c.con.execute("DELETE FROM turns")
                 c.con.execute("DELETE FROM labels")
                 TurnContext.insert(c.con, rows)
-            if rows.turns.num_rows and not derive:
+            if rows.turn_count and not derive:
                 self.recovered.append(
-                    f"derived the conversation context of {rows.turns.num_rows} engrams")
+                    f"derived the conversation context of {rows.turn_count} engrams")
         try:
             return TurnContext.load(con, parts.lexical.tokenizer, parts.lexical.doc_lengths())
         except duckdb.Error as exc:

@@ -6,7 +6,7 @@ rows. Lookups are literal IN-lists over ``a`` and ``b``.
 
 :func:`strengthen` and :func:`neighbours` work on an edge table: the catalog's, through
 :class:`SqlEdges`, or the turn path's image of it (:class:`~engramdb.engine.mirror.TurnMirror`),
-both of which offer ``touching(eids)`` and ``replace_edges(rows)``.
+both of which offer ``touching(eids)``, ``pairs(keys)`` and ``replace_edges(rows)``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,19 @@ class SqlEdges:
             f"SELECT a, b, weight, tick FROM edges WHERE a IN {ids} OR b IN {ids}"
         ).fetchall()
 
-    def replace_edges(self, rows: pa.Table) -> None:
-        """Write links (columns a, b, weight, tick) over their current rows."""
+    def pairs(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], tuple[float, int]]:
+        """The stored ``(weight, tick)`` of those of the links ``keys`` (``(a, b)``, a < b)
+        that exist."""
+        wanted = set(keys)
+        return {(a, b): (w, t) for a, b, w, t in self.touching({k[0] for k in wanted})
+                if (a, b) in wanted}
+
+    def replace_edges(self, rows: list[tuple[int, int, float, int]]) -> None:
+        """Write links ``(a, b, weight, tick)`` over their current rows."""
         con = self.runner
+        rows = pa.table({name: pa.array([r[k] for r in rows], dtype) for k, (name, dtype) in
+                         enumerate((("a", pa.int64()), ("b", pa.int64()),
+                                    ("weight", pa.float64()), ("tick", pa.int64())))})
         with cat.registered(con, "edge_update", rows) as view:
             con.execute(f"DELETE FROM edges USING {view} v WHERE edges.a = v.a AND edges.b = v.b")
         cat.insert_arrow(con, "edges", rows)
@@ -67,20 +77,17 @@ def strengthen(edges: Any, pairs: Iterable[tuple[int, int, float]], now: int,
             steps.append((int(a), int(b), float(gain)))
     if not steps:
         return []
-    touched = {a for a, _, _ in steps} | {b for _, b, _ in steps}
-    current = {(a, b): decayed_weight(w, t, now, settings)
-               for a, b, w, t in edges.touching(touched)}
+    # Only the links fired are read (a turn's hits may have many others), decayed in one step.
+    stored = edges.pairs((a, b) for a, b, _ in steps)
+    decayed = decayed_weight(np.array([w for w, _ in stored.values()], np.float64),
+                             np.array([t for _, t in stored.values()], np.float64), now,
+                             settings)
+    current = dict(zip(stored, decayed.tolist(), strict=True))
     new: dict[tuple[int, int], float] = {}
     for a, b, gain in steps:
         w = new.get((a, b), current.get((a, b), 0.0))
         new[(a, b)] = strengthened(float(w), gain, settings)
-    rows = pa.table({
-        "a": pa.array([k[0] for k in new], pa.int64()),
-        "b": pa.array([k[1] for k in new], pa.int64()),
-        "weight": pa.array(list(new.values()), pa.float64()),
-        "tick": pa.array([now] * len(new), pa.int64()),
-    })
-    edges.replace_edges(rows)
+    edges.replace_edges([(a, b, w, now) for (a, b), w in new.items()])
     return [(a, b, w) for (a, b), w in new.items()]
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,60 @@ MIRROR_SQL = ("SELECT eid, id, kind, created_tick, expires_at, pinned, refs, rec
               "last_tick FROM engrams")
 EDGES_SQL = "SELECT a, b, weight, tick FROM edges"
 KEYS_SQL = "SELECT key, eid, seq FROM occurrences WHERE key IS NOT NULL"
+
+
+_OCCURRENCE_SCHEMA = pa.schema([
+    ("eid", pa.int64()), ("seq", pa.int64()), ("role", pa.string()), ("session", pa.string()),
+    ("tick", pa.int64()), ("metadata", pa.string()), ("key", pa.string())])
+
+
+def occurrence_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """``occurrences`` rows (dicts of the table's columns) as an Arrow table."""
+    return pa.Table.from_pylist(rows, schema=_OCCURRENCE_SCHEMA)
+
+
+@dataclass
+class NewEngramRows:
+    """The ``engrams`` rows of a write's new engrams, as columns: a turn's one row costs far
+    less this way than as an Arrow table (one is built per fold, or per catalog commit)."""
+
+    eids: np.ndarray
+    ids: list[str]
+    segs: np.ndarray
+    rows: np.ndarray
+    vec_sums: list[int]
+    texts: list[bytes]  # compressed
+    kinds: np.ndarray
+    created: np.ndarray
+    expires: np.ndarray  # inf: never (pinned; NULL in the catalog)
+    pinned: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[NewEngramRows]) -> NewEngramRows:
+        """The rows of several writes, in order."""
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts])
+                     if isinstance(getattr(parts[0], f.name), np.ndarray)
+                     else [v for p in parts for v in getattr(p, f.name)]
+                     for f in fields(cls)))
+
+    def table(self, mutable: dict[str, pa.Array] | None = None) -> pa.Table:
+        """The rows as first written (no refs, recalls nor earnings yet), or with the
+        ``mutable`` columns given."""
+        n = len(self.eids)
+        cols = {
+            "eid": pa.array(self.eids, pa.int64()), "id": pa.array(self.ids, pa.string()),
+            "seg": pa.array(self.segs, pa.int32()), "row": pa.array(self.rows, pa.int64()),
+            "vec_sum": pa.array(self.vec_sums, pa.int64()),
+            "text": pa.array(self.texts, pa.binary()), "kind": pa.array(self.kinds, pa.int8()),
+            "created_tick": pa.array(self.created, pa.int64()),
+            "expires_at": pa.array(self.expires, pa.float64(), mask=np.isinf(self.expires)),
+            "pinned": pa.array(self.pinned, pa.bool_()),
+            "refs": pa.array(np.zeros(n, np.int32)),  # bumped with the occurrences
+            "recalls": pa.array(np.zeros(n, np.int32)),
+            "earned": pa.array(np.zeros(n, np.float64)),
+            "last_tick": pa.array(self.created, pa.int64()),
+        }
+        return pa.table({**cols, **(mutable or {})})
 
 
 class TurnMirror:
@@ -79,11 +134,11 @@ class TurnMirror:
         self._clear_pending()
 
     def _clear_pending(self) -> None:
-        self.new_rows: list[pa.Table] = []  # engram rows as first written
+        self.new_rows: list[NewEngramRows] = []  # engram rows as first written
         self.new_eids: set[int] = set()
         self.changed: set[int] = set()  # stored engrams whose mutable fields changed
         self.changed_edges: set[tuple[int, int]] = set()
-        self.occurrence_rows: list[pa.Table] = []
+        self.occurrence_rows: list[dict[str, Any]] = []
         self.pending_occurrences: dict[int, list[dict[str, Any]]] = {}
         self.lexical_rows: list[LexicalRows] = []
         self.context_rows: list[ContextRows] = []
@@ -171,7 +226,10 @@ class TurnMirror:
 
     def _set_fields(self, eids: np.ndarray, rows: pa.Table) -> None:
         def col(name: str, dtype: Any, null: Any = 0) -> np.ndarray:
-            return np.asarray(rows.column(name).fill_null(null).to_numpy(), dtype)
+            column = rows.column(name)
+            if column.null_count:  # fill_null costs more than the rest: only when needed
+                column = column.fill_null(null)
+            return np.asarray(column.to_numpy(), dtype)
 
         self.kind[eids] = col("kind", np.int8)
         self.created[eids] = col("created_tick", np.int64)
@@ -304,11 +362,8 @@ class TurnMirror:
         pending rows of theirs are dropped, the folded ones deleted at the fold (before the
         rows of later turns, which may give them a new one)."""
         self.dropped_context.update(eids)
-        gone = pa.array(eids, pa.int64())
-        self.context_rows = [
-            ContextRows(turns=r.turns.filter(pc.invert(pc.is_in(r.turns.column("eid"),
-                                                                value_set=gone))),
-                        labels=r.labels) for r in self.context_rows]
+        gone = set(eids)
+        self.context_rows = [r.without(gone) for r in self.context_rows]
 
     def erase(self, eids: list[int], ids: list[str], tick: int) -> None:
         """Engrams a pending turn erased (logged as forgotten at ``tick``): their rows,
@@ -345,21 +400,29 @@ class TurnMirror:
         """Folded occurrences that lose their key to a replayed turn (the later write)."""
         self.released_keys.extend(seqs)
 
-    def add_engrams(self, rows: pa.Table, lexical: LexicalRows) -> None:
-        """New engram rows (all columns of ``engrams``) and their BM25 rows."""
-        eids = rows.column("eid").to_numpy()
+    def add_engrams(self, rows: NewEngramRows, lexical: LexicalRows) -> None:
+        """New engram rows and their BM25 rows."""
+        eids = rows.eids
         self._grow(int(eids.max()) + 1)
-        self._set_fields(eids, rows)
-        self.eid_of.update(zip(rows.column("id").to_pylist(), eids.tolist(), strict=True))
+        self.kind[eids] = rows.kinds
+        self.created[eids] = rows.created
+        self.expires[eids] = rows.expires
+        self.pinned[eids] = rows.pinned
+        self.refs[eids] = 0
+        self.recalls[eids] = 0
+        self.earned[eids] = 0.0
+        self.last_tick[eids] = rows.created
+        self.eid_of.update(zip(rows.ids, eids.tolist(), strict=True))
         self.new_rows.append(rows)
         self.new_eids.update(eids.tolist())
         self.lexical_rows.append(lexical)
 
-    def add_occurrences(self, rows: pa.Table, context: ContextRows) -> None:
-        """New occurrence rows and their conversation-context rows."""
-        self.occurrence_rows.append(rows)
+    def add_occurrences(self, rows: list[dict[str, Any]], context: ContextRows) -> None:
+        """New occurrence rows (dicts of the table's columns) and their conversation-context
+        rows."""
+        self.occurrence_rows.extend(rows)
         self.context_rows.append(context)
-        for o in rows.to_pylist():
+        for o in rows:
             self.pending_occurrences.setdefault(int(o["eid"]), []).append(o)
             if o.get("key") is not None:
                 held = (int(o["eid"]), int(o["seq"]))
@@ -401,10 +464,15 @@ class TurnMirror:
                 self.last_tick[e] = now
         self.changed.update(int(e) for e in eids)
 
-    def replace_edges(self, rows: pa.Table) -> None:
-        """Links written with their new weight and tick (columns a, b, weight, tick)."""
-        for a, b, w, t in zip(*(rows.column(c).to_pylist() for c in ("a", "b", "weight",
-                                                                      "tick")), strict=True):
+    def pairs(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], tuple[float, int]]:
+        """The stored ``(weight, tick)`` of those of the links ``keys`` (``(a, b)``, a < b)
+        that exist."""
+        edges = self.edges
+        return {k: edges[k] for k in keys if k in edges}
+
+    def replace_edges(self, rows: list[tuple[int, int, float, int]]) -> None:
+        """Links written with their new weight and tick: ``(a, b, weight, tick)``."""
+        for a, b, w, t in rows:
             self._put_edge(int(a), int(b), float(w), int(t))
 
     def _put_edge(self, a: int, b: int, weight: float, tick: int) -> None:
@@ -420,8 +488,8 @@ class TurnMirror:
         engrams with their current fields, the changed fields of older ones, occurrences,
         BM25 and context rows, and the changed links."""
         if self.new_rows:
-            new = pa.concat_tables(self.new_rows)
-            cat.insert_arrow(con, "engrams", self._with_fields(new))
+            new = NewEngramRows.concat(self.new_rows)
+            cat.insert_arrow(con, "engrams", new.table(self._fields(new.eids)))
             LexicalIndex.insert(con, LexicalRows(
                 docs=pa.concat_tables([r.docs for r in self.lexical_rows]),
                 postings=pa.concat_tables([r.postings for r in self.lexical_rows])))
@@ -433,7 +501,7 @@ class TurnMirror:
                 con.execute(sql, params)
         removed = sorted(self.removed)
         if self.occurrence_rows:
-            occ = pa.concat_tables(self.occurrence_rows)
+            occ = occurrence_table(self.occurrence_rows)
             if removed:
                 occ = occ.filter(pc.invert(pc.is_in(occ.column("seq"),
                                                     value_set=pa.array(removed, pa.int64()))))
@@ -479,12 +547,6 @@ class TurnMirror:
             "last_tick": pa.array(self.last_tick[eids], pa.int64()),
         }
 
-    def _with_fields(self, new: pa.Table) -> pa.Table:
-        fields = self._fields(new.column("eid").to_numpy())
-        for name in _MUTABLE:
-            new = new.set_column(new.schema.get_field_index(name), name, fields[name])
-        return new
-
     def _update_fields(self, con: Any, eids: np.ndarray) -> None:
         table = pa.table({"eid": pa.array(eids), **self._fields(eids)})
         sets = ", ".join(f"{c} = v.{c}" for c in _MUTABLE)
@@ -492,12 +554,10 @@ class TurnMirror:
             con.execute(f"UPDATE engrams SET {sets} FROM {view} v WHERE engrams.eid = v.eid")
 
     def _insert_context(self, con: Any) -> None:
-        turns = pa.concat_tables([r.turns for r in self.context_rows])
-        labels = pa.concat_tables([r.labels for r in self.context_rows])
-        if labels.num_rows:
-            # A label written by several turns keeps its last row (its session's last turn).
-            codes = labels.column("code").to_pylist()
-            last_at = {c: k for k, c in enumerate(codes)}
-            labels = labels.take(sorted(last_at.values()))
-        TurnContext.insert(con, ContextRows(turns=turns, labels=labels))
+        rows = ContextRows.concat(self.context_rows)
+        # A label written by several turns keeps its last row (its session's last turn).
+        last_at = {c: k for k, c in enumerate(rows.label_columns[0])}
+        keep = sorted(last_at.values())
+        TurnContext.insert(con, ContextRows(
+            rows.turn_columns, tuple([col[k] for k in keep] for col in rows.label_columns)))
 

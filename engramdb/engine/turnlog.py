@@ -12,8 +12,11 @@ A record may also name caller keys whose occurrences it removes first (``removed
 what they held when the record was written: records are replayed in order, on the state they
 were written on.
 
-Payload: ``json length (u32 LE) | JSON | vector bytes`` (the store's dtype, row-major). The
-JSON carries no content id: ids are recomputed from the texts on replay, so a record cannot
+Payload: ``head length (u32 LE) | head | vector bytes`` (the store's dtype, row-major). The
+head is the JSON, or (format 5 on) the JSON compressed with zlib when that saves bytes: then
+the length's top bit is set. A bulk record's texts take less than half their size that way
+(a store without a catalog file keeps its vectors in the journal alone). The JSON carries no
+content id: ids are recomputed from the texts on replay, so a record cannot
 file a text under another text's id. A record read back is checked like a caller's input;
 anything wrong raises CorruptStore (a store received from someone else may hold anything).
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +45,12 @@ from engramdb.content import (
     normalize_text,
 )
 from engramdb.errors import CorruptStore, EngramError, FormatTooNew
+from engramdb.storage.journal import MAX_RECORD
 from engramdb.types import KIND_NAMES
 
 _LEN = struct.Struct("<I")
+_ZLIB = 1 << 31  # the head length's flag: the head is compressed
+_COMPRESS_FROM = 512  # bytes of JSON: a one-text turn's head is smaller, and gains little
 VERSION = 2  # the newest record version, written by a record that removes keys
 PLAIN_VERSION = 1  # a record that removes no key: the engramdb before removals reads it
 MAX_TEXTS = 64  # the turn path takes batches of at most this many texts (store.py)
@@ -81,7 +88,12 @@ class TurnRecord:
         if self.removed is not None:
             fields["x"] = self.removed
         head = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return _LEN.pack(len(head)) + head + np.ascontiguousarray(self.vectors).tobytes()
+        size = len(head)
+        if size >= _COMPRESS_FROM:
+            packed = zlib.compress(head, 6)
+            if len(packed) < size:
+                head, size = packed, len(packed) | _ZLIB
+        return _LEN.pack(size) + head + np.ascontiguousarray(self.vectors).tobytes()
 
 
 def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
@@ -90,7 +102,7 @@ def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
         return _decode(payload, dim, np.dtype(dtype))
     except FormatTooNew:
         raise
-    except (EngramError, ValueError, TypeError, KeyError, struct.error,
+    except (EngramError, ValueError, TypeError, KeyError, struct.error, zlib.error,
             RecursionError) as exc:
         raise CorruptStore(f"a turn journal record is damaged: {exc}",
                            hint="restore the store from an export or backup") from exc
@@ -98,7 +110,11 @@ def decode(payload: bytes, dim: int, dtype: str) -> TurnRecord:
 
 def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
     (n,) = _LEN.unpack_from(payload, 0)
-    head = json.loads(payload[_LEN.size:_LEN.size + n].decode("utf-8"))
+    packed, n = bool(n & _ZLIB), n & ~_ZLIB
+    if _LEN.size + n > len(payload):
+        raise ValueError(f"a head of {n} bytes in a record of {len(payload)}")
+    raw_head = payload[_LEN.size:_LEN.size + n]
+    head = json.loads((_inflate(raw_head) if packed else raw_head).decode("utf-8"))
     version = head.get("v") if isinstance(head, dict) else None
     if version not in (PLAIN_VERSION, VERSION):
         if type(version) is int and version > VERSION:
@@ -149,6 +165,15 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
         raise ValueError("a record that only removes keys carries a turn")
     return TurnRecord(_int(head["q"]), texts, roles, sessions, metas, pins, kind, now, hits,
                       rows, vectors, keys, removed)
+
+
+def _inflate(data: bytes) -> bytes:
+    """A compressed head, inflated to at most the size a record may have."""
+    inflater = zlib.decompressobj()
+    head = inflater.decompress(data, MAX_RECORD)
+    if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+        raise ValueError("a compressed record head is damaged or too large")
+    return head
 
 
 def _list(value: Any, n: int | None = None) -> list[Any]:

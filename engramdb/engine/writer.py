@@ -29,8 +29,9 @@ from engramdb.engine.lifespan import (
     effective_kind,
     recall_reward,
 )
+from engramdb.engine.mirror import NewEngramRows, occurrence_table
 from engramdb.engine.parts import Parts
-from engramdb.engine.turnlog import TurnRecord
+from engramdb.engine.turnlog import MAX_TEXTS, TurnRecord
 from engramdb.errors import CorruptStore, EngramError, NotFound
 from engramdb.storage import catalog as cat
 from engramdb.types import LONG_TERM, SHORT_TERM, IngestResult
@@ -40,6 +41,11 @@ from engramdb.types import LONG_TERM, SHORT_TERM, IngestResult
 POINT_UPDATE_MAX = 256
 
 log = logging.getLogger(__name__)
+
+# Batches up to this many texts take the turn journal (a record holds at most that many);
+# larger ones (bulk loads) commit to the catalog directly, where one statement per table is
+# already cheap per row.
+JOURNAL_BATCH_MAX = MAX_TEXTS
 
 
 @dataclass
@@ -294,19 +300,11 @@ class Writer:
                            np.float64)
         ids = [batch.ids[i] for i in new_idx]
         blobs = [compress_text(batch.texts[i]) for i in new_idx]
-        engram_rows = pa.table({
-            "eid": pa.array(plan.new_eids), "id": pa.array(ids, pa.string()),
-            "seg": pa.array(segs, pa.int32()), "row": pa.array(rows),
-            "vec_sum": pa.array([vector_checksum(v) for v in stored], pa.int64()),
-            "text": pa.array(blobs, pa.binary()), "kind": pa.array(kinds, pa.int8()),
-            "created_tick": pa.array(np.full(n, now, np.int64)),
-            "expires_at": pa.array([None if np.isinf(e) else e for e in expires], pa.float64()),
-            "pinned": pa.array([i in pinned for i in ids], pa.bool_()),
-            "refs": pa.array(np.zeros(n, np.int32)),  # bumped with the occurrences
-            "recalls": pa.array(np.zeros(n, np.int32)),
-            "earned": pa.array(np.zeros(n, np.float64)),
-            "last_tick": pa.array(np.full(n, now, np.int64)),
-        })
+        engram_rows = NewEngramRows(
+            eids=plan.new_eids, ids=ids, segs=segs, rows=rows,
+            vec_sums=[vector_checksum(v) for v in stored], texts=blobs, kinds=kinds,
+            created=np.full(n, now, np.int64), expires=expires,
+            pinned=np.array([i in pinned for i in ids], bool))
         lexical = self.parts.lexical
         keys = self.parts.settings.lexical_metadata
         lex_rows = lexical.add_rows(plan.new_eids, [
@@ -314,12 +312,9 @@ class Writer:
         if c.mirror is not None:
             c.mirror.add_engrams(engram_rows, lex_rows)
         else:
-            cat.insert_arrow(c.con, "engrams", engram_rows)
+            cat.insert_arrow(c.con, "engrams", engram_rows.table())
             LexicalIndex.insert(c.con, lex_rows)
-        c.add_engrams(NewEngrams(
-            eids=plan.new_eids, segs=segs, rows=rows, kinds=kinds, expires=expires,
-            created=np.full(n, now, np.int64), ids=ids, blobs=blobs, lexical_rows=lex_rows,
-            vectors=stored))
+        c.add_engrams(NewEngrams(engram_rows, lex_rows, stored))
         return lex_rows
 
     def _add_occurrences(self, c: Commit, batch: Batch, plan: _Planned, now: int,
@@ -327,15 +322,11 @@ class Writer:
         """Insert the batch's occurrences and context rows; bump and refresh their engrams."""
         ids, eid_of = batch.ids, plan.eid_of
         next_seq = self.committer.counters.next_seq
-        occ_rows = pa.table({
-            "eid": pa.array([eid_of[i] for i in ids], pa.int64()),
-            "seq": pa.array(np.arange(next_seq, next_seq + len(ids), dtype=np.int64)),
-            "role": pa.array(batch.roles, pa.string()),
-            "session": pa.array(batch.sessions, pa.string()),
-            "tick": pa.array(np.full(len(ids), now, np.int64)),
-            "metadata": pa.array(batch.metas, pa.string()),
-            "key": pa.array(batch.keys or [None] * len(ids), pa.string()),
-        })
+        keys = batch.keys or [None] * len(ids)
+        occ_rows = [
+            {"eid": eid_of[i], "seq": next_seq + k, "role": batch.roles[k],
+             "session": batch.sessions[k], "tick": now, "metadata": batch.metas[k],
+             "key": keys[k]} for k, i in enumerate(ids)]
         home = [plan.new_first.get(i) == k for k, i in enumerate(ids)]
         if c.rehomed:  # engrams whose first occurrence an upsert removed: this is their first
             first = {eid_of[i]: k for k, i in reversed(list(enumerate(ids)))}
@@ -358,7 +349,7 @@ class Writer:
             c.mirror.revive(revive, now + life)
             c.mirror.pin(pin_eids)
         else:
-            cat.insert_arrow(c.con, "occurrences", occ_rows)
+            cat.insert_arrow(c.con, "occurrences", occurrence_table(occ_rows))
             TurnContext.insert(c.con, ctx_rows)
             _update_for_occurrences(c.con, occ_eids, revive, pin_eids, now, life)
         c.add_turns(ctx_rows, (

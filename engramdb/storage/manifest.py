@@ -20,8 +20,10 @@ from engramdb.storage.fsio import atomic_write_bytes, open_regular
 
 # 2: the turn journal (journal.bin); 3: occurrences carry caller keys; 4: a store may keep its
 # turns in the journal alone, with no catalog file yet (``Manifest.catalog``), and journal
-# records may remove keys (an engramdb of format 3 would misread both: it refuses the store).
-FORMAT_VERSION = 4
+# records may remove keys (an engramdb of format 3 would misread both: it refuses the store);
+# 5: a journal record's head may be compressed (engine/turnlog.py), which an engramdb of
+# format 4 would take for damage.
+FORMAT_VERSION = 5
 MANIFEST_NAME = "MANIFEST.json"
 MAGIC = "engramdb"
 

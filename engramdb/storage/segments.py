@@ -343,6 +343,24 @@ class SegmentStore:
         if self.durable and segs:
             fsync_dir(self.directory)
 
+    def discard(self) -> None:
+        """Delete every segment file of a store whose vectors are all in its turn journal
+        (a store without a catalog file, at close): the next open's replay writes them again,
+        so at rest the store holds each vector once. Not fsynced: a file that comes back
+        after a power cut is checked against the journal like one a crash left."""
+        with self._maps_lock:
+            self._maps_epoch += 1
+            self._maps.clear()
+        self.dirty.clear()
+        check_directory(self.directory)  # never delete through a link put there since the open
+        for path in self.directory.iterdir():
+            if not _SEGMENT_FILE.match(path.name):
+                continue  # a file it did not name itself is left alone, as recovery does
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot remove {path}: {exc}") from exc
+
     # -- reads --------------------------------------------------------------------------------
 
     @property
