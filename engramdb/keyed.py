@@ -171,7 +171,7 @@ class KeyedMethods:
                 step = self.settings.batch_rows
                 if self._parts.catalog is None:
                     step = min(step, JOURNAL_BATCH_MAX)
-                batch = _part(prepared, slice(start, min(n, start + step)))
+                first, batch = start == 0, _part(prepared, slice(start, min(n, start + step)))
                 start += len(batch.ids)
                 with self._writing(fold=False):
                     turn = self._turn_path(len(batch.ids))
@@ -179,7 +179,7 @@ class KeyedMethods:
                         # An ingest checks every key of the call under the first batch's
                         # lock (nothing is written if one is stored), then its own keys.
                         done, turn = self._keyed_batch(batch, upsert, turn,
-                                                       every_key if start == 0 else None)
+                                                       every_key if first else None)
                     else:
                         if not turn:
                             self._committer.fold()

@@ -60,14 +60,14 @@ class Settings:
     journal_fold_bytes: int = 8 * 2**20
     # A new store writes no catalog file at first: its turns live in journal.bin alone, and an
     # open replays them instead of opening DuckDB. Its first fold makes catalog.duckdb: once
-    # this many turns wait, or at the first write or read that needs the catalog (bulk
-    # ingest_many, forget by id, gc, a filtered recall, export...), and at journal_fold_turns
-    # if that is smaller. 0: the catalog is made with the store. Kept small because an open
-    # replays every waiting turn (~0.3 ms each).
+    # this many turns wait, or at the first write or read that needs the catalog (forget by
+    # id, gc, a filtered recall, export...), and at journal_fold_turns if that is smaller.
+    # 0: the catalog is made with the store. Kept small because an open replays every
+    # waiting turn (~0.3 ms each).
     journal_only_turns: int = 64
     # ... or once the journal holds this many bytes (a small bulk load, ingest_many, takes the
     # journal in records of 64 texts while the store has no catalog; an open replays them at
-    # about 10 us a text plus 1.5 us per KB of vectors).
+    # about 40 us a text). 0: the catalog is made at the first write or close.
     journal_only_bytes: int = 512 * 2**10
 
     # -- recall --

@@ -205,7 +205,9 @@ class Store(KeyedMethods):
         self._searcher = Searcher(parts)
         self._collector = collect.Collector(parts, self._committer, self._keeper, self._loader)
         parts.closed = False
-        if parts.settings.prefault_vectors and parts.segments.committed:
+        # (A store without a catalog file: its replay has just written every vector.)
+        if (parts.settings.prefault_vectors and parts.segments.committed
+                and parts.catalog is not None):
             self._prefault = threading.Thread(
                 target=parts.segments.prefault, args=(self._prefault_stop,), daemon=True,
                 name="engramdb-prefault")
@@ -249,7 +251,10 @@ class Store(KeyedMethods):
                     # open replays them); "fast": the journal becomes durable. The journal
                     # holds their vectors too: the segment files go until the next open.
                     self._committer.sync()
-                    parts.segments.discard()
+                    if parts.indexer is not None:
+                        parts.indexer.close()  # (idempotent: the release closes it too)
+                    with parts.gate.moving_vectors():  # recalls in flight read them
+                        parts.segments.discard()
                     return
                 self._committer.fold()  # the journaled turns go into the catalog
                 self._committer.sync()  # "fast": this handle's writes become durable
@@ -700,6 +705,7 @@ class Store(KeyedMethods):
             context = check_bool(context, "context")
         hot, searcher = self._parts.hot, self._searcher
         with self._parts.gate.reading():
+            self._parts.check_open()  # a close may have deleted the vector files meanwhile
             now = self.clock
             mask = hot.visible(now)
             if codes is not None:
@@ -720,7 +726,9 @@ class Store(KeyedMethods):
         missing = [i for i in ids if i not in found or not vis[found[i]]]
         if missing:
             raise NotFound(f"no live engram with id {missing[0]}")
-        return self._parts.fetch_vectors(np.array([found[i] for i in ids], np.int64))
+        with self._parts.gate.reading():
+            self._parts.check_open()  # a close may have deleted the vector files meanwhile
+            return self._parts.fetch_vectors(np.array([found[i] for i in ids], np.int64))
 
     def links(self, limit: int = 20) -> list[tuple[str, str, float]]:
         """The ``limit`` strongest links now, as ``(id_a, id_b, weight)``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,46 @@ def test_a_directory_in_place_of_the_temporary_catalog_is_refused(tmp_path: Path
         with pytest.raises(CorruptStore):
             mem.catalog  # noqa: B018 - the first fold
     assert not (path / CATALOG_NAME).exists()
+
+
+def test_a_refused_keyed_bulk_load_writes_nothing(tmp_path: Path) -> None:
+    """A keyed ingest_many checks every key of the call before its first record: one key
+    already stored refuses the whole call, though it spans several 64-text records."""
+    with engramdb.open(tmp_path / "m", encoder=ENC) as mem:
+        mem.ingest("held", key="k69")
+        with pytest.raises(engramdb.errors.InvalidInput, match="k69"):
+            mem.ingest_many([f"text {i}" for i in range(70)], keys=[f"k{i}" for i in range(70)])
+        assert mem.count == 1
+
+
+def _read_until_closed(mem: engramdb.Store, start: threading.Barrier,
+                       errors: list[BaseException]) -> None:
+    start.wait()
+    try:
+        for _ in range(200):
+            mem.recall("cat", top_k=3)
+            mem.vectors([mem.recall("guitar", top_k=1)[0].id])
+    except engramdb.errors.StoreClosed:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - any other error fails the test
+        errors.append(exc)
+
+
+def test_recalls_racing_a_close_see_it_closed(tmp_path: Path) -> None:
+    """Close deletes the segment files of a store without a catalog: recalls in flight
+    finish first, and later ones raise StoreClosed, never a damaged-store error."""
+    path = tmp_path / "m"
+    _chat(path)
+    for _ in range(10):
+        mem = engramdb.open(path, encoder=ENC)
+        errors: list[BaseException] = []
+        start = threading.Barrier(5)
+        threads = [threading.Thread(target=_read_until_closed, args=(mem, start, errors))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        start.wait()
+        mem.close()
+        for t in threads:
+            t.join()
+        assert errors == []

@@ -153,9 +153,9 @@ class HotState:
         self.kind[eids] = kinds
         self.expires[eids] = expires
         self.created[eids] = created
-        for seg in np.unique(segs):
+        for seg in set(segs.tolist()):  # (a turn's one segment: no np.unique)
             sel = segs == seg
-            self._map_rows(int(seg), rows[sel], eids[sel])
+            self._map_rows(seg, rows[sel], eids[sel])
         self.alive[eids] = True
         if self._vis_now is not None:
             self._vis[eids] = expires > self._vis_now

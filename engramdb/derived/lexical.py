@@ -200,7 +200,7 @@ class LexicalIndex:
         if len(eid_arr) != len(texts):
             raise InvalidInput(f"{len(eid_arr)} eids for {len(texts)} texts",
                                hint="pass one eid per text")
-        if len(np.unique(eid_arr)) != len(eid_arr):
+        if len(set(eid_arr.tolist())) != len(eid_arr):
             raise InvalidInput("duplicate eids in one batch", hint="pass each engram once")
         lens = np.empty(len(eid_arr), np.int32)
         terms: list[str] = []

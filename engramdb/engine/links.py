@@ -77,7 +77,8 @@ def strengthen(edges: Any, pairs: Iterable[tuple[int, int, float]], now: int,
             steps.append((int(a), int(b), float(gain)))
     if not steps:
         return []
-    # Only the links fired are read (a turn's hits may have many others), decayed in one step.
+    # Only the links fired are wanted (a turn's hits may have many others): the mirror looks
+    # them up by key; the catalog reads the links of their lower ends. Decayed in one step.
     stored = edges.pairs((a, b) for a, b, _ in steps)
     decayed = decayed_weight(np.array([w for w, _ in stored.values()], np.float64),
                              np.array([t for _, t in stored.values()], np.float64), now,

@@ -53,14 +53,9 @@ EDGES_SQL = "SELECT a, b, weight, tick FROM edges"
 KEYS_SQL = "SELECT key, eid, seq FROM occurrences WHERE key IS NOT NULL"
 
 
-_OCCURRENCE_SCHEMA = pa.schema([
+OCCURRENCE_SCHEMA = pa.schema([
     ("eid", pa.int64()), ("seq", pa.int64()), ("role", pa.string()), ("session", pa.string()),
     ("tick", pa.int64()), ("metadata", pa.string()), ("key", pa.string())])
-
-
-def occurrence_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """``occurrences`` rows (dicts of the table's columns) as an Arrow table."""
-    return pa.Table.from_pylist(rows, schema=_OCCURRENCE_SCHEMA)
 
 
 @dataclass
@@ -417,9 +412,12 @@ class TurnMirror:
         self.new_eids.update(eids.tolist())
         self.lexical_rows.append(lexical)
 
-    def add_occurrences(self, rows: list[dict[str, Any]], context: ContextRows) -> None:
-        """New occurrence rows (dicts of the table's columns) and their conversation-context
-        rows."""
+    def add_occurrences(self, columns: dict[str, list[Any]], context: ContextRows) -> None:
+        """New occurrence rows (the table's columns, as lists) and their
+        conversation-context rows."""
+        names = list(columns)
+        rows = [dict(zip(names, values, strict=True))
+                for values in zip(*columns.values(), strict=True)]
         self.occurrence_rows.extend(rows)
         self.context_rows.append(context)
         for o in rows:
@@ -501,7 +499,7 @@ class TurnMirror:
                 con.execute(sql, params)
         removed = sorted(self.removed)
         if self.occurrence_rows:
-            occ = occurrence_table(self.occurrence_rows)
+            occ = pa.Table.from_pylist(self.occurrence_rows, schema=OCCURRENCE_SCHEMA)
             if removed:
                 occ = occ.filter(pc.invert(pc.is_in(occ.column("seq"),
                                                     value_set=pa.array(removed, pa.int64()))))

@@ -52,7 +52,8 @@ _LEN = struct.Struct("<I")
 _ZLIB = 1 << 31  # the head length's flag: the head is compressed
 _COMPRESS_FROM = 512  # bytes of JSON: a one-text turn's head is smaller, and gains little
 VERSION = 2  # the newest record version, written by a record that removes keys
-PLAIN_VERSION = 1  # a record that removes no key: the engramdb before removals reads it
+PLAIN_VERSION = 1  # a record that removes no key (uncompressed, an engramdb before removals
+# reads it; compressed heads are format 5, which such an engramdb refuses from the manifest)
 MAX_TEXTS = 64  # the turn path takes batches of at most this many texts (store.py)
 
 

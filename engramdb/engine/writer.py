@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from engramdb.engine.lifespan import (
     effective_kind,
     recall_reward,
 )
-from engramdb.engine.mirror import NewEngramRows, occurrence_table
+from engramdb.engine.mirror import OCCURRENCE_SCHEMA, NewEngramRows
 from engramdb.engine.parts import Parts
 from engramdb.engine.turnlog import MAX_TEXTS, TurnRecord
 from engramdb.errors import CorruptStore, EngramError, NotFound
@@ -322,11 +323,11 @@ class Writer:
         """Insert the batch's occurrences and context rows; bump and refresh their engrams."""
         ids, eid_of = batch.ids, plan.eid_of
         next_seq = self.committer.counters.next_seq
-        keys = batch.keys or [None] * len(ids)
-        occ_rows = [
-            {"eid": eid_of[i], "seq": next_seq + k, "role": batch.roles[k],
-             "session": batch.sessions[k], "tick": now, "metadata": batch.metas[k],
-             "key": keys[k]} for k, i in enumerate(ids)]
+        n = len(ids)
+        occ_columns = {
+            "eid": [eid_of[i] for i in ids], "seq": list(range(next_seq, next_seq + n)),
+            "role": batch.roles, "session": batch.sessions, "tick": [now] * n,
+            "metadata": batch.metas, "key": batch.keys or [None] * n}
         home = [plan.new_first.get(i) == k for k, i in enumerate(ids)]
         if c.rehomed:  # engrams whose first occurrence an upsert removed: this is their first
             first = {eid_of[i]: k for k, i in reversed(list(enumerate(ids)))}
@@ -343,13 +344,15 @@ class Writer:
         occ_eids = [eid_of[i] for i in ids]
         pin_eids = sorted(existing[i] for i in pinned & set(existing))
         if c.mirror is not None:
-            c.mirror.add_occurrences(occ_rows, ctx_rows)
-            touched, counts = np.unique(np.asarray(occ_eids, np.int64), return_counts=True)
-            c.mirror.bump_refs(touched, counts, now)
+            c.mirror.add_occurrences(occ_columns, ctx_rows)
+            counted = Counter(occ_eids)  # (cheaper than np.unique for a turn's few)
+            c.mirror.bump_refs(np.fromiter(counted, np.int64, len(counted)),
+                               np.fromiter(counted.values(), np.int64, len(counted)), now)
             c.mirror.revive(revive, now + life)
             c.mirror.pin(pin_eids)
         else:
-            cat.insert_arrow(c.con, "occurrences", occurrence_table(occ_rows))
+            cat.insert_arrow(c.con, "occurrences",
+                             pa.table(occ_columns, schema=OCCURRENCE_SCHEMA))
             TurnContext.insert(c.con, ctx_rows)
             _update_for_occurrences(c.con, occ_eids, revive, pin_eids, now, life)
         c.add_turns(ctx_rows, (

@@ -3,12 +3,17 @@
 Usage: journal_only_writer.py STORE ACK_LOG SEED. A new store keeps its turns in its journal
 alone until ``journal_only_turns`` of them wait (10 to 60 here), then its first fold writes
 the catalog. After every ``integrate`` (or single ``ingest``) returns, its id and text are
-appended to ACK_LOG and fsynced; every few turns the store is closed (no fold while it has
-no catalog) and opened again (its journal replays), so kills land in appends, in replays on
-open, in closes, and in the first fold (the catalog built under a temporary name, renamed,
-recorded in the manifest, filled).
+appended to ACK_LOG and fsynced; now and then a small bulk load (``ingest_many`` of 2 to
+90 texts: records of up to 64 texts, their heads compressed) is logged the same way once it
+returns. Every few turns the store is closed (no fold while it has no catalog; its segment
+files are deleted) and opened again (its journal replays and writes them again), so kills
+land in appends, in replays on open, in closes, and in the first fold (the catalog built
+under a temporary name, renamed, recorded in the manifest, filled), which also comes once
+``journal_only_bytes`` (8-64 KiB here) of records wait.
 """
 
+import json
+import os
 import random
 import sys
 
@@ -21,7 +26,8 @@ from engramdb.encoders import HashingEncoder
 def main() -> None:
     store, log_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(seed)
-    settings = {"journal_only_turns": rng.randint(10, 60), "short_term_capacity": 40}
+    settings = {"journal_only_turns": rng.randint(10, 60), "short_term_capacity": 40,
+                "journal_only_bytes": rng.randint(8, 64) * 1024}
     enc = HashingEncoder(dim=32)
     mem = engramdb.open(store, encoder=enc, settings=settings)
     reopen_every = rng.randint(2, 8)
@@ -29,10 +35,25 @@ def main() -> None:
         n = 0
         while True:
             n += 1
-            write_turn(mem, rng, seed, n, log)
+            if rng.random() < 0.1:
+                _bulk(mem, rng, seed, n, log)
+            else:
+                write_turn(mem, rng, seed, n, log)
             if n % reopen_every == 0:
                 mem.close()
                 mem = engramdb.open(store, encoder=enc)
+
+
+def _bulk(mem: engramdb.Store, rng: random.Random, seed: int, n: int, log) -> None:
+    """A small bulk load, logged (fsynced) once ``ingest_many`` returns."""
+    texts = [f"{seed}-{n}-{k} bulk note about the weather and the piano lessons"
+             for k in range(rng.randint(2, 90))]
+    # Long-term: the capacity rule (short_term_capacity 40) would rightly erase most of them.
+    results = mem.ingest_many(texts, roles=["user"] * len(texts), kind="long_term")
+    for result, text in zip(results, texts, strict=True):
+        log.write(json.dumps({"id": result.id, "text": text}) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
 
 
 if __name__ == "__main__":
