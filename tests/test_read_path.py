@@ -105,6 +105,9 @@ def _small_store(path, n: int = 300, dim: int = 16):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise prefault is Linux-only")
+# A store with a catalog: one without replays its journal on open, which writes every
+# vector it would map (so it starts no prefault).
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_prefault_maps_every_committed_row(tmp_path) -> None:
     """The prefault covers each segment's committed rows, and a set stop event halts it."""
     import engramdb
@@ -122,6 +125,9 @@ def test_prefault_maps_every_committed_row(tmp_path) -> None:
         assert segs.prefault(stopped) == 0
 
 
+# A store with a catalog: one without replays its journal on open, which writes every
+# vector it would map (so it starts no prefault).
+@pytest.mark.usefixtures("catalog_from_the_start")
 def test_prefault_changes_no_answer(tmp_path) -> None:
     """Recall returns the same hits and bits with and without the prefault."""
     import engramdb
