@@ -759,8 +759,10 @@ class Store(KeyedMethods):
         vis = hot.visible(now)
         eff = effective_kind(hot.kind, hot.created, now)
         kinds = {Kind(KIND_NAMES[c]).value: int((vis & (eff == c)).sum()) for c in KIND_NAMES}
-        files = {str(p.relative_to(self.path)): p.stat().st_size
-                 for p in sorted(self.path.rglob("*")) if p.is_file()}
+        with self._parts.gate.reading():  # a close may be deleting the vector files
+            self._parts.check_open()
+            files = {str(p.relative_to(self.path)): p.stat().st_size
+                     for p in sorted(self.path.rglob("*")) if p.is_file()}
         return {
             "path": str(self.path), "count": int(vis.sum()), "kinds": kinds,
             "dead_uncollected": int((hot.alive & ~vis).sum()), "clock": now,

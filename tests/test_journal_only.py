@@ -381,6 +381,7 @@ def _read_until_closed(mem: engramdb.Store, start: threading.Barrier,
         for _ in range(200):
             mem.recall("cat", top_k=3)
             mem.vectors([mem.recall("guitar", top_k=1)[0].id])
+            mem.stats()
     except engramdb.errors.StoreClosed:
         pass
     except BaseException as exc:  # noqa: BLE001 - any other error fails the test
@@ -405,3 +406,14 @@ def test_recalls_racing_a_close_see_it_closed(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert errors == []
+
+
+def test_close_deletes_only_the_segment_files_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path, 3)
+    strays = ["000000001.vec", "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668.vec",
+              "00000001.vec.bak", "notes.txt"]
+    with engramdb.open(path, encoder=ENC):
+        for name in strays:
+            (path / "segments" / name).write_bytes(b"x")
+    assert sorted(p.name for p in (path / "segments").iterdir()) == sorted(strays)

@@ -130,10 +130,10 @@ def _decode(payload: bytes, dim: int, dtype: np.dtype) -> TurnRecord:
         check_distinct(removed)
         if not 1 <= len(removed) <= MAX_TEXTS:
             raise ValueError(f"{len(removed)} removed keys in one record")
-    texts = [normalize_text(t) for t in _list(head["t"])]
-    count = len(texts)
+    count = len(_list(head["t"]))  # (checked before a text is read: a crafted head may be huge)
     if not (0 if removed else 1) <= count <= MAX_TEXTS:
         raise ValueError(f"{count} texts in one record")
+    texts = [normalize_text(t) for t in head["t"]]
     roles = [check_label(r, "role") for r in _list(head["r"], count)]
     sessions = [check_label(s, "session") for s in _list(head["s"], count)]
     metas = [None if m is None else encode_metadata(json.loads(_str(m)))

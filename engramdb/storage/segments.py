@@ -44,12 +44,18 @@ _MADV_WILLNEED = 3
 _MADV_POPULATE_READ = 22  # Linux 5.14+: map a range's pages now, reading them if needed
 _PREFAULT_CHUNK = 64 << 20  # bytes per madvise call: close() waits for at most one
 # What recovery may delete: a file it did not name itself is left alone.
-_SEGMENT_FILE = re.compile(r"^\d{8,}\.vec$")
+_SEGMENT_FILE = re.compile(r"^[0-9]{8,}\.vec$")
 
 
 def segment_name(seg: int) -> str:
     """File name of segment number ``seg``."""
     return f"{seg:08d}{_SUFFIX}"
+
+
+def is_segment_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`segment_name` gives (what recovery and a close may
+    delete: a file it did not name itself is left alone)."""
+    return bool(_SEGMENT_FILE.fullmatch(name)) and name == segment_name(int(name[:-len(_SUFFIX)]))
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class SegmentStore:
                 actions.append(f"truncated {size - want} unacknowledged bytes from {path.name}")
         known = {segment_name(s) for s in committed}
         for name, path in on_disk.items():
-            if name not in known and _SEGMENT_FILE.match(name):
+            if name not in known and is_segment_name(name):
                 if dry_run:
                     actions.append(f"an uncommitted segment file {name}")
                     continue
@@ -354,8 +360,8 @@ class SegmentStore:
         self.dirty.clear()
         check_directory(self.directory)  # never delete through a link put there since the open
         for path in self.directory.iterdir():
-            if not _SEGMENT_FILE.match(path.name):
-                continue  # a file it did not name itself is left alone, as recovery does
+            if not is_segment_name(path.name):
+                continue  # a file it did not name itself is left alone
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
