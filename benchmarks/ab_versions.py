@@ -8,6 +8,12 @@ code), opened by each side in turn, so both read the same files (separate copies
 measured differently by up to 15%).
 
     python benchmarks/ab_versions.py --old /tmp/old --rounds 4
+    python benchmarks/ab_versions.py --old /tmp/old --n 1000000 --rounds 2 --modes recall \
+        --new-copy
+
+``--new-copy`` gives the new code its own copy of the store (made once, after the build):
+for an old code whose format the new one upgrades on open, after which the old cannot read
+it. ``--modes recall`` skips the bulk-ingest runs (at 1M each builds a whole index).
 
 Prints one JSON line per run and the medians of each side.
 """
@@ -84,6 +90,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--work", type=Path, default=Path("/tmp/engramdb-ab"))
+    parser.add_argument("--modes", default="recall,ingest",
+                        help="comma-separated: recall, ingest")
+    parser.add_argument("--new-copy", action="store_true",
+                        help="the new code reads its own copy of the old code's store")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "STORE"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -93,13 +103,22 @@ def main() -> None:
     if a.old is None:
         parser.error("--old DIR is required")
     common = ["--n", str(a.n), "--dim", str(a.dim), "--work", str(a.work)]
+    modes = [m for m in a.modes.split(",") if m]
+    if not set(modes) <= {"recall", "ingest"}:
+        parser.error(f"unknown modes in {a.modes!r}")
     base = a.work / "base"
     # Built by the old code: the new one reads older formats, not the other way round.
     _run("old", a.old, ["ingest", str(base), *common])
+    bases = {"old": base, "new": base}
+    if a.new_copy:
+        bases["new"] = a.work / "base-new"
+        shutil.rmtree(bases["new"], ignore_errors=True)
+        shutil.copytree(base, bases["new"])
     results: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     for _ in range(a.rounds):
         for side in ("old", "new"):
-            for mode, store in (("recall", base), ("ingest", a.work / f"{side}-ingest")):
+            runs = {"recall": bases[side], "ingest": a.work / f"{side}-ingest"}
+            for mode, store in ((m, runs[m]) for m in modes):
                 got = _run(side, a.old, [mode, str(store), *common])
                 print(side, mode, json.dumps(got), flush=True)
                 for key, value in got.items():

@@ -240,8 +240,11 @@ def compress_text(text: str) -> bytes:
     return cctx.compress(text.encode("utf-8"))
 
 
-def decompress_text(blob: bytes) -> str:
-    """Inverse of :func:`compress_text`."""
+def decompress_text(blob: bytes | str) -> str:
+    """Inverse of :func:`compress_text`; a text not compressed yet (a ``str``) is returned
+    as it is."""
+    if isinstance(blob, str):
+        return blob
     # A decompressor costs ~40 us to create and may not be shared between threads.
     dctx = getattr(_local, "dctx", None)
     if dctx is None:

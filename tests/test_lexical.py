@@ -333,3 +333,57 @@ def test_reads_never_see_half_an_update_while_another_thread_writes() -> None:
         t.join()
     assert not errors, errors
     assert len(idx.doc_lengths()[0]) == len(idx)
+
+
+_WORDS = ["cat", "dog", "mouse", "garden", "night", "quiet", "chase", "run", "tree", "2022"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "delete", "search"]),
+                          st.lists(st.lists(st.sampled_from(_WORDS), max_size=6),
+                                   min_size=1, max_size=70)),
+                min_size=1, max_size=12))
+def test_deferred_postings_give_the_index_built_batch_by_batch(steps: list) -> None:
+    """An open replays its journal inside deferring(): whatever is added, deleted and
+    searched meanwhile, the index scores as one built batch by batch."""
+    plain, deferred = LexicalIndex(), LexicalIndex()
+    next_eid = 0
+    with deferred.deferring():
+        for op, batch in steps:
+            if op == "add":
+                eids = list(range(next_eid, next_eid + len(batch)))
+                next_eid += len(batch)
+                texts = [" ".join(words) for words in batch]
+                _add(plain, eids, texts)
+                _add(deferred, eids, texts)
+            elif op == "delete" and next_eid:
+                gone = sorted({(len(w) * 7 + i) % next_eid for i, w in enumerate(batch)})
+                assert plain.apply_delete(gone) == deferred.apply_delete(gone)
+            else:
+                for words in batch[:3]:
+                    _assert_same(plain, deferred, " ".join(words) or "cat")
+            assert len(plain) == len(deferred)
+    for words in ["cat dog", "night 2022", "run tree garden"]:
+        _assert_same(plain, deferred, words)
+    deferred.compact()
+    plain.compact()
+    for words in ["cat", "quiet chase", "mouse"]:
+        _assert_same(plain, deferred, words)
+
+
+def test_a_compaction_while_deferring_keeps_the_held_postings_on_their_documents() -> None:
+    """Deletes past the compaction threshold renumber the slots; the postings held by
+    deferring() are added first, so none lands on another document."""
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(_WORDS, 4)) + f" w{i}" for i in range(3000)]
+    plain, deferred = LexicalIndex(), LexicalIndex()
+    with deferred.deferring():
+        for idx in (plain, deferred):
+            for i in range(0, 3000, 50):
+                _add(idx, np.arange(i, i + 50), texts[i:i + 50])
+            idx.apply_delete(np.arange(0, 3000, 2))  # 1,500 deletes: a compaction
+            _add(idx, np.arange(3000, 3010), [f"late {i}" for i in range(10)])
+    for q in ["w1", "w3", "w2999", "cat", "dog tree", "late"]:
+        _assert_same(plain, deferred, q)
+    assert set(_scores(deferred, "w2")) == set()  # deleted
+    assert set(_scores(deferred, "w7")) == {7}

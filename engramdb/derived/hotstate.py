@@ -12,9 +12,12 @@ either not at all or whole.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 
+from engramdb.content import compress_text
 from engramdb.errors import CorruptStore
 
 NEVER = np.inf  # expires_at of a pinned engram
@@ -98,13 +101,13 @@ class HotState:
         self._vis = np.zeros(0, bool)
         self._vis_now: float | None = None
         self.next_death = NEVER  # no visible engram dies before this tick (a lower bound)
-        # Recall payload (id, compressed text) per eid, so a recall needs no catalog query:
-        # packed Arrow chunks plus a short tail of recent additions.
+        # Recall payload (id, text: compressed, or as given while in the tail) per eid, so a
+        # recall needs no catalog query: packed Arrow chunks plus a tail of recent additions.
         self.pay_chunk = np.zeros(0, np.int32)  # chunk number, -1: in the tail
         self.pay_pos = np.zeros(0, np.int32)
         self._chunks: list[tuple[_Packed, _Packed]] = []
         self._tail_ids: list[str] = []
-        self._tail_texts: list[bytes] = []
+        self._tail_texts: list[bytes | str] = []
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -161,8 +164,10 @@ class HotState:
             self._vis[eids] = expires > self._vis_now
         self._changed(expires)
 
-    def add_payload(self, eids: np.ndarray, ids: list[str], texts: list[bytes]) -> None:
-        """Record the id and compressed text of committed engrams (after :meth:`add`)."""
+    def add_payload(self, eids: np.ndarray, ids: Sequence[str],
+                    texts: Sequence[bytes] | Sequence[str]) -> None:
+        """Record the id and text (compressed, or as given: compressed when the recent
+        payloads are packed) of committed engrams (after :meth:`add`)."""
         start = len(self._tail_ids)
         self._tail_ids.extend(ids)
         self._tail_texts.extend(texts)
@@ -175,13 +180,24 @@ class HotState:
         tail = np.nonzero(self.pay_chunk == -1)[0]
         chunk = len(self._chunks)
         self._chunks.append((_Packed(pa.array(self._tail_ids, pa.string())),
-                             _Packed(pa.array(self._tail_texts, pa.binary()))))
+                             _Packed(pa.array([compress_text(t) if isinstance(t, str) else t
+                                               for t in self._tail_texts], pa.binary()))))
         # Rows of the tail keep their positions: the chunk is the tail, frozen.
         self.pay_chunk[tail] = chunk
         self._tail_ids, self._tail_texts = [], []
 
-    def payload(self, eid: int) -> tuple[str, bytes]:
-        """The id and compressed text of a stored engram."""
+    def compressed(self, eids: np.ndarray, blobs: Sequence[bytes]) -> None:
+        """The compressed texts of engrams whose rows were just written to the catalog: those
+        still among the recent payloads keep these, and are not compressed again."""
+        for eid, blob in zip(eids.tolist(), blobs, strict=True):
+            if eid < len(self.pay_chunk) and self.pay_chunk[eid] == -1:
+                pos = int(self.pay_pos[eid])
+                if isinstance(self._tail_texts[pos], str):
+                    self._tail_texts[pos] = blob
+
+    def payload(self, eid: int) -> tuple[str, bytes | str]:
+        """The id and text of a stored engram: compressed (for :func:`decompress_text`),
+        or as given while it is among the recent payloads."""
         chunk, pos = int(self.pay_chunk[eid]), int(self.pay_pos[eid])
         if chunk < 0:
             return self._tail_ids[pos], self._tail_texts[pos]

@@ -49,8 +49,10 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import duckdb
@@ -103,15 +105,44 @@ def lexical_document(text: str, metadata: str | None, keys: str) -> str:
 
 @dataclass(frozen=True)
 class LexicalRows:
-    """The catalog rows for one batch of engrams, ready for one Arrow insert per table.
+    """The catalog rows for one batch of engrams, as columns: ``eids`` and ``lens`` (the
+    ``lex_docs`` rows), ``terms``, ``term_eids`` and ``tfs`` (the ``lex_postings`` rows).
 
-    ``docs`` has columns (eid int64, len int32); ``postings`` has (term string, eid int64,
-    tf int32). Insert both in the engram transaction, then pass this object to
-    :meth:`LexicalIndex.apply_add` once the transaction committed.
+    :attr:`docs` and :attr:`postings` are the same rows as Arrow tables, built when first
+    asked for: a turn's few rows go into memory as lists and reach the catalog with a fold's
+    (:meth:`concat`), which builds one table for all of them. Insert both in the engram
+    transaction, then pass this object to :meth:`LexicalIndex.apply_add` once it committed.
     """
 
-    docs: pa.Table
-    postings: pa.Table
+    eids: np.ndarray  # int64
+    lens: np.ndarray  # int32
+    terms: list[str]
+    term_eids: list[int]
+    tfs: list[int]
+
+    @cached_property
+    def docs(self) -> pa.Table:
+        """The ``lex_docs`` rows: (eid int64, len int32)."""
+        return pa.Table.from_arrays([pa.array(self.eids, pa.int64()),
+                                     pa.array(self.lens, pa.int32())], schema=_DOCS_SCHEMA)
+
+    @cached_property
+    def postings(self) -> pa.Table:
+        """The ``lex_postings`` rows: (term string, eid int64, tf int32)."""
+        return pa.Table.from_arrays(
+            [pa.array(self.terms, pa.string()), pa.array(self.term_eids, pa.int64()),
+             pa.array(self.tfs, pa.int32())], schema=_POSTINGS_SCHEMA)
+
+    @classmethod
+    def concat(cls, parts: Sequence[LexicalRows]) -> LexicalRows:
+        """The rows of several batches, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.eids for p in parts]),
+                   np.concatenate([p.lens for p in parts]),
+                   [t for p in parts for t in p.terms],
+                   [e for p in parts for e in p.term_eids],
+                   [f for p in parts for f in p.tfs])
 
 
 @dataclass(frozen=True)
@@ -143,6 +174,7 @@ class QueryPostings:
 
 # Up to this many postings a batch (a chat turn) is added to the delta with Python lists.
 _SMALL_BATCH = 256
+_LIST_POSTINGS = 4096  # up to this many postings, term ids are mapped in plain Python
 _DOCS_SCHEMA = pa.schema([("eid", pa.int64()), ("len", pa.int32())])
 _POSTINGS_SCHEMA = pa.schema([("term", pa.string()), ("eid", pa.int64()), ("tf", pa.int32())])
 
@@ -186,6 +218,9 @@ class LexicalIndex:
         self._delta: dict[int, tuple[list[int], list[float]]] = {}
         self._delta_n = 0
         self._dead = 0
+        # Postings of batches added while deferring(): (rows, their first slot).
+        self._deferring = False
+        self._pending: list[tuple[LexicalRows, int]] = []
         self._mutex = threading.RLock()
 
     # ----------------------------------------------------------------- persistence (catalog)
@@ -193,8 +228,7 @@ class LexicalIndex:
         """Tokenize a batch and return its catalog rows; the in-memory index is NOT changed.
 
         Insert ``rows.docs`` into ``lex_docs`` and ``rows.postings`` into ``lex_postings`` in
-        the engram transaction (e.g. ``con.register("t", rows.postings)`` then
-        ``INSERT INTO lex_postings SELECT * FROM t``), commit, then call :meth:`apply_add`.
+        the engram transaction (:meth:`insert`), commit, then call :meth:`apply_add`.
         """
         eid_arr = np.asarray(eids, dtype=np.int64).reshape(-1)
         if len(eid_arr) != len(texts):
@@ -216,11 +250,7 @@ class LexicalIndex:
             terms.extend(counts)
             tfs.extend(counts.values())
             p_eids.extend([eid] * len(counts))
-        docs = pa.Table.from_arrays([pa.array(eid_arr), pa.array(lens)], schema=_DOCS_SCHEMA)
-        postings = pa.Table.from_arrays(
-            [pa.array(terms, pa.string()), pa.array(p_eids, pa.int64()),
-             pa.array(tfs, pa.int32())], schema=_POSTINGS_SCHEMA)
-        return LexicalRows(docs=docs, postings=postings)
+        return LexicalRows(eid_arr, lens, terms, p_eids, tfs)
 
     @staticmethod
     def insert(con: duckdb.DuckDBPyConnection, rows: LexicalRows) -> None:
@@ -278,6 +308,7 @@ class LexicalIndex:
         Example: ``lex.save_snapshot(store_dir / "lexical.snapshot", {"generation": 42})``
         """
         with self._mutex:  # the vocabulary and the delta must not change underneath
+            self._flush_pending()
             self._save_snapshot(path, meta)
 
     def _save_snapshot(self, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
@@ -325,46 +356,94 @@ class LexicalIndex:
             self._apply_add(rows)
 
     def _apply_add(self, rows: LexicalRows) -> None:
-        eids = rows.docs.column("eid").to_numpy()
-        lens = rows.docs.column("len").to_numpy().astype(np.float32)
+        eids = rows.eids
+        lens = rows.lens.astype(np.float32)
         base = len(self._eids)
         self._eids = np.concatenate([self._eids, eids.astype(np.int64)])
         self._len = np.concatenate([self._len, lens])
         self._live = np.concatenate([self._live, np.ones(len(eids), bool)])
         self._n_live += len(eids)
         self._total_len += float(lens.sum(dtype=np.float64))
-        post = rows.postings
-        if post.num_rows == 0:
+        if not rows.terms:
             return
-        if post.num_rows <= _SMALL_BATCH:
-            self._add_postings_small(post, eids, base)
+        if self._deferring:
+            self._pending.append((rows, base))
             return
-        # Map the batch's distinct terms to ids (a Python step per distinct term only).
-        enc = post.column("term").combine_chunks().dictionary_encode()
-        vocab = self._vocab
-        tid_of_code = np.array([vocab.setdefault(t, len(vocab))
-                                for t in enc.dictionary.to_pylist()], np.int64)
-        tids = tid_of_code[enc.indices.to_numpy(zero_copy_only=False)]
-        # Slots of the batch: rows.docs holds every eid of the batch, in slot order.
-        p_eids = post.column("eid").to_numpy()
-        order = np.argsort(eids, kind="stable")
-        slots = (base + order[np.searchsorted(eids, p_eids, sorter=order)]).astype(np.int32)
-        tfs = post.column("tf").to_numpy().astype(np.float32)
-        if post.num_rows > 4096 or (not self._delta and post.num_rows >= len(self._pslot)):
-            # A bulk batch (or one at least as large as a small index: the first batch an
-            # open replays) goes straight into the compacted arrays (vectorised merge).
-            self._merge(tids, slots, tfs)
+        if len(rows.terms) <= _SMALL_BATCH:
+            self._add_postings_small(rows, base)
             return
-        self._add_delta(tids.tolist(), slots.tolist(), tfs.tolist())
+        self._add_postings([(rows, base)])
 
-    def _add_postings_small(self, post: pa.Table, eids: np.ndarray, base: int) -> None:
-        # A turn's few postings: plain Python lists cost less than the Arrow and numpy steps
-        # of a bulk batch (a dictionary encode alone is tens of microseconds).
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Add the postings of the batches applied meanwhile in one step at the end.
+
+        An open replays its journal's turns one by one; their postings are mapped to term
+        ids once and, in a small store, merged in one vectorised step, instead of a Python
+        step per posting and turn. Documents are added at once, so counts and deletes stay
+        exact; a search, a compaction or a snapshot meanwhile adds what is held first.
+        """
+        with self._mutex:
+            self._deferring = True
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._deferring = False
+                self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._add_postings(pending)
+
+    def _add_postings(self, batches: list[tuple[LexicalRows, int]]) -> None:
+        """Add the postings of committed batches (each with the first slot its documents
+        took)."""
+        n = sum(len(rows.terms) for rows, _ in batches)
+        if n <= _LIST_POSTINGS:
+            tids, slots, tfs = self._posting_lists(batches)
+        else:
+            rows = LexicalRows.concat([b[0] for b in batches])
+            # Map the distinct terms to ids (a Python step per distinct term only).
+            enc = pa.array(rows.terms, pa.string()).dictionary_encode()
+            vocab = self._vocab
+            tid_of_code = np.array([vocab.setdefault(t, len(vocab))
+                                    for t in enc.dictionary.to_pylist()], np.int64)
+            tids = tid_of_code[enc.indices.to_numpy(zero_copy_only=False)]
+            slots = np.concatenate([_batch_slots(r, base) for r, base in batches])
+            tfs = np.asarray(rows.tfs, np.float32)
+        if (n > _LIST_POSTINGS and len(batches) == 1) or (
+                not self._delta and n >= len(self._pslot)):
+            # A bulk batch, or postings at least as many as the index holds (those of an
+            # open's replay into a small store), go straight into the compacted arrays
+            # (vectorised merge). The many turns of a replay into a large store (after a
+            # crash) go to the delta: a merge would rewrite all of its postings.
+            self._merge(np.asarray(tids, np.int64), np.asarray(slots, np.int32),
+                        np.asarray(tfs, np.float32))
+            return
+        self._add_delta(list(tids), list(slots), [float(tf) for tf in tfs])
+
+    def _posting_lists(self, batches: list[tuple[LexicalRows, int]]
+                       ) -> tuple[list[int], list[int], list[int]]:
+        """Term ids, slots and tfs of a few postings, in plain Python: for a turn's or an
+        open's few hundred, cheaper than the Arrow and numpy steps of a bulk batch (a
+        dictionary encode alone is tens of microseconds)."""
         vocab = self._vocab
-        slot_of = {e: base + k for k, e in enumerate(eids.tolist())}
-        tids = [vocab.setdefault(t, len(vocab)) for t in post.column("term").to_pylist()]
-        slots = [slot_of[e] for e in post.column("eid").to_pylist()]
-        self._add_delta(tids, slots, [float(tf) for tf in post.column("tf").to_pylist()])
+        tids: list[int] = []
+        slots: list[int] = []
+        tfs: list[int] = []
+        for rows, base in batches:
+            slot_of = {e: base + k for k, e in enumerate(rows.eids.tolist())}
+            tids.extend([vocab.setdefault(t, len(vocab)) for t in rows.terms])
+            slots.extend([slot_of[e] for e in rows.term_eids])
+            tfs.extend(rows.tfs)
+        return tids, slots, tfs
+
+    def _add_postings_small(self, rows: LexicalRows, base: int) -> None:
+        # A turn's few postings go to the delta (never a merge, however small the index).
+        tids, slots, tfs = self._posting_lists([(rows, base)])
+        self._add_delta(tids, slots, [float(tf) for tf in tfs])
 
     def _add_delta(self, tids: list[int], slots: list[int], tfs: list[float]) -> None:
         delta = self._delta
@@ -399,6 +478,7 @@ class LexicalIndex:
     def compact(self) -> None:
         """Fold the delta into the CSC arrays and drop tombstoned documents and postings."""
         with self._mutex:
+            self._flush_pending()
             self._merge(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float32))
 
     def _merge(self, x_tid: np.ndarray, x_slot: np.ndarray, x_tf: np.ndarray) -> None:
@@ -460,6 +540,7 @@ class LexicalIndex:
         index: each matching live document's eid and BM25 score, and the query's postings
         with their documents' eids (to regroup them, e.g. by session)."""
         with self._mutex:
+            self._flush_pending()
             postings = self._query_postings(terms)
             idf = self._idf(postings.counts)
             slots, scores = self._score_postings(postings, idf)
@@ -559,3 +640,12 @@ class LexicalIndex:
             self._indptr) else 0
         delta = self._delta.get(tid)
         return compacted + (len(delta[0]) if delta else 0)
+
+
+def _batch_slots(rows: LexicalRows, base: int) -> np.ndarray:
+    """The slots of a batch's postings: its documents took slots ``base`` on, in the order
+    of ``rows.eids``."""
+    eids = rows.eids
+    order = np.argsort(eids, kind="stable")
+    p_eids = np.asarray(rows.term_eids, np.int64)
+    return (base + order[np.searchsorted(eids, p_eids, sorter=order)]).astype(np.int32)

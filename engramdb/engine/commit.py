@@ -392,10 +392,11 @@ class Committer:
         c.set(clock=counters.clock, next_eid=counters.next_eid, next_seq=counters.next_seq,
               last_turn=counters.last_turn, generation=counters.generation,
               journal_seq=counters.journal_seq)
+        new = None
         try:
             with c._stack:
                 if mirror is not None:
-                    mirror.fold(c.con)
+                    new = mirror.fold(c.con)
                 if mirror is not None and mirror.erased:  # last: every row of theirs is in
                     erase_rows(c.con, mirror.erased)
                 c.finish()
@@ -408,6 +409,8 @@ class Committer:
         turns = parts.journal.records
         if mirror is not None:
             mirror.folded()
+        if new is not None:  # their texts are compressed now: the memory keeps those
+            parts.hot.compressed(new.eids, new.blobs)
         # "fast": the fold committed without fsyncs, so it is made a sync point before the
         # journal, the only durable copy of synced turns, is emptied.
         self.sync()
@@ -531,7 +534,7 @@ class Committer:
         parts = self.parts
         r = new.rows
         parts.hot.add(r.eids, r.segs, r.rows, r.kinds, r.expires, r.created)
-        parts.hot.add_payload(r.eids, r.ids, r.texts)
+        parts.hot.add_payload(r.eids, r.ids, r.payloads())
         parts.lexical.apply_add(new.lexical_rows)
         self.keeper.added(r.eids, new.vectors)
 

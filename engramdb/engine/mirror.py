@@ -28,12 +28,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engramdb.content import compress_text, vector_checksum
 from engramdb.derived.context import ContextRows, TurnContext
 from engramdb.derived.hotstate import grow_array, grown_capacity
 from engramdb.derived.lexical import LexicalIndex, LexicalRows
@@ -61,14 +63,16 @@ OCCURRENCE_SCHEMA = pa.schema([
 @dataclass
 class NewEngramRows:
     """The ``engrams`` rows of a write's new engrams, as columns: a turn's one row costs far
-    less this way than as an Arrow table (one is built per fold, or per catalog commit)."""
+    less this way than as an Arrow table (one is built per fold, or per catalog commit). The
+    texts are compressed and the vectors' checksums taken only then: an open that replays a
+    store's journal pays neither."""
 
     eids: np.ndarray
     ids: list[str]
     segs: np.ndarray
     rows: np.ndarray
-    vec_sums: list[int]
-    texts: list[bytes]  # compressed
+    vectors: np.ndarray  # as stored: their checksums are taken when the rows are written
+    texts: list[str]  # compressed when the rows are written
     kinds: np.ndarray
     created: np.ndarray
     expires: np.ndarray  # inf: never (pinned; NULL in the catalog)
@@ -82,6 +86,16 @@ class NewEngramRows:
                      else [v for p in parts for v in getattr(p, f.name)]
                      for f in fields(cls)))
 
+    @cached_property
+    def blobs(self) -> list[bytes]:
+        """The texts compressed, as the catalog holds them (once per row)."""
+        return [compress_text(t) for t in self.texts]
+
+    def payloads(self) -> list[bytes] | list[str]:
+        """The texts the in-memory state keeps: compressed if :attr:`blobs` was asked for
+        already (rows written to the catalog), else as given (compressed later)."""
+        return self.__dict__.get("blobs", self.texts)
+
     def table(self, mutable: dict[str, pa.Array] | None = None) -> pa.Table:
         """The rows as first written (no refs, recalls nor earnings yet), or with the
         ``mutable`` columns given."""
@@ -89,8 +103,9 @@ class NewEngramRows:
         cols = {
             "eid": pa.array(self.eids, pa.int64()), "id": pa.array(self.ids, pa.string()),
             "seg": pa.array(self.segs, pa.int32()), "row": pa.array(self.rows, pa.int64()),
-            "vec_sum": pa.array(self.vec_sums, pa.int64()),
-            "text": pa.array(self.texts, pa.binary()), "kind": pa.array(self.kinds, pa.int8()),
+            "vec_sum": pa.array([vector_checksum(v) for v in self.vectors], pa.int64()),
+            "text": pa.array(self.blobs, pa.binary()),
+            "kind": pa.array(self.kinds, pa.int8()),
             "created_tick": pa.array(self.created, pa.int64()),
             "expires_at": pa.array(self.expires, pa.float64(), mask=np.isinf(self.expires)),
             "pinned": pa.array(self.pinned, pa.bool_()),
@@ -481,16 +496,16 @@ class TurnMirror:
 
     # -- folding ------------------------------------------------------------------------------
 
-    def fold(self, con: Any) -> None:
+    def fold(self, con: Any) -> NewEngramRows | None:
         """Write every pending turn through ``con`` (inside the caller's transaction): new
         engrams with their current fields, the changed fields of older ones, occurrences,
-        BM25 and context rows, and the changed links."""
+        BM25 and context rows, and the changed links. Returns the new engrams' rows (with
+        their texts compressed), or None."""
+        new = None
         if self.new_rows:
             new = NewEngramRows.concat(self.new_rows)
             cat.insert_arrow(con, "engrams", new.table(self._fields(new.eids)))
-            LexicalIndex.insert(con, LexicalRows(
-                docs=pa.concat_tables([r.docs for r in self.lexical_rows]),
-                postings=pa.concat_tables([r.postings for r in self.lexical_rows])))
+            LexicalIndex.insert(con, LexicalRows.concat(self.lexical_rows))
         old = sorted(self.changed - self.new_eids)
         if old:
             self._update_fields(con, np.array(old, np.int64))
@@ -523,6 +538,7 @@ class TurnMirror:
                 con.execute(f"DELETE FROM edges USING {view} v "
                             "WHERE edges.a = v.a AND edges.b = v.b")
             cat.insert_arrow(con, "edges", rows)
+        return new
 
     def folded(self) -> None:
         """The pending turns are in the catalog now."""

@@ -8,6 +8,7 @@ rest. A store without a manifest is an unfinished creation, which open safely re
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -229,6 +230,7 @@ class Opening:
         self.loader: DerivedLoader
         self.keeper: IndexKeeper
         self._journaled: list[bytes] = []
+        self._as_recorded: Settings | None = None
         self.replay_settings: dict[str, Any] = {}  # the settings before this open's
 
     def run(self, opened: tuple[Manifest, dict[str, Any]], index: dict[str, Any] | None,
@@ -240,6 +242,10 @@ class Opening:
         manifest, self.replay_settings = opened
         parts.manifest = manifest
         parts.settings = Settings.from_stored(manifest.settings)
+        # The settings the journal's turns were written under: these, unless this open
+        # records new ones (parsed again then; most opens change none).
+        self._as_recorded = (copy.copy(parts.settings)
+                             if self.replay_settings == manifest.settings else None)
         parts.dim = manifest.dim
         parts.fingerprint = manifest.fingerprint
         # The vector index files are read and checked on a thread while the catalog is
@@ -370,16 +376,19 @@ class Opening:
         expected = counters.journal_seq + 1
         # The turns are applied with the settings they were written under (an open may
         # have just recorded new ones).
-        current, parts.settings = parts.settings, Settings.from_stored(self.replay_settings)
+        current, parts.settings = parts.settings, (
+            self._as_recorded or Settings.from_stored(self.replay_settings))
         parts.replaying = True  # a read-only handle of a store without a catalog replays too
         try:
-            for record in todo:
-                if record.seq != expected:
-                    raise CorruptStore(f"{parts.path}: turn journal record {record.seq} "
-                                       f"follows record {expected - 1}",
-                                       hint="restore the store from an export or backup")
-                writer.replay(record)
-                expected += 1
+            # Vectors and BM25 postings are written once for all the replayed turns.
+            with parts.segments.deferring(), parts.lexical.deferring():
+                for record in todo:
+                    if record.seq != expected:
+                        raise CorruptStore(f"{parts.path}: turn journal record {record.seq} "
+                                           f"follows record {expected - 1}",
+                                           hint="restore the store from an export or backup")
+                    writer.replay(record)
+                    expected += 1
         finally:
             parts.settings = current
             parts.replaying = False

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engramdb.content import compress_text, content_id, is_id, vector_checksum
+from engramdb.content import content_id, is_id
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex, lexical_document
@@ -270,6 +270,8 @@ class Writer:
                 c.set(clock=now)
             if hook is not None:
                 hook(c, plan.eid_of, now)
+        if seq is not None:
+            return []  # a replayed record: nobody waits for its results
         return [IngestResult(id=i, is_new=i not in plan.existing and plan.new_first.get(i) == k)
                 for k, i in enumerate(batch.ids)]
 
@@ -300,10 +302,9 @@ class Writer:
         expires = np.array([NEVER if batch.ids[i] in pinned else now + life for i in new_idx],
                            np.float64)
         ids = [batch.ids[i] for i in new_idx]
-        blobs = [compress_text(batch.texts[i]) for i in new_idx]
         engram_rows = NewEngramRows(
             eids=plan.new_eids, ids=ids, segs=segs, rows=rows,
-            vec_sums=[vector_checksum(v) for v in stored], texts=blobs, kinds=kinds,
+            vectors=stored, texts=[batch.texts[i] for i in new_idx], kinds=kinds,
             created=np.full(n, now, np.int64), expires=expires,
             pinned=np.array([i in pinned for i in ids], bool))
         lexical = self.parts.lexical
@@ -356,7 +357,7 @@ class Writer:
             TurnContext.insert(c.con, ctx_rows)
             _update_for_occurrences(c.con, occ_eids, revive, pin_eids, now, life)
         c.add_turns(ctx_rows, (
-            (lex_rows.docs.column("eid").to_numpy(), lex_rows.docs.column("len").to_numpy())
+            (lex_rows.eids, lex_rows.lens)
             if lex_rows is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))))
         if revive:
             c.refresh(revive)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import re
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from engramdb.storage.fsio import (
     open_regular,
     write_all,
 )
+
+log = logging.getLogger(__name__)
 
 SEGMENT_DIR = "segments"
 _SUFFIX = ".vec"
@@ -104,6 +108,65 @@ class SegmentStore:
         # Bumped by remove(): a mapping made before a removal is never cached after it (the
         # segment's number may be reused by new rows while an old file is still mapped).
         self._maps_epoch = 0
+        # A replay's writes, held while deferring() (segment -> first row, its rows): written
+        # in one go by _flush_deferred, which every method that reads or cuts files calls.
+        self._deferring = False
+        self._deferred: dict[int, tuple[int, list[np.ndarray]]] = {}
+        self._deferred_lock = threading.RLock()
+
+    @contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Hold the replayed pieces :meth:`write` gets (``keep_equal``) and write them once
+        at the end, a file at a time, instead of one open and write per replayed turn.
+
+        An open replays a journal of many small turns; nothing reads their vectors until the
+        replay ends, and anything that reads or cuts the files writes what is held first.
+        Unsynced like any replayed piece: the journal holds them until the fold syncs.
+        """
+        with self._deferred_lock:
+            self._deferring = True
+        try:
+            yield
+        except BaseException:
+            with self._deferred_lock:
+                self._deferring = False
+                try:  # what failed is what the caller hears of (the journal holds these)
+                    self._flush_deferred()
+                except StorageError as exc:
+                    log.warning("%s: writing replayed vectors failed too: %s",
+                                self.directory, exc)
+            raise
+        with self._deferred_lock:
+            self._deferring = False
+            self._flush_deferred()
+
+    def _defer(self, plan: AppendPlan, data: np.ndarray) -> bool:
+        """Hold a replayed write; False (nothing held) outside :meth:`deferring`."""
+        with self._deferred_lock:
+            if not self._deferring:
+                return False
+            offset = 0
+            for seg, row, n in plan.pieces:
+                held = self._deferred.get(seg)
+                if held is not None and held[0] + len(held[1]) != row:
+                    self._flush_deferred()  # not contiguous (a crash cut): write what is held
+                    held = None
+                if held is None:
+                    held = self._deferred[seg] = (row, [])
+                held[1].extend(data[offset : offset + n].copy())
+                offset += n
+            return True
+
+    def _flush_deferred(self) -> None:
+        """Write the held replayed pieces (the caller holds no other lock of this object)."""
+        with self._deferred_lock:
+            # An entry leaves only once written: a reader on another thread waits on the lock
+            # until its rows are in the file, and a failed write keeps the rest held.
+            for seg in sorted(self._deferred):
+                row, rows = self._deferred[seg]
+                data = np.stack(rows)
+                self._write(AppendPlan(((seg, row, len(data)),)), data, False, True)
+                del self._deferred[seg]
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -116,6 +179,8 @@ class SegmentStore:
         happened), and raises CorruptStore when a committed row is missing from disk, or for
         a link or special file in (or as) ``segments/``, before touching anything.
         """
+        if self._deferred:
+            self._flush_deferred()
         actions: list[str] = []
         try:
             if not check_directory(self.directory):
@@ -202,6 +267,14 @@ class SegmentStore:
         """
         durable = self.durable if durable is None else durable
         data = np.ascontiguousarray(vectors, dtype=self.dtype)
+        if keep_equal and not durable and self._defer(plan, data):
+            return
+        if self._deferred:
+            self._flush_deferred()
+        self._write(plan, data, durable, keep_equal)
+
+    def _write(self, plan: AppendPlan, data: np.ndarray, durable: bool, keep_equal: bool
+               ) -> None:
         created = False
         offset = 0
         try:
@@ -257,6 +330,8 @@ class SegmentStore:
         The sync point of "fast" durability; a no-op when nothing is pending. Raises
         StorageError and keeps them pending if an fsync fails.
         """
+        if self._deferred:
+            self._flush_deferred()
         todo = sorted(self.dirty if segs is None else set(segs) | self.dirty)
         try:
             for seg in todo:
@@ -283,6 +358,8 @@ class SegmentStore:
         Reads past the end of a file or from a missing file count as lost. Used on open for
         the rows written after the last sync point of "fast" durability.
         """
+        if self._deferred:
+            self._flush_deferred()
         ok = np.zeros(len(segs), bool)
         for seg in np.unique(segs):
             sel = np.nonzero(segs == seg)[0]
@@ -306,6 +383,8 @@ class SegmentStore:
 
     def rows_on_disk(self, seg: int) -> int:
         """Whole rows segment ``seg`` holds on disk now (0 if the file is missing)."""
+        if self._deferred:
+            self._flush_deferred()
         try:
             return (self.directory / segment_name(seg)).lstat().st_size // self.row_bytes
         except FileNotFoundError:
@@ -317,6 +396,11 @@ class SegmentStore:
 
     def rollback(self) -> None:
         """Cut files back to their committed lengths after a failed commit (best effort)."""
+        if self._deferred:
+            try:
+                self._flush_deferred()
+            except StorageError:
+                pass  # the cuts below still apply; recovery on the next open cuts it too
         for seg, rows in self._committed.items():
             path = self.directory / segment_name(seg)
             try:
@@ -335,6 +419,8 @@ class SegmentStore:
 
     def remove(self, segs: list[int]) -> None:
         """Delete segment files that a committed compaction no longer references."""
+        if self._deferred:
+            self._flush_deferred()
         with self._maps_lock:
             self._maps_epoch += 1
             for seg in segs:
@@ -354,6 +440,8 @@ class SegmentStore:
         (a store without a catalog file, at close): the next open's replay writes them again,
         so at rest the store holds each vector once. Not fsynced: a file that comes back
         after a power cut is checked against the journal like one a crash left."""
+        if self._deferred:
+            self._flush_deferred()
         with self._maps_lock:
             self._maps_epoch += 1
             self._maps.clear()
@@ -381,6 +469,8 @@ class SegmentStore:
         runs numpy's Python-level ``memmap.__getitem__`` on every gather, a measurable part of
         re-scoring a recall's candidates.
         """
+        if self._deferred:
+            self._flush_deferred()
         rows = self._committed.get(seg, 0)
         with self._maps_lock:
             cached = self._maps.get(seg)
