@@ -405,8 +405,9 @@ class LexicalIndex:
             tids, slots, tfs = self._posting_lists(batches)
         else:
             rows = LexicalRows.concat([b[0] for b in batches])
-            # Map the distinct terms to ids (a Python step per distinct term only).
-            enc = pa.array(rows.terms, pa.string()).dictionary_encode()
+            # Map the distinct terms to ids (a Python step per distinct term only). The
+            # postings table is the one the catalog insert built (a bulk batch's).
+            enc = rows.postings.column("term").combine_chunks().dictionary_encode()
             vocab = self._vocab
             tid_of_code = np.array([vocab.setdefault(t, len(vocab))
                                     for t in enc.dictionary.to_pylist()], np.int64)
