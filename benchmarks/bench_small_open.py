@@ -32,11 +32,12 @@ LOCOMO = HERE.parents[1] / "shared" / "data" / "locomo" / "locomo-dev.json"
 
 
 def _worker(users: int, work: Path) -> dict[str, float]:
-    sys.path.insert(0, str(HERE))
-    from bench_turns import locomo_turns
-
     import engramdb
     from engramdb.encoders import HashingEncoder
+
+    # Only now: importing bench_turns puts this checkout first on sys.path.
+    sys.path.insert(0, str(HERE))
+    from bench_turns import locomo_turns
 
     texts, roles, _ = locomo_turns(LOCOMO)
     texts, roles = texts * 8, roles * 8  # (the dev split holds ~1,450 distinct turns)
@@ -67,6 +68,13 @@ def _worker(users: int, work: Path) -> dict[str, float]:
     return out
 
 
+def _source() -> str:
+    """Where the engramdb a worker ran comes from (printed with its figures)."""
+    import engramdb
+
+    return str(Path(engramdb.__file__).parent)
+
+
 def main() -> None:
     """Alternate old and new worker processes; print each run and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,7 +84,7 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
-        print(json.dumps(_worker(a.users, a.worker)))
+        print(json.dumps({"src": _source(), **_worker(a.users, a.worker)}))
         return
     if a.old is None:
         parser.error("--old DIR is required")
@@ -96,7 +104,8 @@ def main() -> None:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             got = json.loads(done.stdout.strip().splitlines()[-1])
-            print(side, json.dumps({k: round(v, 2) for k, v in got.items()}), flush=True)
+            src = got.pop("src")
+            print(side, src, json.dumps({k: round(v, 2) for k, v in got.items()}), flush=True)
             for key, value in got.items():
                 results[side].setdefault(key, []).append(value)
     for side, metrics in results.items():
