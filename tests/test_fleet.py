@@ -101,6 +101,11 @@ def _by_user(result: FleetResult) -> dict[str, object]:
     return rows
 
 
+def _failures(result: FleetResult) -> list[tuple[str, str, str | None]]:
+    """The rows that did not succeed, with their errors (for an assertion's message)."""
+    return [(row.store, row.status, row.error) for row in result.rows if row.status != "ok"]
+
+
 def _check_report(result: FleetResult, holder_pid: int) -> dict[str, object]:
     """The damaged and held stores are reported; every other store succeeded."""
     rows = _by_user(result)
@@ -153,7 +158,8 @@ def test_export_one_file_per_store(shared, tmp_path: Path) -> None:
 
 def test_rerun_resumes_and_redoes_changed_stores(root: Path) -> None:
     first = run_fleet(root, "verify", workers=2)
-    assert first.counts() == {"ok": 5, "failed": 2, "locked": 0, "skipped": 0}
+    assert first.counts() == {"ok": 5, "failed": 2, "locked": 0, "skipped": 0}, \
+        _failures(first)
     assert Path(first.log).parent == root / ".fleet"
     again = run_fleet(root, "verify", workers=2)
     assert again.counts() == {"ok": 0, "failed": 2, "locked": 0, "skipped": 5}
@@ -187,7 +193,8 @@ def test_rerun_resumes_and_redoes_changed_stores(root: Path) -> None:
 
 def test_export_rerun_replaces_only_its_own_files(root: Path, tmp_path: Path) -> None:
     dest = tmp_path / "exports"
-    assert run_fleet(root, "export", dest=dest, workers=2).counts()["ok"] == 5
+    first = run_fleet(root, "export", dest=dest, workers=2)
+    assert first.counts()["ok"] == 5, _failures(first)
     with Pool(root) as pool, pool.session("bob") as mem:
         mem.ingest("bob moved to Nantes.")
     result = run_fleet(root, "export", dest=dest, workers=2)
