@@ -281,6 +281,38 @@ def test_a_read_only_open_of_a_store_whose_vectors_were_lost(tmp_path: Path) -> 
     assert _files(path) == files
 
 
+def test_a_sweep_never_removes_a_scratch_directory_being_made(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """Read-only opens in several workers make scratch directories while each sweeps the
+    others' dead ones: a directory is only ever found by a sweep with its lock held (its
+    lock file is locked under another name, then renamed), so none is removed in use."""
+    import tempfile
+    import threading
+
+    from engramdb.storage import scratch as scratch_module
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    lost: list[str] = []
+
+    def worker() -> None:
+        for _ in range(150):
+            made = scratch_module.make_scratch(tmp_path)  # sweeps, then makes its own
+            if not (made.path / "owner.lock").exists():
+                lost.append(str(made.path))
+            made.remove()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lost == []
+    assert list(root.iterdir()) == []
+
+
 def test_no_scratch_directory_outlives_its_read_only_handle(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:

@@ -21,6 +21,7 @@ from engramdb.errors import StorageError
 
 PREFIX = "engramdb-read-"
 _OWNER = "owner.lock"
+_MAKING = "owner.lock.new"  # the lock file until it is locked
 
 
 class ScratchDir:
@@ -52,10 +53,18 @@ def make_scratch(store: Path) -> ScratchDir:
             hint="set TMPDIR to a writable directory, or open the store writable once "
                  "(its first fold gives it a catalog, which read-only opens read in place)",
         ) from exc
+    fd = None
     try:
-        fd = os.open(path / _OWNER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        # Locked under another name, then renamed: a sweep in another process finds
+        # ``owner.lock`` only once it is locked (were it created, then locked, a sweep in
+        # between would take the free lock and remove a directory in use).
+        fd = os.open(path / _MAKING, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(path / _MAKING, path / _OWNER)
     except OSError as exc:
+        if fd is not None:
+            os.close(fd)
         shutil.rmtree(path, ignore_errors=True)
         raise StorageError(f"cannot lock the scratch directory {path}: {exc}") from exc
     return ScratchDir(path, fd)
