@@ -158,7 +158,10 @@ class SegmentStore:
             return True
 
     def _flush_deferred(self) -> None:
-        """Write the held replayed pieces (the caller holds no other lock of this object)."""
+        """Write the held replayed pieces, if any (the caller holds no other lock of this
+        object). Cheap when none are held: every method that reads or cuts files calls it."""
+        if not self._deferred:  # (unlocked: an entry leaves only once its rows are written)
+            return
         with self._deferred_lock:
             # An entry leaves only once written: a reader on another thread waits on the lock
             # until its rows are in the file, and a failed write keeps the rest held.
@@ -179,8 +182,7 @@ class SegmentStore:
         happened), and raises CorruptStore when a committed row is missing from disk, or for
         a link or special file in (or as) ``segments/``, before touching anything.
         """
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         actions: list[str] = []
         try:
             if not check_directory(self.directory):
@@ -269,8 +271,7 @@ class SegmentStore:
         data = np.ascontiguousarray(vectors, dtype=self.dtype)
         if keep_equal and not durable and self._defer(plan, data):
             return
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         self._write(plan, data, durable, keep_equal)
 
     def _write(self, plan: AppendPlan, data: np.ndarray, durable: bool, keep_equal: bool
@@ -330,8 +331,7 @@ class SegmentStore:
         The sync point of "fast" durability; a no-op when nothing is pending. Raises
         StorageError and keeps them pending if an fsync fails.
         """
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         todo = sorted(self.dirty if segs is None else set(segs) | self.dirty)
         try:
             for seg in todo:
@@ -358,8 +358,7 @@ class SegmentStore:
         Reads past the end of a file or from a missing file count as lost. Used on open for
         the rows written after the last sync point of "fast" durability.
         """
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         ok = np.zeros(len(segs), bool)
         for seg in np.unique(segs):
             sel = np.nonzero(segs == seg)[0]
@@ -383,8 +382,7 @@ class SegmentStore:
 
     def rows_on_disk(self, seg: int) -> int:
         """Whole rows segment ``seg`` holds on disk now (0 if the file is missing)."""
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         try:
             return (self.directory / segment_name(seg)).lstat().st_size // self.row_bytes
         except FileNotFoundError:
@@ -396,11 +394,10 @@ class SegmentStore:
 
     def rollback(self) -> None:
         """Cut files back to their committed lengths after a failed commit (best effort)."""
-        if self._deferred:
-            try:
-                self._flush_deferred()
-            except StorageError:
-                pass  # the cuts below still apply; recovery on the next open cuts it too
+        try:
+            self._flush_deferred()
+        except StorageError:
+            pass  # the cuts below still apply; recovery on the next open cuts it too
         for seg, rows in self._committed.items():
             path = self.directory / segment_name(seg)
             try:
@@ -419,8 +416,7 @@ class SegmentStore:
 
     def remove(self, segs: list[int]) -> None:
         """Delete segment files that a committed compaction no longer references."""
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         with self._maps_lock:
             self._maps_epoch += 1
             for seg in segs:
@@ -440,8 +436,7 @@ class SegmentStore:
         (a store without a catalog file, at close): the next open's replay writes them again,
         so at rest the store holds each vector once. Not fsynced: a file that comes back
         after a power cut is checked against the journal like one a crash left."""
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         with self._maps_lock:
             self._maps_epoch += 1
             self._maps.clear()
@@ -469,8 +464,7 @@ class SegmentStore:
         runs numpy's Python-level ``memmap.__getitem__`` on every gather, a measurable part of
         re-scoring a recall's candidates.
         """
-        if self._deferred:
-            self._flush_deferred()
+        self._flush_deferred()
         rows = self._committed.get(seg, 0)
         with self._maps_lock:
             cached = self._maps.get(seg)
