@@ -199,25 +199,27 @@ def test_a_reopened_store_fsyncs_its_segment_directory_at_the_first_fold(
 
 
 def _crashed(path: Path, n: int) -> list:
-    """A store whose handle died after ``n`` turns: its segment files are left behind
-    (a close deletes them, the journal holding every vector)."""
+    """A store of ``n`` turns with a segment file left behind, as a first fold that died
+    before its catalog leaves one (or an older engramdb's handle that never closed): the
+    vectors of the journal, and bytes past them."""
     before = _chat(path, n)
-    with engramdb.open(path, encoder=ENC):
-        left = {p.name: p.read_bytes() for p in (path / "segments").iterdir()}
-    for name, data in left.items():
-        (path / "segments" / name).write_bytes(data)
+    row = b"\x00" * (4 * ENC.dim)  # (their content is never read)
+    (path / "segments" / "00000001.vec").write_bytes(row * n + b"\x01" * 256)
     return before
 
 
 def test_a_closed_store_holds_each_vector_once(tmp_path: Path) -> None:
-    """At rest a store without a catalog keeps its vectors in the journal alone: close
-    deletes the segment files, the next open's replay writes them again."""
+    """A store without a catalog keeps its vectors in the journal alone: an open's replay
+    holds them in memory, never in segment files; its first fold writes the files."""
     path = tmp_path / "m"
     before = _chat(path, 5)
     assert list((path / "segments").iterdir()) == []
     with engramdb.open(path, encoder=ENC) as mem:
-        assert len(list((path / "segments").iterdir())) == 1
         assert mem.recovered == [] and _answers(mem) == before
+        assert list((path / "segments").iterdir()) == []
+    with engramdb.open(tmp_path / "n", encoder=ENC) as mem:  # nor does a handle's turn
+        mem.integrate("a turn about the garden", top_k=3)
+        assert list((tmp_path / "n" / "segments").iterdir()) == []
     assert list((path / "segments").iterdir()) == []
     # Folded into a catalog, the files stay (the scores in the answers are the vectors').
     with engramdb.open(path, encoder=ENC, settings={"journal_only_turns": 0}) as mem:
@@ -252,19 +254,18 @@ def test_a_small_bulk_load_stays_in_the_journal(tmp_path: Path) -> None:
         assert mem.count == 150 and mem.verify().ok
 
 
-def test_vector_bytes_of_an_unacknowledged_write_are_cut(tmp_path: Path) -> None:
-    """A crash between a turn's vectors and its record leaves bytes past the journaled
-    ones: the next open cuts them (and says so), and verify is clean."""
+def test_vector_files_left_behind_are_removed(tmp_path: Path) -> None:
+    """A segment file left in a store without a catalog holds nothing the journal lacks:
+    the next open removes it (and says so), answers from the journal, and verifies clean."""
     path = tmp_path / "m"
     before = _crashed(path, 3)
-    segment = next((path / "segments").iterdir())
-    size = segment.stat().st_size
-    with segment.open("ab") as fh:
-        fh.write(b"\x01" * 256)
     with engramdb.open(path, encoder=ENC) as mem:
-        assert any("truncated" in r for r in mem.recovered)
-        assert segment.stat().st_size == size
-        assert mem.verify().ok and _answers(mem) == before
+        assert mem.recovered == ["removed 1 vector files the turn journal holds"]
+        assert list((path / "segments").iterdir()) == []
+        assert _answers(mem) == before
+        assert mem.verify().ok  # (the first fold: the files are written again)
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.recovered == [] and _answers(mem) == before
 
 
 def test_a_read_only_open_of_a_store_whose_vectors_were_lost(tmp_path: Path) -> None:

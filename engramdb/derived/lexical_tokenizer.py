@@ -102,5 +102,8 @@ def _term(word: str) -> str:
         word = word[:-2]
     if len(word) < 2 or word in STOPWORDS:
         return ""
-    word = stem(word.replace("'", "")) if "'" in word else stem(word)
+    if "'" in word:
+        word = word.replace("'", "")
+    if word.isalpha():  # (stem leaves any other word as it is: numbers skip its cache)
+        word = stem(word)
     return word if word and word not in STOPWORDS else ""

@@ -374,6 +374,7 @@ class Committer:
         parts = self.parts
         mirror = parts.mirror
         if parts.catalog is None:
+            parts.segments.write_held()  # the catalog is about to point into the files
             self._make_catalog()
         elif parts.read_only:
             return  # nothing is ever pending, and the journal file is not ours to empty

@@ -327,12 +327,13 @@ class Opening:
             (directory / SEGMENT_DIR).mkdir()
             fsync_dir(directory)
         parts.segments = self._segments(directory, not fast)
-        # The vector files hold the journaled turns' vectors, written unsynced; the journal
-        # holds them too, and replaying it writes those the files lack (after a crash). So
-        # the files are only checked here (regular files, no links): bytes past what the
-        # replay wrote are cut after it (Opening.replay).
+        # The journal holds every vector: the replay puts them in memory until the first
+        # fold writes the files. Files here were left by a handle that never closed (or an
+        # older engramdb): only checked now (regular files, no links), removed after the
+        # replay (Opening.replay).
         parts.segments.recover({}, dry_run=True)
         parts.segments.directory_unsynced()  # their names too were never fsynced
+        parts.segments.hold_in_memory()
         parts.journal = TurnJournal(parts.path, durable=not fast, read_only=parts.read_only)
         self._journaled, torn = parts.journal.read()
         if torn:
@@ -394,8 +395,7 @@ class Opening:
             parts.replaying = False
         journal_only = parts.catalog is None
         if journal_only and not parts.read_only:
-            # Vector bytes past the replayed ones belong to a write never acknowledged (a
-            # crash between its vectors and its record): cut, as recovery cuts them.
+            # Vector files a handle left behind (the journal holds their vectors) go.
             self.recovered.extend(parts.segments.recover(parts.segments.committed))
         if records and not parts.read_only and (not journal_only or self.committer.fold_due()):
             self.committer.fold()

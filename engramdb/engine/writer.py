@@ -286,8 +286,7 @@ class Writer:
         next_eid = self.committer.counters.next_eid
         new_eids = np.arange(next_eid, next_eid + len(new_first), dtype=np.int64)
         eid_of = dict(existing)
-        for ident, eid in zip(new_first, new_eids):
-            eid_of[ident] = int(eid)
+        eid_of.update(zip(new_first, range(next_eid, next_eid + len(new_first))))
         return _Planned(existing, new_first, eid_of, new_eids)
 
     def _add_engrams(self, c: Commit, batch: Batch, plan: _Planned, now: int,

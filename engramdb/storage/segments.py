@@ -113,6 +113,64 @@ class SegmentStore:
         self._deferring = False
         self._deferred: dict[int, tuple[int, list[np.ndarray]]] = {}
         self._deferred_lock = threading.RLock()
+        # A store without a catalog file (hold_in_memory): segment -> (buffer, rows held).
+        self._memory: dict[int, tuple[np.ndarray, int]] | None = None
+
+    # -- vectors held in memory ---------------------------------------------------------------
+
+    def hold_in_memory(self) -> None:
+        """Keep the vectors in memory, never in files, until :meth:`write_held`.
+
+        For a store without a catalog file: its turn journal holds every vector, so files
+        of them would only be written at each open's replay and deleted at close (a small
+        user's open spent a sixth of its time there). The first fold writes them
+        (:meth:`write_held`): from then on the catalog points into the files.
+        """
+        with self._maps_lock:
+            if self._memory is None:
+                self._memory = {}
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the vectors are held in memory (:meth:`hold_in_memory`)."""
+        return self._memory is not None
+
+    def write_held(self) -> None:
+        """Write the vectors held in memory to their files (unsynced: the caller syncs) and
+        keep them in files from then on. A failed write keeps them held."""
+        held = self._memory
+        if held is None:
+            return
+        for seg in sorted(held):
+            buf, n = held[seg]
+            if n:
+                self._write(AppendPlan(((seg, 0, n),)), buf[:n], False, False)
+        with self._maps_lock:
+            self._memory = None
+            self._maps_epoch += 1
+            self._maps.clear()
+
+    def _write_memory(self, plan: AppendPlan, data: np.ndarray) -> None:
+        """Hold ``data`` where ``plan`` says; rows past a piece's first row (a rolled back
+        write's) are dropped first, as a file's tail is cut."""
+        assert self._memory is not None
+        offset = 0
+        with self._maps_lock:
+            for seg, row, n in plan.pieces:
+                buf, held = self._memory.get(seg, (np.empty((0, self.dim), self.dtype), 0))
+                if row > held:
+                    raise StorageError(f"a write at row {row} of segment {seg}, which holds "
+                                       f"{held} rows")
+                if row + n > len(buf):  # grown by doubling (a turn adds a row)
+                    size = min(max(2 * len(buf), row + n, 64), max(self.rows_per_segment,
+                                                                   row + n))
+                    grown = np.empty((size, self.dim), self.dtype)
+                    grown[:row] = buf[:row]
+                    buf = grown
+                # Rows from ``row`` on were never committed: no view handed out covers them.
+                buf[row:row + n] = data[offset:offset + n]
+                self._memory[seg] = (buf, row + n)
+                offset += n
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
@@ -183,6 +241,19 @@ class SegmentStore:
         a link or special file in (or as) ``segments/``, before touching anything.
         """
         self._flush_deferred()
+        if self._memory is not None and not dry_run:
+            # Files left by a first fold that died before its catalog, or by an older
+            # engramdb's handle that never closed: the journal holds their vectors.
+            stale = self._recover_files({}, dry_run=False)
+            with self._maps_lock:
+                for seg in list(self._memory):
+                    buf, held = self._memory[seg]
+                    self._memory[seg] = (buf, min(held, committed.get(seg, 0)))
+            self._committed = dict(committed)
+            return [f"removed {len(stale)} vector files the turn journal holds"] if stale else []
+        return self._recover_files(committed, dry_run=dry_run)
+
+    def _recover_files(self, committed: dict[int, int], *, dry_run: bool) -> list[str]:
         actions: list[str] = []
         try:
             if not check_directory(self.directory):
@@ -269,6 +340,11 @@ class SegmentStore:
         """
         durable = self.durable if durable is None else durable
         data = np.ascontiguousarray(vectors, dtype=self.dtype)
+        if self._memory is not None:
+            if not durable or keep_equal:  # a turn's vectors: its journal record holds them
+                self._write_memory(plan, data)
+                return
+            self.write_held()  # a write that must be durable by itself goes to the files
         if keep_equal and not durable and self._defer(plan, data):
             return
         self._flush_deferred()
@@ -360,6 +436,12 @@ class SegmentStore:
         """
         self._flush_deferred()
         ok = np.zeros(len(segs), bool)
+        memory = self._memory
+        if memory is not None:
+            for i, (seg, row) in enumerate(zip(segs.tolist(), rows.tolist(), strict=True)):
+                buf, held = memory.get(seg, (None, 0))
+                ok[i] = buf is not None and row < held and vector_checksum(buf[row]) == sums[i]
+            return ok
         for seg in np.unique(segs):
             sel = np.nonzero(segs == seg)[0]
             try:
@@ -381,8 +463,12 @@ class SegmentStore:
         return ok
 
     def rows_on_disk(self, seg: int) -> int:
-        """Whole rows segment ``seg`` holds on disk now (0 if the file is missing)."""
+        """Whole rows segment ``seg`` holds on disk now (0 if the file is missing), or in
+        memory (:meth:`hold_in_memory`)."""
         self._flush_deferred()
+        memory = self._memory
+        if memory is not None:
+            return memory.get(seg, (None, 0))[1]
         try:
             return (self.directory / segment_name(seg)).lstat().st_size // self.row_bytes
         except FileNotFoundError:
@@ -394,6 +480,11 @@ class SegmentStore:
 
     def rollback(self) -> None:
         """Cut files back to their committed lengths after a failed commit (best effort)."""
+        if self._memory is not None:
+            with self._maps_lock:
+                for seg, (buf, held) in list(self._memory.items()):
+                    self._memory[seg] = (buf, min(held, self._committed.get(seg, 0)))
+            return
         try:
             self._flush_deferred()
         except StorageError:
@@ -421,6 +512,8 @@ class SegmentStore:
             self._maps_epoch += 1
             for seg in segs:
                 self._maps.pop(seg, None)
+                if self._memory is not None:
+                    self._memory.pop(seg, None)
         self.dirty -= set(segs)
         check_directory(self.directory)  # never delete through a link put there since the open
         for seg in segs:
@@ -440,6 +533,8 @@ class SegmentStore:
         with self._maps_lock:
             self._maps_epoch += 1
             self._maps.clear()
+            if self._memory is not None:
+                self._memory.clear()
         self.dirty.clear()
         check_directory(self.directory)  # never delete through a link put there since the open
         for path in self.directory.iterdir():
@@ -466,6 +561,8 @@ class SegmentStore:
         """
         self._flush_deferred()
         rows = self._committed.get(seg, 0)
+        if self._memory is not None:
+            return self._held_view(seg, rows)
         with self._maps_lock:
             cached = self._maps.get(seg)
             if cached is not None and cached[0] == rows:
@@ -490,6 +587,22 @@ class SegmentStore:
             if self._maps_epoch == epoch:
                 self._maps[seg] = (rows, mm)
         return mm
+
+    def _held_view(self, seg: int, rows: int) -> np.ndarray:
+        """The committed rows of a segment held in memory, read-only."""
+        with self._maps_lock:
+            memory = self._memory
+            buf, held = (memory or {}).get(seg, (None, 0))
+        if memory is None:  # written to their files since (the first fold)
+            return self.view(seg)
+        if rows == 0:
+            return np.zeros((0, self.dim), self.dtype)
+        if buf is None or held < rows:
+            raise CorruptStore(f"segment {seg} holds {held} rows in memory, but {rows} are "
+                               "committed")
+        view = buf[:rows]
+        view.flags.writeable = False
+        return view
 
     def prefault(self, stop: threading.Event) -> int:
         """Map every committed row into this process's page tables; return the bytes done.
