@@ -462,8 +462,8 @@ def _taken(store_dir: Path) -> StoreLocked:
 
 def _signature(store_dir: Path) -> list[tuple[str, int, int, int]]:
     """Name, size, mtime and inode of every file of the store: any write changes it.
-    Directories are left out: an open of a store without a catalog file writes its segment
-    files and its close deletes them again, which changes nothing but their directory."""
+    Directories are left out: an open of a store without a catalog file may remove segment
+    files an earlier handle left, which changes nothing but their directory."""
     out = []
     for p in sorted(store_dir.rglob("*")):
         st = p.lstat()

@@ -205,7 +205,7 @@ class Store(KeyedMethods):
         self._searcher = Searcher(parts)
         self._collector = collect.Collector(parts, self._committer, self._keeper, self._loader)
         parts.closed = False
-        # (A store without a catalog file: its replay has just written every vector.)
+        # (A store without a catalog file holds its vectors in memory: nothing to map.)
         if (parts.settings.prefault_vectors and parts.segments.committed
                 and parts.catalog is not None):
             self._prefault = threading.Thread(
@@ -249,7 +249,7 @@ class Store(KeyedMethods):
                 if parts.catalog is None and not self._committer.fold_due():
                     # A store without a catalog file keeps its turns in the journal (an
                     # open replays them); "fast": the journal becomes durable. The journal
-                    # holds their vectors too: the segment files go until the next open.
+                    # holds their vectors too: those held in memory go.
                     self._committer.sync()
                     if parts.indexer is not None:
                         parts.indexer.close()  # (idempotent: the release closes it too)

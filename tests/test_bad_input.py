@@ -29,7 +29,9 @@ def _fingerprint_of_store(mem) -> tuple:
     s = mem.stats()
     # (Not the files: a call may fold the turn journal into the catalog before it refuses.)
     held = [(r.id, r.text) for r in mem.recall("a first memory", top_k=5)]
-    return s["count"], s["generation"], held
+    segments = mem._parts.segments
+    rows = {seg: segments.rows_on_disk(seg) for seg in segments.committed}
+    return s["count"], s["generation"], held, segments.committed, rows
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Until ``Settings.journal_only_turns`` turns wait, or a write or read needs the catalog,
 a store has no ``catalog.duckdb``: an open replays its journal instead of opening DuckDB, and
 close does not fold. Its first fold builds the catalog under a temporary name, renames it
-into place and records it in the manifest (``Manifest.catalog``). A read-only open replays
-the journal into files of its own, outside the store. The answers are the same as a store
+into place and records it in the manifest (``Manifest.catalog``). An open holds the vectors
+in memory until then; a read-only open that needs a catalog makes one, with its vector
+files, outside the store. The answers are the same as a store
 with a catalog from the start (tests/test_journal_keys.py drives both through the same
 random operations, table by table).
 """
@@ -107,7 +108,7 @@ def test_a_write_or_read_that_needs_the_catalog_makes_it(tmp_path: Path, op: str
         assert mem.verify().ok
 
 
-def test_a_read_only_open_replays_into_files_of_its_own(tmp_path: Path) -> None:
+def test_a_read_only_open_writes_only_files_of_its_own(tmp_path: Path) -> None:
     path = tmp_path / "m"
     _chat(path)
     with engramdb.open(path, encoder=ENC) as mem:
@@ -422,8 +423,8 @@ def _read_until_closed(mem: engramdb.Store, start: threading.Barrier,
 
 
 def test_recalls_racing_a_close_see_it_closed(tmp_path: Path) -> None:
-    """Close deletes the segment files of a store without a catalog: recalls in flight
-    finish first, and later ones raise StoreClosed, never a damaged-store error."""
+    """Close drops the vectors a store without a catalog holds: recalls in flight finish
+    first, and later ones raise StoreClosed, never a damaged-store error."""
     path = tmp_path / "m"
     _chat(path)
     for _ in range(10):
@@ -450,3 +451,27 @@ def test_close_deletes_only_the_segment_files_it_names(tmp_path: Path) -> None:
         for name in strays:
             (path / "segments" / name).write_bytes(b"x")
     assert sorted(p.name for p in (path / "segments").iterdir()) == sorted(strays)
+
+
+def test_a_fast_first_fold_syncs_the_vectors_before_its_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"fast" durability: the first fold's turns were durable in the journal alone, so
+    their vector files are fsynced before the fold commits (a power cut that kept the commit
+    and lost the vectors would drop the turns, the journal counting them as folded)."""
+    from engramdb.engine import commit as commit_module
+
+    path = tmp_path / "m"
+    before = _chat(path, 3, durability="fast")
+    unsynced_at_commit: list[set[int]] = []
+    real = commit_module.Commit.finish
+
+    def finish(self) -> None:
+        if self.folding:
+            unsynced_at_commit.append(set(self.committer.parts.segments.dirty))
+        real(self)
+
+    monkeypatch.setattr(commit_module.Commit, "finish", finish)
+    with engramdb.open(path, encoder=ENC, settings={"durability": "fast"}) as mem:
+        mem.catalog  # noqa: B018 - the first fold
+        assert unsynced_at_commit and unsynced_at_commit[0] == set()
+        assert _answers(mem) == before

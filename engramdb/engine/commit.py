@@ -373,7 +373,8 @@ class Committer:
         Called under the write lock."""
         parts = self.parts
         mirror = parts.mirror
-        if parts.catalog is None:
+        first = parts.catalog is None
+        if first:
             parts.segments.write_held()  # the catalog is about to point into the files
             self._make_catalog()
         elif parts.read_only:
@@ -385,8 +386,11 @@ class Committer:
         # already dropped) still moved the counters: they are committed before the journal
         # goes, or the next record's number would not follow the catalog's.
         started = time.monotonic()
-        if not self.fast:
-            parts.segments.sync()  # the catalog is about to point at these vectors
+        if not self.fast or first:
+            # The catalog is about to point at these vectors. "fast" too at the first fold:
+            # its turns were durable in the journal alone, and an open that found the fold
+            # committed but the vectors lost would drop them (the journal already folded).
+            parts.segments.sync()
         counters = self.counters
         c = Commit(self, not self.fast, False, folding=True)
         c.segment_lengths = parts.segments.committed
@@ -438,8 +442,8 @@ class Committer:
         cat.make_catalog(parts.path)
         parts.manifest.record_catalog(parts.path)
         parts.catalog = cat.Catalog(parts.path / cat.CATALOG_NAME, fast=self.fast)
-        # The new catalog's own starting counters are the last sync point: every turn
-        # folded now is fsynced by this fold ("full") or checked on the next open ("fast").
+        # The new catalog's own starting counters are the last sync point: the vectors of
+        # every turn folded now are fsynced before the fold commits (Committer.fold).
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -314,8 +314,9 @@ class Opening:
                            fast: bool) -> None:
         """Open a store whose turns live in its journal alone (no catalog file yet): no DuckDB.
         Its state is that of an empty store plus the journal's turns, which :meth:`replay`
-        applies. A read-only handle replays them into vector files of its own, in a
-        temporary directory (removed at close): the store's files are never written."""
+        applies, holding the vectors in memory. A read-only handle that needs a catalog
+        makes it, and writes the vector files, in a temporary directory of its own (removed
+        at close): the store's files are never written."""
         parts = self.parts
         start = {k: v for k, v in cat.START_COUNTERS.items() if k != "synced_eid"}
         self.committer = Committer(parts, Counters(**start), fast=fast)

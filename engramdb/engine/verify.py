@@ -73,8 +73,8 @@ def verify(parts: Parts, next_eid: int) -> VerifyReport:
     except EngramError as exc:
         problems.append(f"store files: {exc.message}")
     for seg, rows in committed.items():
-        # The handle's own files: a read-only handle of a store without a catalog file
-        # replayed its vectors into a scratch directory.
+        # The handle's own files (verify folds first, so they exist): a read-only handle of
+        # a store without a catalog file wrote them into a scratch directory.
         p = parts.segments.directory / f"{seg:08d}.vec"
         size = p.lstat().st_size if p.is_file() and not p.is_symlink() else -1
         if size != rows * row_bytes:

@@ -143,6 +143,7 @@ class SegmentStore:
             return
         for seg in sorted(held):
             buf, n = held[seg]
+            n = min(n, self._committed.get(seg, 0))  # (rows of a write never committed stay out)
             if n:
                 self._write(AppendPlan(((seg, 0, n),)), buf[:n], False, False)
         with self._maps_lock:
@@ -500,10 +501,12 @@ class SegmentStore:
     def close(self) -> None:
         """Drop the cached maps (each holds a descriptor of its file): a closed handle may
         live on in a reference cycle until the garbage collector runs, and must not keep its
-        files open meanwhile."""
+        files open meanwhile (nor its vectors held in memory)."""
         with self._maps_lock:
             self._maps_epoch += 1
             self._maps.clear()
+            if self._memory is not None:
+                self._memory = {}
 
     def remove(self, segs: list[int]) -> None:
         """Delete segment files that a committed compaction no longer references."""
@@ -525,10 +528,10 @@ class SegmentStore:
             fsync_dir(self.directory)
 
     def discard(self) -> None:
-        """Delete every segment file of a store whose vectors are all in its turn journal
-        (a store without a catalog file, at close): the next open's replay writes them again,
-        so at rest the store holds each vector once. Not fsynced: a file that comes back
-        after a power cut is checked against the journal like one a crash left."""
+        """Drop the vectors of a store whose vectors are all in its turn journal (a store
+        without a catalog file, at close), held in memory or in files (a first fold that
+        failed after writing them): at rest the store holds each vector once. Not fsynced:
+        a file that comes back after a power cut is removed by the next open."""
         self._flush_deferred()
         with self._maps_lock:
             self._maps_epoch += 1
