@@ -37,8 +37,15 @@ def _missing(store: Path, acked: dict[str, str]) -> list[str]:
     except ReadOnlyStore:  # recovery first (a torn catalog write): a writable open does it
         mem = engramdb.open(store, encoder=ENC, create=False)
     with mem:
-        return [i for i, text in acked.items()
+        gone = [i for i, text in acked.items()
                 if i not in mem or mem.get(i).text != normalize_text(text)]
+        if not gone:
+            return []
+        # A turn never recalled enough dies by the lifespan engine (short_term_capacity 40;
+        # seed 34 gets there at its 22nd kill, with the code before and after the vectors
+        # held in memory): forgotten, which the forgetting log says, not lost.
+        forgotten = {e["id"] for e in mem.forgetting_log(limit=1_000_000)}
+        return [i for i in gone if i not in forgotten]
 
 
 def test_sigkill_in_stores_without_a_catalog_never_loses_acknowledged_turns(
