@@ -53,10 +53,16 @@ def _worker(mode: str, store: Path, work: Path, n: int, dim: int) -> dict[str, f
     out: dict[str, float] = {}
     if mode == "ingest":
         shutil.rmtree(store, ignore_errors=True)
+        texts = [f"engram {i}" for i in range(n)]
+        opened = time.perf_counter()
         with engramdb.open(store, dim=dim) as mem:
             t = time.perf_counter()
-            mem.ingest_many([f"engram {i}" for i in range(n)], vectors=data)
-            out["ingest_rows_per_s"] = n / (time.perf_counter() - t)
+            mem.ingest_many(texts, vectors=data)
+            done = time.perf_counter()
+            out["ingest_rows_per_s"] = n / (done - t)
+            # A new store's catalog is made at its first write, or (earlier code) at open:
+            # the rate with the open counted compares the same work.
+            out["open_ingest_rows_per_s"] = n / (done - opened)
             mem.drain_index()
     else:
         with engramdb.open(store) as mem:

@@ -159,7 +159,9 @@ class KeyedMethods:
         """Write a prepared call batch by batch: small batches through the turn journal
         (those that replace a stored key's occurrence too), bulk ones to the catalog. A store
         without a catalog file takes the journal's largest batches while it has none: a
-        small bulk load stays in the journal (its first fold comes when it grows)."""
+        small bulk load stays in the journal (its first fold comes when it grows). A call
+        that would make that first fold due on its own gets the catalog at once instead:
+        its rows would otherwise be written to the journal, then again by the fold."""
         keyed = prepared.keys is not None and any(k is not None for k in prepared.keys)
         every_key = [k for k in prepared.keys or () if k is not None]
         n = len(prepared.ids)
@@ -168,8 +170,8 @@ class KeyedMethods:
         try:
             start = 0
             while start < n:
-                step = self.settings.batch_rows
-                if self._parts.catalog is None:
+                rest, step = n - start, self.settings.batch_rows
+                if self._parts.catalog is None and not self._outgrows_journal(rest):
                     step = min(step, JOURNAL_BATCH_MAX)
                 first, batch = start == 0, _part(prepared, slice(start, min(n, start + step)))
                 start += len(batch.ids)
@@ -179,10 +181,10 @@ class KeyedMethods:
                         # An ingest checks every key of the call under the first batch's
                         # lock (nothing is written if one is stored), then its own keys.
                         done, turn = self._keyed_batch(batch, upsert, turn,
-                                                       every_key if first else None)
+                                                       every_key if first else None, rest)
                     else:
                         if not turn:
-                            self._committer.fold()
+                            self._committer.fold(bulk_rows=rest)
                         done = self._writer.ingest_batch(batch, journal=turn)
                     results.extend(done)
                     self._writer.settle_overflow(turn=turn)
@@ -195,12 +197,18 @@ class KeyedMethods:
                 bar.close()
         return results
 
-    def _keyed_batch(self, batch: Batch, upsert: bool, turn: bool, check: list[str] | None
-                     ) -> tuple[list[IngestResult], bool]:
+    def _outgrows_journal(self, rows: int) -> bool:
+        """Whether ``rows`` more texts, in records of the journal's largest batches, would
+        make the first fold of a store without a catalog due (their vectors alone counted)."""
+        records = -(-rows // JOURNAL_BATCH_MAX)
+        return self._committer.fold_due(records, rows * self._parts.segments.row_bytes)
+
+    def _keyed_batch(self, batch: Batch, upsert: bool, turn: bool, check: list[str] | None,
+                     rest: int = 0) -> tuple[list[IngestResult], bool]:
         """One keyed batch in one commit (a turn when ``turn``), and whether it took the
         turn journal. An upsert of stored keys removes what they held in the same commit
         (the turn's record names them). An ingest refuses stored keys among ``check``
-        (default: the batch's own)."""
+        (default: the batch's own). ``rest``: the rows of the call from this batch on."""
         keys = [k for k in batch.keys or () if k is not None]
         found = lookup_keys(self._parts, keys if upsert or check is None else check)
         if found and not upsert:
@@ -212,7 +220,7 @@ class KeyedMethods:
         if turn and not found:
             return self._writer.ingest_batch(batch, journal=True), True
         if not turn:
-            self._committer.fold()
+            self._committer.fold(bulk_rows=rest)
         existing = self._writer.lookup_ids(sorted(set(batch.ids)))
         before = None
         if found:

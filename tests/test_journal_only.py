@@ -22,8 +22,9 @@ import pytest
 import engramdb
 from engramdb.encoders import HashingEncoder
 from engramdb.errors import CorruptStore
+from engramdb.storage import catalog as catalog_module
 from engramdb.storage.catalog import CATALOG_NAME, CATALOG_TEMP, make_catalog
-from engramdb.storage.journal import JOURNAL_NAME
+from engramdb.storage.journal import JOURNAL_NAME, TurnJournal
 from engramdb.storage.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
 from engramdb.transfer import export_store
 
@@ -253,6 +254,55 @@ def test_a_small_bulk_load_stays_in_the_journal(tmp_path: Path) -> None:
         assert (path / CATALOG_NAME).exists() and mem.count == 150
     with engramdb.open(path, encoder=ENC) as mem:
         assert mem.count == 150 and mem.verify().ok
+
+
+def test_a_bulk_load_past_the_journal_budget_goes_to_the_catalog_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that would make the first fold due on its own gets the catalog before its first
+    batch: no journal record is written (and then written again by the fold); a call within
+    the budget writes only journal records."""
+    appended: list[int] = []
+    real_append = TurnJournal.append
+
+    def counting(self: TurnJournal, payload: bytes) -> None:
+        appended.append(len(payload))
+        real_append(self, payload)
+
+    monkeypatch.setattr(TurnJournal, "append", counting)
+    texts = [f"note {i} about {TURNS[i % len(TURNS)]}" for i in range(400)]
+    path = tmp_path / "big"  # 400 x 64-d float32: 100 KiB of vectors against a 64 KiB budget
+    with engramdb.open(path, encoder=ENC, settings={"journal_only_bytes": 65536}) as mem:
+        mem.ingest_many(texts)
+        assert (path / CATALOG_NAME).exists() and appended == []
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.count == 400 and mem.verify().ok
+    path = tmp_path / "small"
+    with engramdb.open(path, encoder=ENC, settings={"journal_only_bytes": 65536}) as mem:
+        mem.ingest_many(texts[:100])
+        assert not (path / CATALOG_NAME).exists() and len(appended) == 2
+
+
+def test_a_catalog_made_for_a_large_bulk_load_gets_large_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first fold made by a bulk load of LARGE_LOAD_ROWS rows or more gives the catalog
+    LARGE_BLOCK_SIZE blocks (its checkpoints write fewer); smaller loads and turns keep the
+    small blocks. Either store reopens and verifies clean."""
+    monkeypatch.setattr(catalog_module, "LARGE_LOAD_ROWS", 300)
+    texts = [f"note {i} about {TURNS[i % len(TURNS)]}" for i in range(400)]
+    sizes = {}
+    for name, rows in (("large", 400), ("small", 299)):
+        with engramdb.open(tmp_path / name, encoder=ENC, settings={"journal_only_bytes": 4096}
+                           ) as mem:
+            mem.ingest_many(texts[:rows])
+            sizes[name] = catalog_module.block_size(mem.catalog.con)
+        with engramdb.open(tmp_path / name, encoder=ENC) as mem:
+            assert mem.count == rows and mem.verify().ok
+    assert sizes == {"large": catalog_module.LARGE_BLOCK_SIZE,
+                     "small": catalog_module.BLOCK_SIZE}
+    path = tmp_path / "turns"
+    _chat(path, journal_only_turns=2)
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert catalog_module.block_size(mem.catalog.con) == catalog_module.BLOCK_SIZE
 
 
 def test_vector_files_left_behind_are_removed(tmp_path: Path) -> None:

@@ -347,15 +347,16 @@ class Committer:
             raise
         self._apply(c)
 
-    def fold_due(self) -> bool:
+    def fold_due(self, records: int = 0, size: int = 0) -> bool:
         """Whether enough turns wait to fold them: ``journal_fold_turns`` records (or
         ``journal_fold_bytes``); ``journal_only_turns`` (or ``journal_only_bytes``) in a
-        store without a catalog."""
+        store without a catalog. ``records`` more records of ``size`` bytes in all are
+        counted as if they were already written (would a write of that much make it due?)."""
         s, journal = self.parts.settings, self.parts.journal
-        turns, size = s.journal_fold_turns, s.journal_fold_bytes
+        turns, limit = s.journal_fold_turns, s.journal_fold_bytes
         if self.parts.catalog is None:  # 0: the store wants its catalog now
-            turns, size = min(turns, s.journal_only_turns), min(size, s.journal_only_bytes)
-        return journal.records >= turns or journal.size >= size
+            turns, limit = min(turns, s.journal_only_turns), min(limit, s.journal_only_bytes)
+        return journal.records + records >= turns or journal.size + size >= limit
 
     def fold_if_due(self) -> None:
         """After a turn and its capacity rule: fold once it is due (:meth:`fold_due`); with
@@ -368,15 +369,16 @@ class Committer:
                             >= self.parts.settings.sync_interval):
             self.sync()
 
-    def fold(self) -> None:
+    def fold(self, *, bulk_rows: int = 0) -> None:
         """Write every journaled turn into the catalog in one commit, then empty the journal.
-        Called under the write lock."""
+        Called under the write lock. ``bulk_rows``: the rows of a bulk write about to follow
+        (a first fold made for a large one gives the catalog large blocks)."""
         parts = self.parts
         mirror = parts.mirror
         first = parts.catalog is None
         if first:
             parts.segments.write_held()  # the catalog is about to point into the files
-            self._make_catalog()
+            self._make_catalog(bulk_rows)
         elif parts.read_only:
             return  # nothing is ever pending, and the journal file is not ours to empty
         if (mirror is None or not mirror.pending) and not parts.journal.records:
@@ -426,11 +428,12 @@ class Committer:
             "folded %d journaled turns into the catalog of %s in %.3f s", turns, parts.path,
             took)
 
-    def _make_catalog(self) -> None:
+    def _make_catalog(self, bulk_rows: int = 0) -> None:
         """The first fold of a store made without a catalog file: write an empty catalog
         (the fold then fills it), and record in the manifest that the store has one. A
         read-only handle makes its catalog in its scratch directory instead: the store's
-        files are never written."""
+        files are never written. Made for a bulk write of ``cat.LARGE_LOAD_ROWS`` rows or
+        more, the catalog gets ``cat.LARGE_BLOCK_SIZE`` blocks."""
         parts = self.parts
         if parts.read_only:
             assert parts.scratch is not None
@@ -439,7 +442,8 @@ class Committer:
             cat.make_catalog(parts.scratch.path)
             parts.catalog = cat.Catalog(parts.scratch.path / cat.CATALOG_NAME)
             return
-        cat.make_catalog(parts.path)
+        large = bulk_rows >= cat.LARGE_LOAD_ROWS
+        cat.make_catalog(parts.path, cat.LARGE_BLOCK_SIZE if large else cat.BLOCK_SIZE)
         parts.manifest.record_catalog(parts.path)
         parts.catalog = cat.Catalog(parts.path / cat.CATALOG_NAME, fast=self.fast)
         # The new catalog's own starting counters are the last sync point: the vectors of
