@@ -469,7 +469,8 @@ def forget(path: Path, wait: float, ids: tuple[str, ...]) -> None:
 @store_arg
 @click.option("--dry-run", is_flag=True, help="Report what would be collected; change nothing.")
 @click.option("--rewrite", is_flag=True,
-              help="Rewrite the catalog file with 16 KiB blocks (migrates an older store).")
+              help="Rewrite the catalog file with today's blocks: 16 KiB, 256 KiB from "
+                   "50,000 engrams (migrates an older store).")
 @json_opt
 def gc(path: Path, wait: float, dry_run: bool, rewrite: bool, as_json: bool) -> None:
     """Physically remove dead and forgotten engrams from the store at PATH.

@@ -160,8 +160,10 @@ class KeyedMethods:
         (those that replace a stored key's occurrence too), bulk ones to the catalog. A store
         without a catalog file takes the journal's largest batches while it has none: a
         small bulk load stays in the journal (its first fold comes when it grows). A call
-        that would make that first fold due on its own gets the catalog at once instead:
-        its rows would otherwise be written to the journal, then again by the fold."""
+        that would make that first fold due (with the turns already journaled) gets the
+        catalog at once instead: its rows would otherwise be written to the journal, then
+        again by the fold."""
+        self._parts.check_writable()  # before a fold could build a read-only scratch catalog
         keyed = prepared.keys is not None and any(k is not None for k in prepared.keys)
         every_key = [k for k in prepared.keys or () if k is not None]
         n = len(prepared.ids)

@@ -26,7 +26,7 @@ from engramdb.storage import catalog as catalog_module
 from engramdb.storage.catalog import CATALOG_NAME, CATALOG_TEMP, make_catalog
 from engramdb.storage.journal import JOURNAL_NAME, TurnJournal
 from engramdb.storage.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
-from engramdb.transfer import export_store
+from engramdb.transfer import export_store, import_store
 
 ENC = HashingEncoder(dim=64)
 TURNS = ["my cat is called oscar", "i live in lisbon by the river", "coffee with no sugar",
@@ -302,6 +302,61 @@ def test_a_catalog_made_for_a_large_bulk_load_gets_large_blocks(
     path = tmp_path / "turns"
     _chat(path, journal_only_turns=2)
     with engramdb.open(path, encoder=ENC) as mem:
+        assert catalog_module.block_size(mem.catalog.con) == catalog_module.BLOCK_SIZE
+
+
+def test_a_bulk_upsert_past_the_budget_replaces_journaled_keys_in_the_catalog(
+        tmp_path: Path) -> None:
+    """Keys stored in the journal alone, then replaced by an upsert too large for it: the
+    upsert makes the catalog, folds the journaled turns first and replaces their keys; a
+    keyed ingest of a stored key is refused before anything is written."""
+    path = tmp_path / "m"
+    settings = {"journal_only_bytes": 65536}
+    with engramdb.open(path, encoder=ENC, settings=settings) as mem:
+        mem.ingest_many([f"old note {i}" for i in range(10)], keys=[f"k{i}" for i in range(10)])
+        assert not (path / CATALOG_NAME).exists()
+        with pytest.raises(engramdb.errors.InvalidInput, match="already stored"):
+            mem.ingest_many([f"other {i}" for i in range(400)],
+                            keys=[f"k{i}" for i in range(400)])
+        assert not (path / CATALOG_NAME).exists() and mem.count == 10
+        mem.upsert_many([f"k{i}" for i in range(400)], [f"new note {i}" for i in range(400)])
+        assert (path / CATALOG_NAME).exists() and mem.count == 400
+    with engramdb.open(path, encoder=ENC) as mem:
+        assert mem.count == 400 and mem.verify().ok
+        assert {e.text for e in mem.engrams(limit=1000)} == {f"new note {i}" for i in range(400)}
+
+
+def test_a_read_only_handle_refuses_a_bulk_load_before_building_a_catalog(
+        tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    _chat(path, 4)
+    with engramdb.open(path, encoder=ENC, read_only=True, settings={"journal_only_bytes": 4096}
+                       ) as mem:
+        with pytest.raises(engramdb.errors.ReadOnlyStore):
+            mem.ingest_many([f"bulk {i}" for i in range(300)])
+        assert mem._parts.catalog is None  # no scratch catalog was built for the refusal
+    assert not (path / CATALOG_NAME).exists()
+
+
+def test_a_large_import_and_a_large_rewrite_get_large_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog an import makes, and gc --rewrite's copy, take the block size of their
+    engram count (storage.catalog.block_size_for)."""
+    monkeypatch.setattr(catalog_module, "LARGE_LOAD_ROWS", 100)
+    path = tmp_path / "m"
+    with engramdb.open(path, encoder=ENC) as mem:
+        mem.ingest_many([f"note {i}" for i in range(150)])  # in the journal: 150 x 256 B
+        assert catalog_module.block_size(mem.catalog.con) == catalog_module.BLOCK_SIZE
+        export_store(mem, tmp_path / "out.jsonl")
+        mem.gc(rewrite=True)
+        assert catalog_module.block_size(mem.catalog.con) == catalog_module.LARGE_BLOCK_SIZE
+    import_store(tmp_path / "copy", tmp_path / "out.jsonl", encoder=ENC)
+    with engramdb.open(tmp_path / "copy", encoder=ENC) as mem:
+        assert mem.count == 150 and mem.verify().ok
+        assert catalog_module.block_size(mem.catalog.con) == catalog_module.LARGE_BLOCK_SIZE
+    monkeypatch.setattr(catalog_module, "LARGE_LOAD_ROWS", 1000)
+    import_store(tmp_path / "small", tmp_path / "out.jsonl", encoder=ENC)
+    with engramdb.open(tmp_path / "small", encoder=ENC) as mem:
         assert catalog_module.block_size(mem.catalog.con) == catalog_module.BLOCK_SIZE
 
 

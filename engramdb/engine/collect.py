@@ -73,7 +73,7 @@ def rewrite_catalog(con: duckdb.DuckDBPyConnection, path: Path,
     try:
         con.execute("FORCE CHECKPOINT")
         alias = con.execute("SELECT current_database()").fetchone()[0]
-        # The copy keeps the file's block size unless told (small since 16 KiB blocks).
+        # The copy keeps the file's block size unless told (gc --rewrite: block_size_for).
         size = int(block_size or cat.block_size(con))
         con.execute(f"ATTACH '{fresh}' AS engramdb_fresh (BLOCK_SIZE {size})")
         try:
@@ -101,7 +101,8 @@ class Collector:
 
     def gc(self, dry_run: bool, rewrite: bool = False) -> dict[str, Any]:
         """Remove dead and forgotten engrams physically (see ``Store.gc``); ``rewrite``
-        rewrites the catalog file with today's small blocks even if nothing was erased.
+        rewrites the catalog file with today's block size (``cat.block_size_for`` the live
+        engrams) even if nothing was erased.
         Runs under the write lock."""
         parts = self.parts
         hot = parts.hot
@@ -130,7 +131,10 @@ class Collector:
             with parts.gate.moving_vectors():
                 self._compact(to_compact)
         if erase or rewrite:
-            self._rewrite_catalog(cat.BLOCK_SIZE if rewrite else None)
+            # A rewrite asked for migrates to today's blocks: small ones, large ones for a
+            # store of LARGE_LOAD_ROWS engrams (its checkpoints); gc alone keeps the file's.
+            self._rewrite_catalog(cat.block_size_for(int(alive_after.sum())) if rewrite
+                                  else None)
         if erase and parts.index is not None:
             # hnswlib only flags deleted vectors: their bytes stay in the graph files until
             # the graph is rebuilt without them.

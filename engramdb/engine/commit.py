@@ -432,8 +432,8 @@ class Committer:
         """The first fold of a store made without a catalog file: write an empty catalog
         (the fold then fills it), and record in the manifest that the store has one. A
         read-only handle makes its catalog in its scratch directory instead: the store's
-        files are never written. Made for a bulk write of ``cat.LARGE_LOAD_ROWS`` rows or
-        more, the catalog gets ``cat.LARGE_BLOCK_SIZE`` blocks."""
+        files are never written. Made for a bulk write of ``bulk_rows`` rows, the catalog gets
+        the blocks ``cat.block_size_for`` gives."""
         parts = self.parts
         if parts.read_only:
             assert parts.scratch is not None
@@ -442,8 +442,7 @@ class Committer:
             cat.make_catalog(parts.scratch.path)
             parts.catalog = cat.Catalog(parts.scratch.path / cat.CATALOG_NAME)
             return
-        large = bulk_rows >= cat.LARGE_LOAD_ROWS
-        cat.make_catalog(parts.path, cat.LARGE_BLOCK_SIZE if large else cat.BLOCK_SIZE)
+        cat.make_catalog(parts.path, cat.block_size_for(bulk_rows))
         parts.manifest.record_catalog(parts.path)
         parts.catalog = cat.Catalog(parts.path / cat.CATALOG_NAME, fast=self.fast)
         # The new catalog's own starting counters are the last sync point: the vectors of

@@ -32,12 +32,19 @@ ALIAS = "engramdb_catalog"
 # (a block per table and column segment); with 16 KiB blocks it is tens of KB. A file keeps
 # the block size it was created with: stores made before this keep 256 KiB.
 BLOCK_SIZE = 16384
-# Block size of a catalog made for a bulk load of at least LARGE_LOAD_ROWS rows (the first
-# write of a new store: ingest_many, import). A checkpoint writes blocks one by one: a 100k-row
-# load's WAL checkpoint took 314-366 ms with 16 KiB blocks and 87-105 ms with DuckDB's
-# default 256 KiB, and such a catalog (~35 MB) wastes no more than a few hundred KB on them.
+# Block size of a catalog made for at least LARGE_LOAD_ROWS rows (the first write of a new
+# store when it is a bulk ingest_many or an import; gc --rewrite of a store that large). A
+# checkpoint writes blocks one by one: a 100k-row load's WAL checkpoint took 314-366 ms with
+# 16 KiB blocks and 81-105 ms with DuckDB's default 256 KiB, and such a catalog (~35 MB)
+# wastes no more than a few hundred KB on them.
 LARGE_BLOCK_SIZE = 262144
 LARGE_LOAD_ROWS = 50_000
+
+
+def block_size_for(rows: int) -> int:
+    """The block size of a catalog made for ``rows`` rows: :data:`LARGE_BLOCK_SIZE` from
+    :data:`LARGE_LOAD_ROWS` on, else :data:`BLOCK_SIZE`."""
+    return LARGE_BLOCK_SIZE if rows >= LARGE_LOAD_ROWS else BLOCK_SIZE
 # Errors of the disk, not of the file: reported as StorageError, never as damage.
 # DuckDB refusing an attach because another handle holds the file: a writer keeps readers
 # out, a read-only open (which needs no LOCK file) keeps writers out.

@@ -135,7 +135,8 @@ def _build(tmp: Path, reader: Reader, settings: Settings, source: str,
     store = None
     try:
         store = open_store(tmp, encoder=stand_in, settings=settings)
-        _Importer(store.restorer(), header, source).run(reader, progress)
+        rows = header["counts"]["engrams"]
+        _Importer(store.restorer(rows), header, source).run(reader, progress)
         store.close()
         # Reopen: the store rebuilds its in-memory state (and derived indexes) from what was
         # committed, exactly as it would after a crash; then it must verify clean.
