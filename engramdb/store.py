@@ -314,12 +314,13 @@ class Store(KeyedMethods):
                 self._committer.fold()
             yield
 
-    def _fold(self) -> None:
+    def _fold(self, bulk_rows: int = 0) -> None:
         """Fold the journaled turns into the catalog before a read of it (no-op if none);
-        a store without a catalog file gets it."""
+        a store without a catalog file gets it (made for ``bulk_rows`` rows to follow:
+        ``Committer.fold``)."""
         if self._committer.pending or self._parts.catalog is None:
-            with self._writing():
-                pass
+            with self._writing(fold=False):
+                self._committer.fold(bulk_rows=bulk_rows)
 
     def __enter__(self) -> Store:
         return self
@@ -605,8 +606,7 @@ class Store(KeyedMethods):
         self._parts.check_writable("restoring")
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
             raise InvalidInput(f"rows must be a count of engrams, got {rows!r}")
-        with self._writing(fold=False):  # it writes straight to the catalog: a new store
-            self._committer.fold(bulk_rows=rows)  # gets it now
+        self._fold(rows)  # it writes straight to the catalog: a new store gets it now
         return Restorer(self._parts, self._committer)
 
     # -- reads --------------------------------------------------------------------------------

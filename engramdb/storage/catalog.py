@@ -39,12 +39,6 @@ BLOCK_SIZE = 16384
 # wastes no more than a few hundred KB on them.
 LARGE_BLOCK_SIZE = 262144
 LARGE_LOAD_ROWS = 50_000
-
-
-def block_size_for(rows: int) -> int:
-    """The block size of a catalog made for ``rows`` rows: :data:`LARGE_BLOCK_SIZE` from
-    :data:`LARGE_LOAD_ROWS` on, else :data:`BLOCK_SIZE`."""
-    return LARGE_BLOCK_SIZE if rows >= LARGE_LOAD_ROWS else BLOCK_SIZE
 # Errors of the disk, not of the file: reported as StorageError, never as damage.
 # DuckDB refusing an attach because another handle holds the file: a writer keeps readers
 # out, a read-only open (which needs no LOCK file) keeps writers out.
@@ -272,6 +266,12 @@ class Catalog:
     def segment_lengths(self) -> dict[int, int]:
         """Committed rows of each segment."""
         return {int(s): int(n) for s, n in self.query("SELECT seg, nrows FROM segments")}
+
+
+def block_size_for(rows: int) -> int:
+    """The block size of a catalog made for ``rows`` rows: :data:`LARGE_BLOCK_SIZE` from
+    :data:`LARGE_LOAD_ROWS` on, else :data:`BLOCK_SIZE`."""
+    return LARGE_BLOCK_SIZE if rows >= LARGE_LOAD_ROWS else BLOCK_SIZE
 
 
 def _attach(path: Path, read_only: bool, block_size: int = BLOCK_SIZE
