@@ -20,7 +20,8 @@ R@1/5/10/20 and all-evidence-hit@10, overall and per category, for:
 ``--as-app`` stores every conversation twice: in the lab's *prefixed* form (each turn's text
 is "speaker: text [image: caption]") and as a chatbot stores it (*app*: the text alone, the
 speaker as role, the session, and metadata ``{"date", "dia_id", "image_caption"}``, with
-``lexical_metadata="image_caption"`` so the caption is searched as words of the turn), runs
+``lexical_metadata="image_caption"`` so the caption is searched as words of the turn and, with
+``embed_metadata`` (on by default), embedded with its text), runs
 the pipelines (default: hybrid and hybrid+assoc+forget) on both, and adds R@5 and R@10 with 95%
 bootstrap intervals over questions, per category, and the paired difference app - prefixed,
 then the paired recall latency of the two hybrid stores with cached query vectors.

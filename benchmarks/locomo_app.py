@@ -6,7 +6,8 @@ coverage, ``hybrid.context_mix``, the neighbour step) to find where the loss aga
 prefixed form ("speaker: text [image: caption]") comes from, and what would recover it:
 
 - which text the dense vectors and BM25 see: ``pref`` (the prefixed form), ``raw`` (the text
-  alone), ``rawcap`` (the text and its image caption), ``role`` ("speaker: text");
+  alone), ``rawcap`` (the text and its image caption), ``embedded`` (the text and its caption
+  in brackets, as ``Settings.embed_metadata`` embeds it), ``role`` ("speaker: text");
 - ``role_lexical``: the turn's role counted as a word of the turn in query coverage (the
   store's ``Settings.role_lexical``);
 - how the query is encoded for dense search: as is, or with the speakers' names replaced by
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import sys
 import time
@@ -35,15 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import locomo_lab as lab  # noqa: E402
 
+from engramdb.derived.metadata_text import dense_document  # noqa: E402
 from engramdb.settings import Settings  # noqa: E402
 
 
 def texts(conv: lab.Conv, form: str) -> list[str]:
-    """The turns' texts in ``form``: pref, raw, rawcap or role."""
+    """The turns' texts in ``form``: pref, raw, rawcap, embedded or role."""
     out = []
     for sp, raw, cap in zip(conv.speaker, conv.raw, conv.caption, strict=True):
-        text = raw if form in ("raw", "rawcap") else f"{sp}: {raw}"
-        if cap and form == "pref":
+        text = raw if form in ("raw", "rawcap", "embedded") else f"{sp}: {raw}"
+        if cap and form == "embedded":
+            text = dense_document(raw, json.dumps({"image_caption": cap}), "image_caption")
+        elif cap and form == "pref":
             text += f" [image: {cap}]"
         elif cap and form == "rawcap":  # as Settings.lexical_metadata indexes it
             text += f" {cap}"
@@ -75,11 +80,14 @@ VARIANTS = {
     # name: (dense form, lexical form, role_lexical, query form)
     "prefixed (the lab's form)": ("pref", "pref", False, "as is"),
     "app: text + role": ("raw", "raw", False, "as is"),
-    "app, role in coverage (the default now)": ("raw", "raw", True, "as is"),
+    "app, role in coverage": ("raw", "raw", True, "as is"),
     "app, role in coverage, names -> they in the dense query": ("raw", "raw", True,
                                                                 "names -> they"),
     "app, role in coverage, caption in BM25": ("raw", "rawcap", True, "as is"),
     "app, all three": ("raw", "rawcap", True, "names -> they"),
+    "app, all three and the caption embedded (the default now)": ("embedded", "rawcap", True,
+                                                                  "names -> they"),
+    "... the caption embedded without brackets": ("rawcap", "rawcap", True, "names -> they"),
     "app, 'speaker: text' embedded and in BM25": ("role", "role", False, "as is"),
     "prefixed, names -> they in the dense query": ("pref", "pref", False, "names -> they"),
 }

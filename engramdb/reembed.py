@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from engramdb.content import check_bool, content_id
+from engramdb.derived.metadata_text import dense_document
 from engramdb.encoders import Encoder
 from engramdb.errors import (
     CorruptStore,
@@ -60,6 +61,7 @@ from engramdb.errors import (
     StoreLocked,
 )
 from engramdb.progress import progress_bar
+from engramdb.settings import Settings
 from engramdb.storage.fsio import atomic_write_bytes, fsync_dir, open_regular
 from engramdb.storage.locking import LOCK_NAME, StoreLock
 from engramdb.storage.manifest import MANIFEST_NAME, Manifest
@@ -363,6 +365,7 @@ def _reencode(src: Path, dst: Path, encoder: Encoder, progress: bool) -> dict[st
     try:
         header = {k: v for k, v in reader.header.items() if k != "type"}
         fingerprint, dtype = encoder.fingerprint, np.dtype(header["dtype"])
+        settings = Settings.from_stored(header.get("settings") or {})
         ids: dict[str, str] = {}
         writer = JsonlWriter(body, header)  # its header line is replaced below
         bar = progress_bar(header["counts"]["engrams"], progress, "reembed")
@@ -370,7 +373,8 @@ def _reencode(src: Path, dst: Path, encoder: Encoder, progress: bool) -> dict[st
             for batch in reader.engram_batches():
                 for start in range(0, len(batch), ENCODE_BATCH):
                     chunk = batch[start:start + ENCODE_BATCH]
-                    vectors = encoder.encode_stored([r["text"] for r in chunk]).astype(dtype)
+                    vectors = encoder.encode_stored(
+                        [embedded_text(r, settings) for r in chunk]).astype(dtype)
                     for rec, vec in zip(chunk, vectors, strict=True):
                         new_id = content_id(fingerprint, rec["text"])
                         ids[rec["id"]] = new_id
@@ -394,6 +398,19 @@ def _reencode(src: Path, dst: Path, encoder: Encoder, progress: bool) -> dict[st
         reader.close()
         body.unlink(missing_ok=True)
     return ids
+
+
+def embedded_text(rec: dict[str, Any], settings: Settings) -> str:
+    """What a store embeds for an exported engram record: its text, with the metadata
+    values ``settings`` names from its earliest occurrence when ``embed_metadata`` is on,
+    as when it was written (``derived/metadata_text.py``)."""
+    if not (settings.embed_metadata and settings.lexical_metadata):
+        return rec["text"]
+    occurrences = [o for o in rec.get("occurrences") or [] if isinstance(o, dict)]
+    first = min(occurrences, key=lambda o: o.get("seq", 0), default={})
+    meta = first.get("metadata")
+    return dense_document(rec["text"], None if meta is None else json.dumps(meta),
+                          settings.lexical_metadata)
 
 
 def _with_header(body: Path, dst: Path, header: dict[str, Any]) -> None:

@@ -96,8 +96,12 @@ class Settings:
     # Metadata keys whose values are searched as words of the engram (comma-separated, e.g.
     # "image_caption,title"): BM25 indexes the text followed by those values of the
     # occurrence that first stored the text. A change re-indexes the store on its next
-    # writable open. The dense vector stays the text's own.
+    # writable open.
     lexical_metadata: str = ""
+    # ... and embedded with the text: a new engram's stored vector is that of its text
+    # followed by those values in brackets (derived/metadata_text.py). Engrams stored before a
+    # change keep their vectors; a vector given by the caller is stored as given.
+    embed_metadata: bool = True
     date_prior: float = 3.0  # added (in z units) x date affinity: 1 same day, 0.5 same month
     date_key: str = "date"  # metadata key holding an occurrence's date ("" : no dates)
     neighbour_seeds: int = 5  # best hits that pass score to the turns before and after them
@@ -149,7 +153,8 @@ class Settings:
         a record from before query coverage existed (it names none of its settings) keeps
         the ranking it was made with: a turn's BM25 in full, no coverage, and the context
         weights of that time where it lacks them; one from before ``role_lexical`` keeps
-        roles out of query coverage.
+        roles out of query coverage; one from before ``embed_metadata`` keeps embedding the
+        text alone.
 
         Raises CorruptStore for a record that is not a dict or holds a value of the wrong
         type or range (an import catches it and names its file).
@@ -163,6 +168,8 @@ class Settings:
             data = {**_BEFORE_ROLE_LEXICAL, **data}
         elif "role_free_query" not in data:
             data = {"role_free_query": False, **data}
+        if "embed_metadata" not in data:  # recorded before it existed: text-only vectors
+            data = {"embed_metadata": False, **data}
         try:
             return cls.from_dict(data)
         except InvalidInput as exc:

@@ -54,7 +54,7 @@ from engramdb.keyed import KeyedMethods
 from engramdb.prompt import format_prompt
 from engramdb.recall.filters import kind_codes, occurrence_filter
 from engramdb.recall.hybrid import check_min_score
-from engramdb.recall.query_text import dense_query
+from engramdb.recall.query_text import dense_query, turn_texts
 from engramdb.recall.searcher import Searcher
 from engramdb.recall.snapshot import Snapshot
 from engramdb.settings import Settings
@@ -437,10 +437,10 @@ class Store(KeyedMethods):
         role = check_label(role, "role")
         session = check_label(session, "session")
         meta = encode_metadata(metadata)
-        q = q_recall = self._encode([norm])[0]  # the turn's own vector, stored as it is
-        if self.settings.role_free_query and (free := dense_query(norm, self._parts.context)) \
-                != norm:
-            q_recall = self._encode([free])[0]  # the recall's: no speaker's name in it
+        # The stored vector's text (metadata text added) and the recall's (no speaker's name).
+        texts = list(dict.fromkeys(turn_texts(norm, meta, self.settings, self._parts.context)))
+        vecs = self._encode(texts)
+        q, q_recall = vecs[0], vecs[-1]
         occ_sql, occ_params = occurrence_filter(where)
         turn = self._turn_path(1) and not occ_sql
         with self._writing(fold=not turn):

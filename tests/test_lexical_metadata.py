@@ -102,8 +102,10 @@ def test_caption_is_searched_only_when_named(tmp_path: Path, batch: bool) -> Non
             else:
                 ident = _fill(mem)  # through the turn journal
             assert (ident in _lexical_hits(mem, "bicycle lighthouse")) == bool(keys)
-            # the dense vector stays the text's own
-            expected = HashingEncoder(dim=64).encode(["look at this one!"])[0]
+            # the named caption is embedded with the text (embed_metadata, on by default)
+            embedded = ("look at this one! [a red bicycle leaning on a lighthouse]" if keys
+                        else "look at this one!")
+            expected = HashingEncoder(dim=64).encode([embedded])[0]
             assert abs(float(mem.vectors([ident])[0] @ expected) - 1.0) < 1e-5
         with _open(path, lexical_metadata=keys) as mem:  # folded, reopened
             assert (ident in _lexical_hits(mem, "bicycle lighthouse")) == bool(keys)

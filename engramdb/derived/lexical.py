@@ -44,7 +44,6 @@ vector index; uniqueness is enforced by the ``lex_docs`` primary key inside the 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import threading
@@ -61,6 +60,7 @@ import pyarrow as pa
 
 from engramdb.derived.lexical_snapshot import SnapshotVocab, read_snapshot, write_snapshot
 from engramdb.derived.lexical_tokenizer import STOPWORDS, TOKENIZER_ID, stem, tokenize
+from engramdb.derived.metadata_text import lexical_document
 from engramdb.errors import CorruptStore, InvalidInput
 from engramdb.storage.catalog import insert_arrow
 
@@ -79,28 +79,6 @@ __all__ = [
 #: Below this many documents BM25 is exact; above it, terms in more than half of them are
 #: skipped when the query has rarer terms (see :meth:`LexicalIndex.match`).
 COMMON_TERM_MIN_DOCS = 10_000
-
-
-def lexical_document(text: str, metadata: str | None, keys: str) -> str:
-    """The words BM25 indexes for an engram: its text, then the values its occurrence's
-    metadata (``metadata``: the stored JSON, or None) holds under ``keys``
-    (``Settings.lexical_metadata``: comma-separated). A string value is its own words, a
-    number its digits, a list its string and number items; anything else adds nothing."""
-    if not keys or not metadata:
-        return text
-    try:
-        meta = json.loads(metadata)
-    except ValueError:  # the catalog holds only JSON it encoded; a damaged row adds nothing
-        return text
-    if not isinstance(meta, dict):
-        return text
-    words = [text]
-    for key in keys.split(","):
-        value = meta.get(key)
-        items = value if isinstance(value, list) else [value]
-        words.extend(str(v) for v in items
-                     if isinstance(v, (str, int, float)) and not isinstance(v, bool))
-    return " ".join(words)
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,7 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
             raise InvalidInput("vector_dtype cannot change after a store is created")
         manifest.settings = settings.to_dict()
         if record:
+            _warn_embedding_change(path, before, settings)
             # A new lexical_metadata is recorded once the store is re-indexed under it
             # (Opening.replay): a crash before that leaves the old one, which the stored
             # BM25 documents still follow.
@@ -212,6 +213,17 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
             manifest.write(path)
             manifest.settings = changed
     return manifest, before
+
+
+def _warn_embedding_change(path: Path, before: dict[str, Any], new: Settings) -> None:
+    """Log that engrams written from now on embed other metadata with their text than the
+    recorded settings ``before`` did: a vector is fixed at its engram's first write
+    (docs/recall.md). A record without ``embed_metadata`` predates it: texts alone."""
+    old = before.get("lexical_metadata", "") if before.get("embed_metadata") is True else ""
+    now = new.lexical_metadata if new.embed_metadata else ""
+    if old != now:
+        log.warning("%s: new engrams embed the metadata keys %r with their text (before: %r); "
+                    "engrams already stored keep their vectors", path, now, old)
 
 
 class Opening:

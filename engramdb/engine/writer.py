@@ -21,6 +21,7 @@ from engramdb.content import content_id, is_id
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex, lexical_document
+from engramdb.derived.metadata_text import dense_document
 from engramdb.engine import links as lk
 from engramdb.engine.commit import Commit, Committer, NewEngrams
 from engramdb.engine.keys import KeyedOccurrence, lookup_keys, remove_occurrences
@@ -219,7 +220,7 @@ class Writer:
         missing = [i for i in new_idx if i not in given]
         if missing:
             try:
-                again = self.encode([record.texts[i] for i in missing])
+                again = self.encode(self._embedded(record.texts, record.metas, missing))
             except EngramError as exc:
                 raise CorruptStore(
                     f"turn journal record {record.seq} needs a vector it does not hold and "
@@ -237,10 +238,19 @@ class Writer:
         if given is not None:  # all new and distinct (a bulk load): no copy
             vecs = given if len(new_idx) == len(given) else given[new_idx]
         elif new_idx:
-            vecs = self.encode([batch.texts[i] for i in new_idx])
+            vecs = self.encode(self._embedded(batch.texts, batch.metas, new_idx))
         else:
             vecs = np.zeros((0, self.parts.dim), np.float32)
         return vecs.astype(self.parts.segments.dtype)
+
+    def _embedded(self, texts: list[str], metas: list[str | None], idx: list[int]
+                  ) -> list[str]:
+        """What the encoder embeds for the texts at ``idx``: each text, followed by the
+        metadata values ``Settings.lexical_metadata`` names when ``embed_metadata`` is on."""
+        s = self.parts.settings
+        if not (s.embed_metadata and s.lexical_metadata):
+            return [texts[i] for i in idx]
+        return [dense_document(texts[i], metas[i], s.lexical_metadata) for i in idx]
 
     def _write(self, batch: Batch, plan: _Planned, vectors: np.ndarray, now: int | None,
                hits: list[int] | None, *, turn: bool, record: TurnRecord | None,

@@ -10,9 +10,9 @@ On LoCoMo stored as an app stores it, with the store's formula (``benchmarks/loc
 docs/quality.md), this moved R@5 from 0.720 to 0.741 and R@10 from 0.819 to 0.830 (held out:
 0.727 -> 0.745, 0.817 -> 0.835).
 
-This module only computes the text. Encoding the query is the store's (``Store.recall`` and
-``Store.integrate``); they do not call it yet (docs/quality.md, "Turns stored as an app
-stores them").
+This module only computes the text; ``Store.recall`` and ``Store.integrate`` encode it
+(``Settings.role_free_query``). :func:`turn_texts` gives both texts of an ``integrate`` turn:
+the one its stored vector embeds and the one its recall queries with.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 
 from engramdb.derived.context import TurnContext
+from engramdb.derived.metadata_text import dense_document
+from engramdb.settings import Settings
 
-__all__ = ["dense_query"]
+__all__ = ["dense_query", "turn_texts"]
 
 # A word, with an optional "the " before it and an optional possessive after it.
 _WORD = re.compile(r"\b(?:(the)\s+)?([^\W\d_]+)(['\u2019]s)?\b", re.IGNORECASE)
@@ -51,3 +53,13 @@ def dense_query(text: str, ctx: TurnContext) -> str:
 
     out = _WORD.sub(swap, text)
     return _RUN.sub(lambda m: m.group(1), out) if changed else text
+
+
+def turn_texts(text: str, metadata: str | None, settings: Settings, ctx: TurnContext
+               ) -> tuple[str, str]:
+    """The two texts an ``integrate`` turn encodes: the one its stored vector embeds (with
+    the metadata values ``Settings.embed_metadata`` adds) and the one its recall queries
+    with (:func:`dense_query` when ``Settings.role_free_query`` is on); often the same."""
+    stored = (dense_document(text, metadata, settings.lexical_metadata)
+              if settings.embed_metadata else text)
+    return stored, dense_query(text, ctx) if settings.role_free_query else text
