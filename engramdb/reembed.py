@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from engramdb.content import check_bool, content_id
-from engramdb.derived.metadata_text import dense_document
+from engramdb.derived.metadata_text import dense_document, embedded_keys
 from engramdb.encoders import Encoder
 from engramdb.errors import (
     CorruptStore,
@@ -404,13 +404,13 @@ def embedded_text(rec: dict[str, Any], settings: Settings) -> str:
     """What a store embeds for an exported engram record: its text, with the metadata
     values ``settings`` names from its earliest occurrence when ``embed_metadata`` is on,
     as when it was written (``derived/metadata_text.py``)."""
-    if not (settings.embed_metadata and settings.lexical_metadata):
+    keys = embedded_keys(settings)
+    if not keys:
         return rec["text"]
     occurrences = [o for o in rec.get("occurrences") or [] if isinstance(o, dict)]
     first = min(occurrences, key=lambda o: o.get("seq", 0), default={})
     meta = first.get("metadata")
-    return dense_document(rec["text"], None if meta is None else json.dumps(meta),
-                          settings.lexical_metadata)
+    return dense_document(rec["text"], None if meta is None else json.dumps(meta), keys)
 
 
 def _with_header(body: Path, dst: Path, header: dict[str, Any]) -> None:

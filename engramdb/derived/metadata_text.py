@@ -6,15 +6,23 @@ from the occurrence that first stored the text, are:
 
 - words of the engram for BM25 (:func:`lexical_document`: the text, then the values);
 - with ``Settings.embed_metadata``, part of the text the encoder embeds for the stored vector
-  (:func:`dense_document`: the text, then each value in brackets, the way a transcript marks
-  an aside that is not the speaker's words).
+  (:func:`dense_document` under :func:`embedded_keys`: the text, then each value in brackets,
+  the way a transcript marks an aside that is not the speaker's words).
 """
 
 from __future__ import annotations
 
 import json
 
-__all__ = ["dense_document", "lexical_document", "metadata_values"]
+from engramdb.settings import Settings
+
+__all__ = ["dense_document", "embedded_keys", "lexical_document", "metadata_values"]
+
+
+def embedded_keys(settings: Settings) -> str:
+    """The metadata keys whose values a new engram's vector embeds with its text:
+    ``lexical_metadata`` when ``embed_metadata`` is on, else none (``""``)."""
+    return settings.lexical_metadata if settings.embed_metadata else ""
 
 
 def metadata_values(metadata: str | None, keys: str) -> list[str]:
@@ -47,7 +55,9 @@ def lexical_document(text: str, metadata: str | None, keys: str) -> str:
 
 
 def dense_document(text: str, metadata: str | None, keys: str) -> str:
-    """The text embedded for an engram's stored vector when ``Settings.embed_metadata`` is on:
+    """The text embedded for an engram's stored vector (``keys``: :func:`embedded_keys`):
     its text, then each of :func:`metadata_values` in brackets ("look at this [a photo of a
     lake at sunrise]"); the text alone when there are none."""
+    if not keys:  # every write of a store that names no keys: no JSON parsed
+        return text
     return " ".join([text, *(f"[{v}]" for v in metadata_values(metadata, keys))])

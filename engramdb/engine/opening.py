@@ -24,6 +24,7 @@ from engramdb.derived.hotstate import HOT_COLUMNS, HotState
 from engramdb.derived.index import VectorIndex
 from engramdb.derived.indexer import BackgroundIndexer
 from engramdb.derived.lexical import LexicalIndex
+from engramdb.derived.metadata_text import embedded_keys
 from engramdb.encoders.base import Encoder
 from engramdb.engine import turnlog
 from engramdb.engine.commit import Committer, Counters
@@ -218,9 +219,12 @@ def read_manifest(path: Path, encoder: Encoder | None, dim: int | None,
 def _warn_embedding_change(path: Path, before: dict[str, Any], new: Settings) -> None:
     """Log that engrams written from now on embed other metadata with their text than the
     recorded settings ``before`` did: a vector is fixed at its engram's first write
-    (docs/recall.md). A record without ``embed_metadata`` predates it: texts alone."""
-    old = before.get("lexical_metadata", "") if before.get("embed_metadata") is True else ""
-    now = new.lexical_metadata if new.embed_metadata else ""
+    (docs/recall.md)."""
+    try:
+        old = embedded_keys(Settings.from_stored(before))
+    except CorruptStore:  # a damaged record the settings given replace: nothing to compare
+        return
+    now = embedded_keys(new)
     if old != now:
         log.warning("%s: new engrams embed the metadata keys %r with their text (before: %r); "
                     "engrams already stored keep their vectors", path, now, old)

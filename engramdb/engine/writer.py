@@ -21,7 +21,7 @@ from engramdb.content import content_id, is_id
 from engramdb.derived.context import TurnContext
 from engramdb.derived.hotstate import NEVER
 from engramdb.derived.lexical import LexicalIndex, lexical_document
-from engramdb.derived.metadata_text import dense_document
+from engramdb.derived.metadata_text import dense_document, embedded_keys
 from engramdb.engine import links as lk
 from engramdb.engine.commit import Commit, Committer, NewEngrams
 from engramdb.engine.keys import KeyedOccurrence, lookup_keys, remove_occurrences
@@ -246,11 +246,9 @@ class Writer:
     def _embedded(self, texts: list[str], metas: list[str | None], idx: list[int]
                   ) -> list[str]:
         """What the encoder embeds for the texts at ``idx``: each text, followed by the
-        metadata values ``Settings.lexical_metadata`` names when ``embed_metadata`` is on."""
-        s = self.parts.settings
-        if not (s.embed_metadata and s.lexical_metadata):
-            return [texts[i] for i in idx]
-        return [dense_document(texts[i], metas[i], s.lexical_metadata) for i in idx]
+        metadata values the settings embed (``metadata_text.embedded_keys``)."""
+        keys = embedded_keys(self.parts.settings)
+        return [dense_document(texts[i], metas[i], keys) for i in idx]
 
     def _write(self, batch: Batch, plan: _Planned, vectors: np.ndarray, now: int | None,
                hits: list[int] | None, *, turn: bool, record: TurnRecord | None,

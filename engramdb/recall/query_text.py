@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from engramdb.derived.context import TurnContext
-from engramdb.derived.metadata_text import dense_document
+from engramdb.derived.metadata_text import dense_document, embedded_keys
 from engramdb.settings import Settings
 
 __all__ = ["dense_query", "turn_texts"]
@@ -60,6 +60,5 @@ def turn_texts(text: str, metadata: str | None, settings: Settings, ctx: TurnCon
     """The two texts an ``integrate`` turn encodes: the one its stored vector embeds (with
     the metadata values ``Settings.embed_metadata`` adds) and the one its recall queries
     with (:func:`dense_query` when ``Settings.role_free_query`` is on); often the same."""
-    stored = (dense_document(text, metadata, settings.lexical_metadata)
-              if settings.embed_metadata else text)
+    stored = dense_document(text, metadata, embedded_keys(settings))
     return stored, dense_query(text, ctx) if settings.role_free_query else text
